@@ -1,0 +1,70 @@
+#!/usr/bin/env node
+// The `miglab` command: a thin adapter over the engine, like the app and the web server.
+import { parseArgs } from 'node:util';
+import { doctorCommand } from './doctor';
+import { guestBootCommand, guestBuildCommand } from './guest';
+import { showcaseCommand } from './showcase';
+import { UsageError } from './output';
+
+const USAGE = `miglab: a hands-on lab for live migration of virtual machines
+
+Usage:
+  miglab doctor [--json]            check this machine: QEMU, KVM or TCG, lab guest, Node, namespaces
+  miglab guest build [--json] [--force]
+                                    build the lab guest (kernel + busybox initramfs + labload)
+  miglab guest boot [--json] [--memory MiB]
+                                    boot the lab guest, check heartbeats and memory integrity, stop it
+  miglab showcase                   what works so far, run live (what "npm start" shows)
+  miglab help                       this text
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      json: { type: 'boolean', default: false },
+      force: { type: 'boolean', default: false },
+      'if-missing': { type: 'boolean', default: false },
+      memory: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  const [cmd, sub, ...rest] = positionals;
+  if (values.help || cmd === undefined || cmd === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (rest.length) throw new UsageError(`Unexpected arguments: ${rest.join(' ')}`);
+  switch (cmd) {
+    case 'doctor':
+      if (sub) throw new UsageError(`"miglab doctor" takes no argument (got "${sub}")`);
+      return doctorCommand({ json: values.json });
+    case 'guest':
+      if (sub === 'build') return guestBuildCommand({ json: values.json, force: values.force, ifMissing: values['if-missing'] });
+      if (sub === 'boot') return guestBootCommand({ json: values.json, memory: values.memory });
+      throw new UsageError(sub ? `Unknown guest command "${sub}": use "guest build" or "guest boot"` : 'Say what to do with the guest: "guest build" or "guest boot"');
+    case 'showcase':
+      return showcaseCommand();
+    default:
+      throw new UsageError(`Unknown command "${cmd}"`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const e = err as Error & { code?: string };
+    if (err instanceof UsageError || e.code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`miglab: ${e.message}\nRun "miglab help" for the commands.\n`);
+      process.exitCode = 2;
+    } else {
+      process.stderr.write(`miglab: ${e.message}\n`);
+      if (process.env.MIGLAB_DEBUG) process.stderr.write(`${e.stack}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,24 @@
+/** Small helpers so every command prints the same way: text for people, --json for programs. */
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Progress goes to stderr so that stdout stays clean for --json. */
+export function progress(scope: string, message: string): void {
+  process.stderr.write(`[${scope}] ${message}\n`);
+}
+
+export function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+export const mark = (ok: boolean): string => (ok ? 'ok  ' : 'FAIL');

@@ -1,0 +1,77 @@
+import type { AccelChoice } from '../qemu/binary';
+import type { ExitInfo } from '../qemu/process';
+import type { GuestSpec, GuestSpecInput } from '../qemu/spec';
+import type { QmpClient } from '../qmp';
+import type { LabloadChannel } from '../guest/labload-channel';
+import type { GuestConsole } from './console';
+
+export interface HostInfo {
+  name: string;
+  kind: 'local' | 'remote';
+  /** Where this host's migration ports listen: another host connects here. */
+  address: string;
+  qemu: { path: string; version: string };
+  accel: AccelChoice;
+  memory: { totalMiB: number; freeMiB: number };
+  cpus: number;
+  /** Migration capabilities this host's QEMU offers, as `query-migrate-capabilities` lists them. */
+  migrationCapabilities: string[];
+}
+
+/**
+ * starting -> booting -> ready (labload said so) | running (no labload: readiness unknown);
+ * incoming: a migration destination waiting for its state; stopping -> stopped; failed: QEMU
+ * exited without being asked to.
+ */
+export type GuestState = 'starting' | 'incoming' | 'booting' | 'ready' | 'running' | 'stopping' | 'stopped' | 'failed';
+
+/** The slice of the QMP client a host exposes per guest; a remote host proxies the same calls. */
+export type GuestQmp = Pick<QmpClient, 'execute' | 'onEvent' | 'waitForEvent'>;
+
+export interface GuestEventMap {
+  state: [state: GuestState, previous: GuestState];
+  exit: [exit: ExitInfo];
+}
+
+export interface Guest {
+  readonly id: string;
+  readonly name: string;
+  readonly hostName: string;
+  readonly spec: GuestSpec;
+  readonly state: GuestState;
+  /** The lab guest runs labload (heartbeats, workload, integrity); custom guests usually do not. */
+  readonly labload: LabloadChannel | null;
+  readonly console: GuestConsole;
+  readonly qmp: GuestQmp;
+  readonly pid: number | undefined;
+  /** performance.now() when QEMU was spawned: boot-to-ready is measured from here. */
+  readonly startedAt: number;
+  /** The exit, once QEMU has gone. */
+  readonly exit: ExitInfo | null;
+  on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
+  off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
+  /** Resolves once labload reports ready; rejects for a guest without labload or on exit. */
+  waitReady(timeoutMs?: number): Promise<void>;
+  /** Stops QEMU (quit, then SIGTERM, then SIGKILL) and removes its runtime files. */
+  stop(): Promise<ExitInfo>;
+}
+
+export interface StartGuestOptions {
+  /** Start as a migration destination (`-incoming defer`) with the spec's device model. */
+  incoming?: boolean;
+}
+
+/** Where QEMU runs: this machine (LocalHost) or a LAN machine's agent (a later RemoteHost). */
+export interface Host {
+  readonly name: string;
+  readonly kind: 'local' | 'remote';
+  readonly address: string;
+  info(): Promise<HostInfo>;
+  startGuest(spec: GuestSpecInput, opts?: StartGuestOptions): Promise<Guest>;
+  guests(): Guest[];
+  /** A TCP port on `address` for an incoming migration; an occupied port is skipped. */
+  allocateMigrationPort(): Promise<number>;
+  releaseMigrationPort(port: number): void;
+  /** Stops every guest and removes the host's runtime dir. */
+  dispose(): Promise<void>;
+}

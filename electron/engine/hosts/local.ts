@@ -1,0 +1,347 @@
+import { EventEmitter } from 'node:events';
+import { mkdir, stat } from 'node:fs/promises';
+import { createConnection, type Socket } from 'node:net';
+import { cpus, freemem, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { QmpClient, cont, quit } from '../qmp';
+import { LabloadChannel } from '../guest/labload-channel';
+import { findLabGuest, labGuestAppend } from '../guest/image';
+import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
+import { chooseAccelerator, findQemu } from '../qemu/binary';
+import { QemuProcess, QemuStartError, describeExit, type ExitInfo } from '../qemu/process';
+import { probeQemu } from '../qemu/probe';
+import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
+import { makeTempDir, removeDir } from '../util/fs';
+import { withTimeout } from '../util/time';
+import { GuestConsole } from './console';
+import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostInfo, StartGuestOptions } from './host';
+import { PortAllocator, type PortRange } from './ports';
+
+const runFile = promisify(execFile);
+
+export class GuestImageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GuestImageError';
+  }
+}
+
+export interface LocalHostOptions {
+  name: string;
+  /** Where QMP, console and control sockets live; a fresh temp dir when absent. */
+  runtimeDir?: string;
+  /** The address migration streams arrive on. */
+  address?: string;
+  migrationPorts?: PortRange;
+  /** Where to look for the built lab guest (tests use a private cache). */
+  cacheRoot?: string;
+}
+
+async function fileMustExist(path: string, what: string, hint: string): Promise<void> {
+  try {
+    const st = await stat(path);
+    if (!st.isFile()) throw new GuestImageError(`${what} ${path} is not a file: ${hint}`);
+  } catch (err) {
+    if (err instanceof GuestImageError) throw err;
+    throw new GuestImageError(`${what} ${path} does not exist: ${hint}`);
+  }
+}
+
+/** qemu-img tells qcow2 from raw, so QEMU never has to guess (guessing raw is unsafe). */
+async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
+  try {
+    const { stdout } = await runFile('qemu-img', ['info', '--output=json', path], { timeout: 10_000 });
+    const fmt = (JSON.parse(stdout) as { format?: string }).format;
+    if (fmt === 'qcow2' || fmt === 'raw') return fmt;
+    throw new GuestImageError(`Disk image ${path} is in ${fmt} format: convert it with "qemu-img convert -O qcow2"`);
+  } catch (err) {
+    if (err instanceof GuestImageError) throw err;
+    throw new GuestImageError(
+      `Could not read disk image ${path} with qemu-img (${(err as Error).message.split('\n')[0]}): ` +
+        'install qemu-utils, or give the format explicitly',
+    );
+  }
+}
+
+function connectUnix(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(path);
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** A host that runs QEMU on this machine. Several can run side by side, each in its own dir. */
+export class LocalHost implements Host {
+  readonly kind = 'local' as const;
+  readonly name: string;
+  readonly address: string;
+  private runtimeDir: string | null;
+  private readonly ownsRuntimeDir: boolean;
+  private readonly ports: PortAllocator;
+  private readonly running = new Map<string, LocalGuest>();
+  private disposed = false;
+
+  constructor(private readonly opts: LocalHostOptions) {
+    this.name = opts.name;
+    this.address = opts.address ?? '127.0.0.1';
+    this.runtimeDir = opts.runtimeDir ?? null;
+    this.ownsRuntimeDir = !opts.runtimeDir;
+    this.ports = new PortAllocator(this.address, opts.migrationPorts ?? { first: 49152, last: 49407 });
+  }
+
+  private async dir(): Promise<string> {
+    if (this.disposed) throw new Error(`Host ${this.name} has been shut down`);
+    if (!this.runtimeDir) this.runtimeDir = await makeTempDir(this.name);
+    else await mkdir(this.runtimeDir, { recursive: true });
+    return this.runtimeDir;
+  }
+
+  async info(): Promise<HostInfo> {
+    const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
+    const probe = await probeQemu(qemu.path);
+    return {
+      name: this.name,
+      kind: this.kind,
+      address: this.address,
+      qemu: { path: qemu.path, version: qemu.version },
+      accel,
+      memory: { totalMiB: Math.round(totalmem() / 2 ** 20), freeMiB: Math.round(freemem() / 2 ** 20) },
+      cpus: cpus().length,
+      migrationCapabilities: probe.migrationCapabilities,
+    };
+  }
+
+  guests(): Guest[] {
+    return [...this.running.values()];
+  }
+
+  allocateMigrationPort(): Promise<number> {
+    return this.ports.allocate();
+  }
+
+  releaseMigrationPort(port: number): void {
+    this.ports.release(port);
+  }
+
+  /** Resolves the boot source to files that exist, and says whether labload runs inside. */
+  private async resolveBoot(spec: GuestSpec): Promise<Pick<LaunchConfig, 'kernel' | 'disk'> & { labload: boolean }> {
+    const boot = spec.boot;
+    switch (boot.kind) {
+      case 'lab': {
+        const image = await findLabGuest(this.opts.cacheRoot ? { cacheRoot: this.opts.cacheRoot } : {});
+        if (!image) throw new GuestImageError('The lab guest is not built yet: run "npx miglab guest build"');
+        const append = labGuestAppend(image.append, { name: spec.name, ...(spec.ip ? { ip: spec.ip } : {}) });
+        return { kernel: { kernel: image.kernel, initrd: image.initrd, append }, labload: true };
+      }
+      case 'kernel': {
+        await fileMustExist(boot.kernel, 'Kernel image', 'check the path');
+        if (boot.initrd) await fileMustExist(boot.initrd, 'Initrd', 'check the path');
+        const append = boot.append ?? 'console=ttyS0';
+        return {
+          kernel: { kernel: boot.kernel, ...(boot.initrd ? { initrd: boot.initrd } : {}), append },
+          labload: boot.labload,
+        };
+      }
+      case 'disk': {
+        await fileMustExist(boot.path, 'Disk image', 'check the path');
+        const format = boot.format ?? (await detectDiskFormat(boot.path));
+        return { disk: { path: boot.path, format }, labload: false };
+      }
+    }
+  }
+
+  async startGuest(input: GuestSpecInput, opts: StartGuestOptions = {}): Promise<Guest> {
+    const spec = parseGuestSpec(input);
+    if (this.running.has(spec.name)) {
+      throw new Error(`A guest named "${spec.name}" already runs on host ${this.name}: pick another name`);
+    }
+    const [qemu, accel, boot] = await Promise.all([findQemu(), chooseAccelerator(), this.resolveBoot(spec)]);
+    const guestDir = join(await this.dir(), spec.name);
+    await removeDir(guestDir); // a stale dir from a crashed run must not hold old sockets
+    await mkdir(guestDir, { recursive: true });
+    const sockets = {
+      qmp: join(guestDir, 'qmp.sock'),
+      console: join(guestDir, 'console.sock'),
+      control: join(guestDir, 'control.sock'),
+    };
+    const incoming = opts.incoming ?? false;
+    const cfg: LaunchConfig = {
+      spec,
+      accel: accel.accel,
+      sockets,
+      ...(boot.kernel ? { kernel: boot.kernel } : {}),
+      ...(boot.disk ? { disk: boot.disk } : {}),
+      // -S so we are connected before the first byte of boot output; never for a destination,
+      // which must run as soon as its migration completes.
+      startPaused: !incoming,
+      incoming,
+    };
+    const startedAt = performance.now();
+    const proc = new QemuProcess(qemu.path, buildQemuArgv(cfg), { cwd: guestDir });
+    const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
+    const console = new GuestConsole();
+    let labload: LabloadChannel | null = null;
+    const died = proc.exited.then((exit) => {
+      throw new QemuStartError(spec.name, exit, describeExit(exit));
+    });
+    died.catch(() => {});
+    try {
+      await Promise.race([qmp.connect(sockets.qmp, { retryUntilMs: 15_000 }), died]);
+      await Promise.race([console.attach(sockets.console), died]);
+      if (boot.labload) {
+        labload = new LabloadChannel(await Promise.race([connectUnix(sockets.control), died]));
+      }
+      if (!incoming) await cont(qmp);
+    } catch (err) {
+      labload?.close();
+      console.close();
+      await qmp.disconnect();
+      await proc.stop();
+      await removeDir(guestDir);
+      if (err instanceof QemuStartError) throw err;
+      const exit = proc.exit;
+      throw new QemuStartError(spec.name, exit, exit ? describeExit(exit) : (err as Error).message);
+    }
+    const guest = new LocalGuest({
+      spec, hostName: this.name, proc, qmp, console, labload, dir: guestDir, startedAt,
+      initialState: incoming ? 'incoming' : 'booting',
+      onGone: () => this.running.delete(spec.name),
+    });
+    this.running.set(spec.name, guest);
+    return guest;
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    await Promise.all([...this.running.values()].map((g) => g.stop()));
+    this.disposed = true;
+    if (this.ownsRuntimeDir && this.runtimeDir) await removeDir(this.runtimeDir);
+  }
+}
+
+interface LocalGuestParts {
+  spec: GuestSpec;
+  hostName: string;
+  proc: QemuProcess;
+  qmp: QmpClient;
+  console: GuestConsole;
+  labload: LabloadChannel | null;
+  dir: string;
+  startedAt: number;
+  initialState: GuestState;
+  onGone: () => void;
+}
+
+class LocalGuest extends EventEmitter implements Guest {
+  readonly id = randomUUID();
+  readonly name: string;
+  readonly hostName: string;
+  readonly spec: GuestSpec;
+  readonly console: GuestConsole;
+  readonly labload: LabloadChannel | null;
+  readonly startedAt: number;
+  private readonly client: QmpClient;
+  private readonly proc: QemuProcess;
+  private current: GuestState;
+  private stopPromise: Promise<ExitInfo> | null = null;
+
+  constructor(private readonly parts: LocalGuestParts) {
+    super();
+    this.spec = parts.spec;
+    this.name = parts.spec.name;
+    this.hostName = parts.hostName;
+    this.console = parts.console;
+    this.labload = parts.labload;
+    this.startedAt = parts.startedAt;
+    this.client = parts.qmp;
+    this.proc = parts.proc;
+    this.current = parts.initialState;
+    if (!this.labload && this.current === 'booting') this.current = 'running';
+    this.labload?.waitReady(24 * 3600_000).then(
+      () => {
+        if (this.current === 'booting' || this.current === 'incoming') this.setState('ready');
+      },
+      () => {},
+    );
+    void this.proc.exited.then((exit) => this.onExit(exit));
+  }
+
+  get state(): GuestState {
+    return this.current;
+  }
+
+  get qmp(): GuestQmp {
+    return this.client;
+  }
+
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+
+  get exit(): ExitInfo | null {
+    return this.proc.exit;
+  }
+
+  override on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this {
+    return super.on(event, listener as (...a: unknown[]) => void);
+  }
+
+  override off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this {
+    return super.off(event, listener as (...a: unknown[]) => void);
+  }
+
+  private setState(next: GuestState): void {
+    const prev = this.current;
+    if (prev === next) return;
+    this.current = next;
+    this.emit('state', next, prev);
+  }
+
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    if (!this.labload) {
+      throw new Error(`Guest "${this.name}" does not run labload, so it cannot report that it is ready`);
+    }
+    const gone = new Promise<never>((_, reject) => {
+      void this.proc.exited.then((exit) =>
+        reject(new Error(`Guest "${this.name}" stopped before it was ready: ${describeExit(exit)}`)),
+      );
+    });
+    gone.catch(() => {});
+    await withTimeout(Promise.race([this.labload.waitReady(timeoutMs), gone]), timeoutMs + 100, `Guest "${this.name}" reporting ready`);
+  }
+
+  stop(): Promise<ExitInfo> {
+    this.stopPromise ??= (async () => {
+      if (this.proc.running) this.setState('stopping');
+      const exit = await this.proc.stop({ quit: () => quit(this.client) });
+      await this.proc.exited;
+      await this.release();
+      return exit;
+    })();
+    return this.stopPromise;
+  }
+
+  private released: Promise<void> | null = null;
+
+  /** Closes every channel and removes the guest's runtime files; runs once. */
+  private release(): Promise<void> {
+    this.released ??= (async () => {
+      this.labload?.close();
+      this.console.close();
+      await this.client.disconnect();
+      await removeDir(this.parts.dir);
+      this.parts.onGone();
+    })();
+    return this.released;
+  }
+
+  private async onExit(exit: ExitInfo): Promise<void> {
+    await this.release();
+    this.setState(exit.expected ? 'stopped' : 'failed');
+    this.emit('exit', exit);
+  }
+}

@@ -1,0 +1,70 @@
+import { z } from 'zod';
+
+/** Lab guest names end up in QEMU options and file names: keep them boring. */
+const guestName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,31}$/, 'use 1-32 lower-case letters, digits or "-", starting with a letter');
+
+const cidr = z
+  .string()
+  .regex(/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/, 'use an IPv4 address with a prefix, like 10.80.0.11/24')
+  .refine((s) => {
+    const [addr, prefix] = s.split('/') as [string, string];
+    return addr.split('.').every((o) => Number(o) <= 255) && Number(prefix) <= 32;
+  }, 'each octet must be 0-255 and the prefix 0-32');
+
+const hostPath = z.string().min(1, 'give a file path');
+
+/** A QEMU option value we pass through (machine type, CPU model): no commas, no spaces. */
+const qemuToken = z.string().regex(/^[A-Za-z0-9_.+-]+$/, 'use letters, digits, ".", "_", "+" or "-" only');
+
+export const BootSchema = z.discriminatedUnion('kind', [
+  /** The MigLab lab guest: distro kernel + busybox initramfs + labload. */
+  z.object({ kind: z.literal('lab') }),
+  /** A user's own kernel and initrd. labload: true if its initramfs runs labload on ttyS1. */
+  z.object({
+    kind: z.literal('kernel'),
+    kernel: hostPath,
+    initrd: hostPath.optional(),
+    append: z.string().max(2048).optional(),
+    labload: z.boolean().default(false),
+  }),
+  /** A user's qcow2 or raw disk image, booted by the firmware. */
+  z.object({
+    kind: z.literal('disk'),
+    path: hostPath,
+    format: z.enum(['qcow2', 'raw']).optional(),
+  }),
+]);
+
+export const GuestSpecSchema = z.object({
+  name: guestName,
+  memoryMiB: z.number().int().min(64).max(64 * 1024).default(256),
+  /** 1 vCPU by default: under TCG more vCPUs make boot several times slower. */
+  vcpus: z.number().int().min(1).max(64).default(1),
+  /** QEMU's default CPU model unless set; a named model keeps hosts migration-compatible. */
+  cpuModel: qemuToken.optional(),
+  machine: qemuToken.default('q35'),
+  ip: cidr.optional(),
+  boot: BootSchema.default({ kind: 'lab' }),
+});
+
+export type GuestSpec = z.output<typeof GuestSpecSchema>;
+export type GuestSpecInput = z.input<typeof GuestSpecSchema>;
+export type BootSpec = GuestSpec['boot'];
+
+export class InvalidGuestSpecError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`The guest description is not valid: ${problems.join('; ')}`);
+    this.name = 'InvalidGuestSpecError';
+  }
+}
+
+/** Validates user input into a full spec with defaults, or throws one error listing every problem. */
+export function parseGuestSpec(input: unknown): GuestSpec {
+  const r = GuestSpecSchema.safeParse(input);
+  if (r.success) return r.data;
+  throw new InvalidGuestSpecError(
+    r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'guest'}: ${i.message}`),
+  );
+}

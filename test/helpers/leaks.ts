@@ -1,0 +1,57 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TEMP_PREFIX } from '../../electron/engine/util/fs';
+
+/**
+ * PIDs of the QEMU processes MigLab started: those whose command line points into a MigLab
+ * temp dir. (Other QEMUs on the machine are none of our business.)
+ */
+export async function qemuPids(): Promise<number[]> {
+  const marker = join(tmpdir(), TEMP_PREFIX);
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const comm = (await readFile(`/proc/${entry}/comm`, 'utf8')).trim();
+      if (!comm.startsWith('qemu-system')) continue;
+      const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.includes(marker)) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** MigLab temp dirs (runtime dirs, probes, test dirs) currently in the temp folder. */
+export async function miglabTempDirs(): Promise<string[]> {
+  return (await readdir(tmpdir())).filter((n) => n.startsWith(TEMP_PREFIX)).sort();
+}
+
+export interface Snapshot {
+  qemu: number[];
+  tempDirs: string[];
+}
+
+export async function snapshot(): Promise<Snapshot> {
+  return { qemu: await qemuPids(), tempDirs: await miglabTempDirs() };
+}
+
+/** What exists now that did not exist at `before`. */
+export async function leakedSince(before: Snapshot): Promise<Snapshot> {
+  const now = await snapshot();
+  return {
+    qemu: now.qemu.filter((p) => !before.qemu.includes(p)),
+    tempDirs: now.tempDirs.filter((d) => !before.tempDirs.includes(d)),
+  };
+}
