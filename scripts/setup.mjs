@@ -50,7 +50,7 @@ function missingPackages() {
 
 function aptListsPresent() {
   try {
-    return readdirSync('/var/lib/apt/lists').some((f) => f.endsWith('_Packages'));
+    return readdirSync('/var/lib/apt/lists').some((f) => /_Packages(\.[a-z0-9]+)?$/.test(f));
   } catch {
     return false;
   }

@@ -5,10 +5,9 @@ import { TEMP_PREFIX } from '../../electron/engine/util/fs';
 
 /**
  * PIDs of the QEMU processes MigLab started: those whose command line points into a MigLab
- * temp dir. (Other QEMUs on the machine are none of our business.)
+ * temp dir, or into `marker` when given. (Other QEMUs on the machine are none of our business.)
  */
-export async function qemuPids(): Promise<number[]> {
-  const marker = join(tmpdir(), TEMP_PREFIX);
+export async function qemuPids(marker = join(tmpdir(), TEMP_PREFIX)): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;

@@ -50,12 +50,15 @@ export function parseQemuVersion(output: string): { version: string; major: numb
   return { version: `${m[1]}.${m[2]}.${m[3] ?? '0'}`, major: Number(m[1]), minor: Number(m[2]) };
 }
 
-let cached: Promise<QemuBinary> | undefined;
+const cache = new Map<string, Promise<QemuBinary>>();
 
 /** Locates qemu-system-x86_64 ($MIGLAB_QEMU overrides PATH) and reads its version. */
 export function findQemu(): Promise<QemuBinary> {
-  cached ??= (async () => {
-    const override = process.env.MIGLAB_QEMU;
+  const override = process.env.MIGLAB_QEMU;
+  const key = `${override ?? ''}\0${process.env.PATH ?? ''}`;
+  let cached = cache.get(key);
+  if (cached) return cached;
+  cached = (async () => {
     const path = override ?? (await whichBinary(QEMU_SYSTEM));
     if (!path) throw new QemuNotFoundError('it is not on PATH');
     if (!(await isExecutable(path))) throw new QemuNotFoundError(`${path} is not an executable file`);
@@ -69,9 +72,8 @@ export function findQemu(): Promise<QemuBinary> {
     if (!v) throw new QemuNotFoundError(`${path} printed an unknown version: ${out.trim().slice(0, 80)}`);
     return { path, ...v };
   })();
-  cached.catch(() => {
-    cached = undefined; // a later install should be picked up
-  });
+  cache.set(key, cached);
+  cached.catch(() => cache.delete(key)); // a later install should be picked up
   return cached;
 }
 
