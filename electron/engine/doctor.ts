@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { findLabGuest } from './guest/image';
+import { findLabGuest, findStaticBusybox } from './guest/image';
 import { INSTALL_QEMU_HINT, chooseAccelerator, findQemu, whichBinary } from './qemu/binary';
 import { probeQemu } from './qemu/probe';
 
@@ -77,6 +77,15 @@ async function toolCheck(name: string, binary: string, required: boolean, fix: s
   return check(name, required, path !== null, path ? `${binary} at ${path} (${why})` : `${binary} not found (${why})`, fix);
 }
 
+async function busyboxCheck(): Promise<DoctorCheck> {
+  try {
+    const { path } = await findStaticBusybox();
+    return check('busybox', false, true, `static busybox at ${path} (lab guest userland)`, '');
+  } catch (err) {
+    return check('busybox', false, false, (err as Error).message, GUEST_TOOLS_FIX);
+  }
+}
+
 async function staticLibcCheck(): Promise<DoctorCheck> {
   const candidates = ['/usr/lib/x86_64-linux-gnu/libc.a', '/usr/lib64/libc.a', '/usr/lib/libc.a'];
   for (const c of candidates) {
@@ -126,7 +135,7 @@ export async function runDoctor(): Promise<DoctorCheck[]> {
     qemuChecks(),
     accelCheck(),
     toolCheck('qemu-img', 'qemu-img', false, 'sudo apt-get install qemu-utils', 'reads custom disk images'),
-    toolCheck('busybox', 'busybox', false, GUEST_TOOLS_FIX, 'lab guest userland'),
+    busyboxCheck(),
     toolCheck('cpio', 'cpio', false, GUEST_TOOLS_FIX, 'packs the lab guest'),
     toolCheck('gcc', 'gcc', false, GUEST_TOOLS_FIX, 'compiles labload'),
     staticLibcCheck(),

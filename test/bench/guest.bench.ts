@@ -81,10 +81,11 @@ async function main(): Promise<void> {
     heartbeatP99Ms: median(runs.map((r) => r.hbP99Ms)),
     heartbeatMaxGapMs: Math.max(...runs.map((r) => r.hbMaxGapMs)),
   };
-  rows.push(['median', fmt(summary.bootToReadyMedianMs, 0), fmt(summary.heartbeatGuestMeanMs, 2), '', fmt(summary.heartbeatJitterMs, 2), '', fmt(summary.heartbeatP99Ms, 2), fmt(summary.heartbeatMaxGapMs, 1), '']);
+  rows.push(['median*', fmt(summary.bootToReadyMedianMs, 0), fmt(summary.heartbeatGuestMeanMs, 2), '', fmt(summary.heartbeatJitterMs, 2), '', fmt(summary.heartbeatP99Ms, 2), fmt(summary.heartbeatMaxGapMs, 1), '']);
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   console.log('');
   for (const r of rows) console.log(`| ${r.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`);
+  console.log('* median of the runs, except max gap: the largest of all runs');
   const target = 5000;
   console.log(`\nboot-to-ready median ${fmt(summary.bootToReadyMedianMs, 0)} ms (target <= ${target} ms): ${summary.bootToReadyMedianMs <= target ? 'met' : 'NOT met'}`);
   const outDir = join(import.meta.dirname, '..', '..', 'test-artifacts', 'bench');
