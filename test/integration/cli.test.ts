@@ -1,11 +1,13 @@
 // The `miglab` command as a user runs it: a separate process, JSON on stdout, exit codes.
 import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
 
+const runFile = promisify(execFile);
 const bin = join(import.meta.dirname, '..', '..', 'scripts', 'miglab.mjs');
 
 interface Run {
@@ -48,6 +50,11 @@ describe('miglab doctor', () => {
     expect(qemu.detail).toMatch(/qemu-system-x86_64 \d+\.\d+\.\d+/);
     expect(checks.find((c) => c.name === 'migration-capabilities')!.detail).toMatch(/events/);
     for (const c of checks) if (!c.ok) expect(c.fix).toBeTruthy();
+    // The namespace check makes a namespace to prove it can: it must not leave it behind.
+    if (checks.find((c) => c.name === 'network-namespaces')!.ok) {
+      const { stdout } = await runFile('ip', ['netns', 'list']);
+      expect(stdout).not.toContain('miglab-doctor');
+    }
   });
 
   it('says how to install QEMU when it is missing', async () => {

@@ -7,8 +7,11 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GuestImageError, LocalHost } from '../../electron/engine/hosts/local';
 import { canBind } from '../../electron/engine/hosts/ports';
+import type { Host } from '../../electron/engine/hosts/host';
+import { Lab, defaultLocalLab } from '../../electron/engine/lab/lab';
 import { migrate, migrateIncoming, queryMigrate, queryStatus } from '../../electron/engine/qmp';
-import { QemuStartError } from '../../electron/engine/qemu/process';
+import { QemuNotFoundError } from '../../electron/engine/qemu/binary';
+import { QemuStartError, type ExitInfo } from '../../electron/engine/qemu/process';
 import { InvalidGuestSpecError } from '../../electron/engine/qemu/spec';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { expectGuestGone, expectScopeClean, requireLabGuest } from '../helpers/lab';
@@ -16,28 +19,34 @@ import { expectGuestGone, expectScopeClean, requireLabGuest } from '../helpers/l
 const run = promisify(execFile);
 
 let work: string;
-let hostA: LocalHost;
-let hostB: LocalHost;
+let lab: Lab;
+let hostA: Host;
+let hostB: Host;
 
 beforeAll(async () => {
   await requireLabGuest();
   work = await makeTempDir('it-launcher');
-  hostA = new LocalHost({ name: 'host-a', runtimeDir: join(work, 'a'), migrationPorts: { first: 47100, last: 47199 } });
-  hostB = new LocalHost({ name: 'host-b', runtimeDir: join(work, 'b'), migrationPorts: { first: 47200, last: 47299 } });
+  lab = await defaultLocalLab({ runtimeDir: work });
+  hostA = lab.host('host-a');
+  hostB = lab.host('host-b');
 });
 
 afterAll(async () => {
-  await Promise.all([hostA?.dispose(), hostB?.dispose()]);
-  await expectScopeClean(join(work, 'a'));
-  await expectScopeClean(join(work, 'b'));
+  await lab?.dispose();
+  await expectScopeClean(join(work, 'host-a'));
+  await expectScopeClean(join(work, 'host-b'));
   await removeDir(work);
 });
 
 describe('a migration destination', () => {
   it('starts with -incoming defer and the source\'s device model, and takes the running guest', async () => {
+    const events: string[] = [];
+    hostB.on('guest-started', (g) => events.push(`started ${g.name} ${g.state}`));
+    hostB.on('guest-state', (g, state) => events.push(`${g.name} ${state}`));
+    hostB.on('guest-exited', (g, exit) => events.push(`exited ${g.name} expected=${exit.expected}`));
     const src = await hostA.startGuest({ name: 'mover', memoryMiB: 256 });
     await src.waitReady(60_000); // never migrate a guest that is still booting
-    const dst = await hostB.startGuest(src.spec, { incoming: true });
+    const dst = await hostB.prepareIncoming(src.spec);
     expect(dst.state).toBe('incoming');
     expect((await queryStatus(dst.qmp)).status).toBe('inmigrate');
 
@@ -61,10 +70,28 @@ describe('a migration destination', () => {
     expect((await queryStatus(dst.qmp)).status).toBe('running');
     expect(await ch.echo('after-migration')).toBe('after-migration');
 
-    await src.stop();
+    await hostA.stopGuest('mover');
     expectGuestGone(src);
-    await dst.stop();
+    await hostB.stopGuest('mover');
     expectGuestGone(dst);
+    expect(events).toEqual(['started mover incoming', 'mover ready', 'mover stopping', 'mover stopped', 'exited mover expected=true']);
+    await expect(hostB.stopGuest('mover')).rejects.toThrow('No guest named "mover" runs on host host-b: it runs none');
+  });
+});
+
+describe('supervision', () => {
+  it('notices a QEMU that dies on its own, keeps how it ended, and cleans up after it', async () => {
+    const g = await hostA.startGuest({ name: 'doomed' });
+    await g.waitReady(60_000);
+    const exited = new Promise<ExitInfo>((r) => g.on('exit', r));
+    process.kill(g.pid!, 'SIGKILL');
+    const exit = await exited;
+    expect(exit).toMatchObject({ signal: 'SIGKILL', expected: false });
+    expect(g.state).toBe('failed');
+    expectGuestGone(g, join(work, 'host-a', 'doomed'));
+    expect(hostA.guest('doomed')).toBeUndefined();
+    // stop() on a guest that is already gone just reports how it ended
+    expect(await g.stop()).toBe(exit);
   });
 });
 
@@ -106,6 +133,20 @@ describe('bad input', () => {
     expect(hostA.guests()).toHaveLength(0);
   });
 
+  it('says how to install QEMU when the binary is missing', async () => {
+    const saved = process.env.MIGLAB_QEMU;
+    process.env.MIGLAB_QEMU = join(work, 'no-qemu-here');
+    try {
+      const err = await hostA.startGuest({ name: 'noqemu' }).catch((e) => e);
+      expect(err).toBeInstanceOf(QemuNotFoundError);
+      expect(err.message).toContain(join(work, 'no-qemu-here'));
+      expect(err.message).toContain('apt-get install qemu-system-x86');
+    } finally {
+      if (saved === undefined) delete process.env.MIGLAB_QEMU;
+      else process.env.MIGLAB_QEMU = saved;
+    }
+  });
+
   it('carries QEMU\'s own message when QEMU exits at start', async () => {
     const err = await hostA.startGuest({ name: 'badcpu', cpuModel: 'no-such-cpu' }).catch((e) => e);
     expect(err).toBeInstanceOf(QemuStartError);
@@ -129,7 +170,7 @@ describe('bad input', () => {
 
   it('moves on to the next free port when one is in use', async () => {
     const first = 47300;
-    const host = new LocalHost({ name: 'host-p', runtimeDir: join(work, 'p'), migrationPorts: { first, last: first + 5 } });
+    const host = new LocalHost({ name: 'host-p', runtimeDir: join(work, 'host-p'), migrationPorts: { first, last: first + 5 } });
     const busy: Server = createServer();
     await new Promise<void>((r) => busy.listen(first, '127.0.0.1', () => r()));
     try {

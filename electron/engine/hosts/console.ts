@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { createConnection, type Socket } from 'node:net';
+import { createConnection } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { TailBuffer } from '../util/tail-buffer';
 
 /**
@@ -7,7 +8,7 @@ import { TailBuffer } from '../util/tail-buffer';
  * reattaching to another QEMU (the destination of a migration).
  */
 export class GuestConsole extends EventEmitter<{ data: [Buffer]; close: [] }> {
-  private socket: Socket | null = null;
+  private socket: Duplex | null = null;
   private readonly scrollback: TailBuffer;
   private closed = false;
 
@@ -16,13 +17,19 @@ export class GuestConsole extends EventEmitter<{ data: [Buffer]; close: [] }> {
     this.scrollback = new TailBuffer(scrollbackBytes);
   }
 
-  /** Connects to a QEMU console chardev socket, replacing any previous one. */
-  async attach(path: string): Promise<void> {
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const s = createConnection(path);
-      s.once('connect', () => resolve(s));
-      s.once('error', reject);
-    });
+  /**
+   * Connects to a QEMU console chardev socket (a path on this machine) or takes a stream that
+   * already carries it (a remote host's), replacing any previous one.
+   */
+  async attach(target: string | Duplex): Promise<void> {
+    const socket =
+      typeof target === 'string'
+        ? await new Promise<Duplex>((resolve, reject) => {
+            const s = createConnection(target);
+            s.once('connect', () => resolve(s));
+            s.once('error', reject);
+          })
+        : target;
     this.detach();
     this.closed = false;
     this.socket = socket;

@@ -61,6 +61,13 @@ export interface StartGuestOptions {
   incoming?: boolean;
 }
 
+/** What a host tells every front end about its guests. */
+export interface HostEventMap {
+  'guest-started': [guest: Guest];
+  'guest-state': [guest: Guest, state: GuestState, previous: GuestState];
+  'guest-exited': [guest: Guest, exit: ExitInfo];
+}
+
 /** Where QEMU runs: this machine (LocalHost) or a LAN machine's agent (a later RemoteHost). */
 export interface Host {
   readonly name: string;
@@ -68,7 +75,14 @@ export interface Host {
   readonly address: string;
   info(): Promise<HostInfo>;
   startGuest(spec: GuestSpecInput, opts?: StartGuestOptions): Promise<Guest>;
+  /** A migration destination for `spec`: same device model, `-incoming defer`, not yet listening. */
+  prepareIncoming(spec: GuestSpec): Promise<Guest>;
   guests(): Guest[];
+  guest(name: string): Guest | undefined;
+  /** Stops the named guest; an error naming the host's guests when there is none by that name. */
+  stopGuest(name: string): Promise<ExitInfo>;
+  on<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this;
+  off<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this;
   /** A TCP port on `address` for an incoming migration; an occupied port is skipped. */
   allocateMigrationPort(): Promise<number>;
   releaseMigrationPort(port: number): void;

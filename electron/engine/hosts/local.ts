@@ -17,7 +17,7 @@ import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spe
 import { makeTempDir, removeDir } from '../util/fs';
 import { withTimeout } from '../util/time';
 import { GuestConsole } from './console';
-import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostInfo, StartGuestOptions } from './host';
+import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, StartGuestOptions } from './host';
 import { PortAllocator, type PortRange } from './ports';
 
 const runFile = promisify(execFile);
@@ -75,7 +75,7 @@ function connectUnix(path: string): Promise<Socket> {
 }
 
 /** A host that runs QEMU on this machine. Several can run side by side, each in its own dir. */
-export class LocalHost implements Host {
+export class LocalHost extends EventEmitter implements Host {
   readonly kind = 'local' as const;
   readonly name: string;
   readonly address: string;
@@ -86,6 +86,7 @@ export class LocalHost implements Host {
   private disposed = false;
 
   constructor(private readonly opts: LocalHostOptions) {
+    super();
     this.name = opts.name;
     this.address = opts.address ?? '127.0.0.1';
     this.runtimeDir = opts.runtimeDir ?? null;
@@ -115,8 +116,35 @@ export class LocalHost implements Host {
     };
   }
 
+  override on<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this {
+    return super.on(event, listener as (...a: unknown[]) => void);
+  }
+
+  override off<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this {
+    return super.off(event, listener as (...a: unknown[]) => void);
+  }
+
   guests(): Guest[] {
     return [...this.running.values()];
+  }
+
+  guest(name: string): Guest | undefined {
+    return this.running.get(name);
+  }
+
+  async stopGuest(name: string): Promise<ExitInfo> {
+    const g = this.running.get(name);
+    if (!g) {
+      const names = [...this.running.keys()];
+      throw new Error(
+        `No guest named "${name}" runs on host ${this.name}` + (names.length ? `: it runs ${names.join(', ')}` : ': it runs none'),
+      );
+    }
+    return g.stop();
+  }
+
+  prepareIncoming(spec: GuestSpec): Promise<Guest> {
+    return this.startGuest(spec, { incoming: true });
   }
 
   allocateMigrationPort(): Promise<number> {
@@ -212,6 +240,9 @@ export class LocalHost implements Host {
       onGone: () => this.running.delete(spec.name),
     });
     this.running.set(spec.name, guest);
+    guest.on('state', (state, prev) => this.emit('guest-state', guest, state, prev));
+    guest.on('exit', (exit) => this.emit('guest-exited', guest, exit));
+    this.emit('guest-started', guest);
     return guest;
   }
 

@@ -105,12 +105,11 @@ export class QemuProcess {
     this.stopping = true;
     const { quitTimeoutMs = 3000, termTimeoutMs = 3000 } = opts;
     if (opts.quit) {
-      try {
-        await opts.quit();
-      } catch {
-        // QMP already gone or refusing: escalate below.
-      }
-      if (await this.exitsWithin(quitTimeoutMs)) return this.exited;
+      const started = performance.now();
+      // A wedged QMP may never answer: the quit request gets the same budget as the exit.
+      await Promise.race([opts.quit().catch(() => {}), this.exitsWithin(quitTimeoutMs)]);
+      const left = Math.max(0, quitTimeoutMs - (performance.now() - started));
+      if (await this.exitsWithin(left)) return this.exited;
     }
     this.signal('SIGTERM');
     if (await this.exitsWithin(termTimeoutMs)) return this.exited;

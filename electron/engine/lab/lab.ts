@@ -1,0 +1,59 @@
+import { join } from 'node:path';
+import type { Host } from '../hosts/host';
+import { LocalHost } from '../hosts/local';
+import type { PortRange } from '../hosts/ports';
+import { makeTempDir, removeDir } from '../util/fs';
+
+/** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
+export const DEFAULT_LOCAL_HOSTS: ReadonlyArray<{ name: string; migrationPorts: PortRange }> = [
+  { name: 'host-a', migrationPorts: { first: 49152, last: 49279 } },
+  { name: 'host-b', migrationPorts: { first: 49280, last: 49407 } },
+];
+
+/** A set of hosts with unique names; disposing the lab stops every guest on every host. */
+export class Lab {
+  private readonly byName = new Map<string, Host>();
+
+  constructor(
+    hosts: Host[],
+    private readonly ownedDir: string | null = null,
+  ) {
+    for (const h of hosts) {
+      if (this.byName.has(h.name)) throw new Error(`Two hosts are called "${h.name}": give each host its own name`);
+      this.byName.set(h.name, h);
+    }
+  }
+
+  hosts(): Host[] {
+    return [...this.byName.values()];
+  }
+
+  host(name: string): Host {
+    const h = this.byName.get(name);
+    if (!h) throw new Error(`There is no host "${name}" in this lab: it has ${[...this.byName.keys()].join(', ')}`);
+    return h;
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.hosts().map((h) => h.dispose()));
+    if (this.ownedDir) await removeDir(this.ownedDir);
+  }
+}
+
+/**
+ * host-a and host-b on this machine, each with its own runtime dir (under `runtimeDir`, or a
+ * fresh temp dir the lab removes) and its own migration port range.
+ */
+export async function defaultLocalLab(opts: { runtimeDir?: string; cacheRoot?: string } = {}): Promise<Lab> {
+  const dir = opts.runtimeDir ?? (await makeTempDir('lab'));
+  const hosts = DEFAULT_LOCAL_HOSTS.map(
+    (h) =>
+      new LocalHost({
+        name: h.name,
+        runtimeDir: join(dir, h.name),
+        migrationPorts: h.migrationPorts,
+        ...(opts.cacheRoot ? { cacheRoot: opts.cacheRoot } : {}),
+      }),
+  );
+  return new Lab(hosts, opts.runtimeDir ? null : dir);
+}
