@@ -37,13 +37,14 @@ async function watchHeartbeats(guest: Guest, windowMs: number) {
   const s = ch.heartbeats.summary();
   const guestInterval =
     s.first && s.last && s.count > 1 ? (s.last.guestUs - s.first.guestUs) / 1000 / (s.count - 1) : null;
+  const r2 = (n: number) => Math.round(n * 100) / 100;
   return {
     guestInterval,
     stats: {
       count: s.count,
-      meanHostIntervalMs: s.meanHostIntervalMs,
-      jitterMs: s.jitterMs,
-      maxHostGapMs: s.maxHostGapMs,
+      meanHostIntervalMs: r2(s.meanHostIntervalMs),
+      jitterMs: r2(s.jitterMs),
+      maxHostGapMs: r2(s.maxHostGapMs),
       missed: s.missed,
     },
   };

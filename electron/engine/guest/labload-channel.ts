@@ -16,6 +16,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
+import { listenToStream } from '../util/stream';
 import {
   HeartbeatStats,
   MAX_GUEST_LINE,
@@ -166,18 +167,7 @@ export class LabloadChannel extends EventEmitter<LabloadEvents> {
     const onData = (chunk: Buffer | string) => this.onData(chunk);
     const onEnd = () => this.onStreamGone(stream, null);
     const onError = (err: Error) => this.onStreamGone(stream, err);
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('close', onEnd);
-    stream.on('error', onError);
-    this.detachStream = () => {
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('close', onEnd);
-      stream.off('error', onError);
-      // Keep a late error from an abandoned stream from becoming an uncaught exception.
-      stream.on('error', () => {});
-    };
+    this.detachStream = listenToStream(stream, { data: onData, end: onEnd, close: onEnd, error: onError });
     this.counters.attaches++;
     this.emit('attach', this.counters.attaches);
     this.probeStatus();

@@ -1,6 +1,7 @@
 // Generic newline-framed JSON protocol over a byte stream, with an explicit runstate.
 // Knows nothing about QMP commands or events; QmpClient layers those on top.
 import type { Duplex } from 'node:stream';
+import { listenToStream } from '../util/stream';
 import { QmpDisconnectedError, QmpMessageTooLargeError, QmpProtocolError, QmpStateError } from './errors';
 
 export type Runstate = 'idle' | 'connecting' | 'running' | 'disconnecting';
@@ -212,18 +213,7 @@ export class JsonLineProtocol {
         new QmpDisconnectedError(`The ${this.label} failed: ${err.message}`, { cause: err }),
       );
     };
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('close', onClose);
-    stream.on('error', onError);
-    conn.detach = () => {
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('close', onClose);
-      stream.off('error', onError);
-      // Late errors (EPIPE after destroy) must never become uncaught exceptions.
-      stream.on('error', ignore);
-    };
+    conn.detach = listenToStream(stream, { data: onData, end: onEnd, close: onClose, error: onError });
   }
 
   markRunning(signal: AbortSignal): void {
@@ -291,8 +281,6 @@ export class JsonLineProtocol {
     return conn.closing;
   }
 }
-
-function ignore(): void {}
 
 function toError(err: unknown): Error {
   return err instanceof Error ? err : new QmpProtocolError(`QMP protocol failure: ${String(err)}`);
