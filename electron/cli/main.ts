@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `miglab` command: a thin adapter over the engine, like the app and the web server.
 import { parseArgs } from 'node:util';
+import { demoCommand } from './demo';
 import { doctorCommand } from './doctor';
 import { guestBootCommand, guestBuildCommand } from './guest';
 import { showcaseCommand } from './showcase';
@@ -14,6 +15,10 @@ Usage:
                                     build the lab guest (kernel + busybox initramfs + labload)
   miglab guest boot [--json] [--memory MiB]
                                     boot the lab guest, check heartbeats and memory integrity, stop it
+  miglab demo [--json] [--memory MiB] [--dirty-rate MBps] [--working-set MiB]
+              [--bandwidth MBps] [--downtime-limit ms] [--capability NAME]...
+              [--kernel K [--initrd I] [--append A] | --disk IMG] [--ready-pattern TEXT]
+                                    boot a guest on host-a, migrate it live to host-b, check it there
   miglab showcase                   what works so far, run live (what "npm start" shows)
   miglab help                       this text
 `;
@@ -28,6 +33,16 @@ async function main(argv: string[]): Promise<number> {
       force: { type: 'boolean', default: false },
       'if-missing': { type: 'boolean', default: false },
       memory: { type: 'string' },
+      'dirty-rate': { type: 'string' },
+      'working-set': { type: 'string' },
+      bandwidth: { type: 'string' },
+      'downtime-limit': { type: 'string' },
+      kernel: { type: 'string' },
+      initrd: { type: 'string' },
+      append: { type: 'string' },
+      disk: { type: 'string' },
+      'ready-pattern': { type: 'string' },
+      capability: { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -45,6 +60,9 @@ async function main(argv: string[]): Promise<number> {
       if (sub === 'build') return guestBuildCommand({ json: values.json, force: values.force, ifMissing: values['if-missing'] });
       if (sub === 'boot') return guestBootCommand({ json: values.json, memory: values.memory });
       throw new UsageError(sub ? `Unknown guest command "${sub}": use "guest build" or "guest boot"` : 'Say what to do with the guest: "guest build" or "guest boot"');
+    case 'demo':
+      if (sub) throw new UsageError(`"miglab demo" takes options only (got "${sub}")`);
+      return demoCommand(values);
     case 'showcase':
       return showcaseCommand();
     default:

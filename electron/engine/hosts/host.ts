@@ -50,8 +50,13 @@ export interface Guest {
   readonly exit: ExitInfo | null;
   on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
-  /** Resolves once labload reports ready; rejects for a guest without labload or on exit. */
+  /**
+   * Resolves once the guest is ready (labload said so, or its console showed its ready pattern);
+   * rejects for a guest that has no way to say so, on timeout, or when QEMU exits.
+   */
   waitReady(timeoutMs?: number): Promise<void>;
+  /** Declares the guest booted, e.g. a migration destination whose source was ready. */
+  markReady(): void;
   /** Stops QEMU (quit, then SIGTERM, then SIGKILL) and removes its runtime files. */
   stop(): Promise<ExitInfo>;
 }

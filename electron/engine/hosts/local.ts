@@ -254,6 +254,10 @@ export class LocalHost extends EventEmitter implements Host {
   }
 }
 
+function readyPatternOf(spec: GuestSpec): string | undefined {
+  return spec.boot.kind === 'lab' ? undefined : spec.boot.readyPattern;
+}
+
 interface LocalGuestParts {
   spec: GuestSpec;
   hostName: string;
@@ -293,12 +297,32 @@ class LocalGuest extends EventEmitter implements Guest {
     this.current = parts.initialState;
     if (!this.labload && this.current === 'booting') this.current = 'running';
     this.labload?.waitReady(24 * 3600_000).then(
-      () => {
-        if (this.current === 'booting' || this.current === 'incoming') this.setState('ready');
-      },
+      () => this.markReady(),
       () => {},
     );
+    const pattern = readyPatternOf(this.spec);
+    if (!this.labload && pattern && parts.initialState !== 'incoming') {
+      this.console.waitFor(pattern, 24 * 3600_000, true).then(
+        () => this.markReady(),
+        () => {},
+      );
+    }
+    // A destination runs once its migration completes: QEMU says so with RESUME.
+    if (parts.initialState === 'incoming') {
+      const off = this.client.onEvent('RESUME', () => {
+        off();
+        if (this.current === 'incoming') this.setState('running');
+      });
+    }
     void this.proc.exited.then((exit) => this.onExit(exit));
+  }
+
+  /**
+   * Declares the guest booted: labload said so, its console showed its ready pattern, or (for a
+   * migration destination) the copy it was migrated from was ready.
+   */
+  markReady(): void {
+    if (['booting', 'running', 'incoming'].includes(this.current)) this.setState('ready');
   }
 
   get state(): GuestState {
@@ -333,8 +357,11 @@ class LocalGuest extends EventEmitter implements Guest {
   }
 
   async waitReady(timeoutMs = 30_000): Promise<void> {
-    if (!this.labload) {
-      throw new Error(`Guest "${this.name}" does not run labload, so it cannot report that it is ready`);
+    if (this.current === 'ready') return;
+    if (!this.labload && !readyPatternOf(this.spec)) {
+      throw new Error(
+        `Guest "${this.name}" does not run labload and has no ready pattern, so it cannot report that it is ready`,
+      );
     }
     const gone = new Promise<never>((_, reject) => {
       void this.proc.exited.then((exit) =>
@@ -342,7 +369,16 @@ class LocalGuest extends EventEmitter implements Guest {
       );
     });
     gone.catch(() => {});
-    await withTimeout(Promise.race([this.labload.waitReady(timeoutMs), gone]), timeoutMs + 100, `Guest "${this.name}" reporting ready`);
+    const ready = new Promise<void>((resolve) => {
+      const onState = (state: GuestState) => {
+        if (state === 'ready') {
+          this.off('state', onState);
+          resolve();
+        }
+      };
+      this.on('state', onState);
+    });
+    await withTimeout(Promise.race([ready, gone]), timeoutMs, `Guest "${this.name}" reporting ready`);
   }
 
   stop(): Promise<ExitInfo> {

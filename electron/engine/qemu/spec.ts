@@ -15,6 +15,12 @@ const cidr = z
 
 const hostPath = z.string().min(1, 'give a file path');
 
+/**
+ * For a guest without labload: text its console prints once it has booted (a login prompt, a
+ * shell prompt). Seeing it is how MigLab knows the guest is ready to be migrated.
+ */
+const readyPattern = z.string().min(1).max(200).optional();
+
 /** A QEMU option value we pass through (machine type, CPU model): no commas, no spaces. */
 const qemuToken = z.string().regex(/^[A-Za-z0-9_.+-]+$/, 'use letters, digits, ".", "_", "+" or "-" only');
 
@@ -28,12 +34,14 @@ export const BootSchema = z.discriminatedUnion('kind', [
     initrd: hostPath.optional(),
     append: z.string().max(2048).optional(),
     labload: z.boolean().default(false),
+    readyPattern,
   }),
   /** A user's qcow2 or raw disk image, booted by the firmware. */
   z.object({
     kind: z.literal('disk'),
     path: hostPath,
     format: z.enum(['qcow2', 'raw']).optional(),
+    readyPattern,
   }),
 ]);
 

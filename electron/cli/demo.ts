@@ -1,0 +1,181 @@
+// `miglab demo`: a whole migration on this machine, shown live on the terminal.
+import { runDemo, type DemoOptions, type DemoReport } from '../engine/lab/demo';
+import { formatBytes, formatBytesRate, formatMs } from '../engine/migration/prediction';
+import type { MigrationEvent } from '../engine/migration/types';
+import { printJson, table, UsageError } from './output';
+
+export interface DemoArgs {
+  json: boolean;
+  memory?: string | undefined;
+  'dirty-rate'?: string | undefined;
+  'working-set'?: string | undefined;
+  bandwidth?: string | undefined;
+  'downtime-limit'?: string | undefined;
+  kernel?: string | undefined;
+  initrd?: string | undefined;
+  append?: string | undefined;
+  disk?: string | undefined;
+  'ready-pattern'?: string | undefined;
+  capability?: string[] | undefined;
+}
+
+function num(name: string, value: string | undefined, min: number, max: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} takes a number from ${min} to ${max} (got "${value}")`);
+  return n;
+}
+
+export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'onEvent'> {
+  if (a.disk && a.kernel) throw new UsageError('Give either --kernel (with --initrd, --append) or --disk, not both');
+  if ((a.initrd || a.append) && !a.kernel) throw new UsageError('--initrd and --append go with --kernel');
+  const readyPattern = a['ready-pattern'];
+  const custom: DemoOptions['custom'] = a.kernel
+    ? { kind: 'kernel', kernel: a.kernel, ...(a.initrd ? { initrd: a.initrd } : {}), ...(a.append ? { append: a.append } : {}), ...(readyPattern ? { readyPattern } : {}) }
+    : a.disk
+      ? { kind: 'disk', path: a.disk, ...(readyPattern ? { readyPattern } : {}) }
+      : undefined;
+  const dirtyRateMBps = num('dirty-rate', a['dirty-rate'], 0, 100_000, 0);
+  if (custom && dirtyRateMBps > 0) throw new UsageError('--dirty-rate needs the lab guest (labload makes the workload): drop it for a custom guest');
+  const migration: DemoOptions['migration'] = {
+    bandwidthMBps: num('bandwidth', a.bandwidth, 1, 100_000, 1000),
+    downtimeLimitMs: num('downtime-limit', a['downtime-limit'], 1, 2_000_000, 300),
+    capabilities: Object.fromEntries((a.capability ?? []).map((c) => [c, true])),
+  };
+  return {
+    memoryMiB: num('memory', a.memory, 64, 65536, 256),
+    dirtyRateMBps,
+    workingSetMiB: num('working-set', a['working-set'], 1, 65536, 64),
+    migration,
+    ...(custom ? { custom } : {}),
+  };
+}
+
+/** Live lines on stderr: one per phase, check and pass; a status line redrawn on a terminal. */
+function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string) => void } {
+  const tty = process.stderr.isTTY;
+  let statusShown = false;
+  let lastPrinted = 0;
+  const clear = () => {
+    if (tty && statusShown) process.stderr.write('\r\x1b[K');
+    statusShown = false;
+  };
+  const line = (s: string) => {
+    clear();
+    process.stderr.write(`${s}\n`);
+  };
+  let eta = '';
+  return {
+    say: (m) => line(`[demo] ${m}`),
+    onEvent: (ev) => {
+      switch (ev.type) {
+        case 'phase':
+          line(`[${ev.phase}] at ${formatMs(ev.atMs)}`);
+          break;
+        case 'check':
+          line(`  ${ev.check.status.padEnd(4)} ${ev.check.name}: ${ev.check.message}`);
+          break;
+        case 'pass':
+          line(`  pass ${ev.pass.pass}: ${formatBytes(ev.pass.bytes)} in ${formatMs(ev.pass.durationMs)}, dirty rate ${formatBytesRate(ev.pass.dirtyRateBps)}`);
+          break;
+        case 'prediction':
+          eta = ev.prediction.kind === 'eta' ? `ETA ${formatMs(ev.prediction.etaMs)}` : ev.prediction.kind === 'will-not-converge' ? 'will not converge' : '';
+          if (ev.prediction.kind === 'will-not-converge') line(`  will not converge: ${ev.prediction.reason}`);
+          break;
+        case 'sample': {
+          const s = ev.sample;
+          const pct = s.totalBytes ? Math.min(100, (100 * s.transferredBytes) / s.totalBytes) : 0;
+          const text = `  pass ${s.pass}  ${pct.toFixed(0)}% sent  remaining ${formatBytes(s.remainingBytes)}  dirty ${formatBytesRate(s.dirtyRateBps)}  link ${formatBytesRate(s.throughputBps)}  ${eta}`;
+          if (tty) {
+            process.stderr.write(`\r\x1b[K${text}`);
+            statusShown = true;
+          } else if (ev.atMs - lastPrinted >= 1000) {
+            lastPrinted = ev.atMs;
+            line(text);
+          }
+          break;
+        }
+        case 'heartbeat-gap':
+          line(`  heartbeats resumed on the destination after a ${formatMs(ev.gapMs)} gap`);
+          break;
+        default:
+          break;
+      }
+    },
+  };
+}
+
+/** The object `--json` prints: what the issue promised, null for what cannot be measured. */
+export function demoJson(r: DemoReport) {
+  const m = r.result;
+  return {
+    status: m.status,
+    reason: m.reason,
+    guest: m.guest,
+    from: m.from,
+    to: m.to,
+    ramBytes: m.ramBytes,
+    totalTimeMs: m.totalTimeMs,
+    setupTimeMs: m.setupTimeMs,
+    downtimeMs: m.downtimeMs,
+    guestDowntimeMs: m.guestDowntimeMs,
+    transferredBytes: m.transferredBytes,
+    passes: m.passes.map((p) => ({ pass: p.pass, startMs: Math.round(p.startMs), durationMs: Math.round(p.durationMs), bytes: p.bytes, dirtyRate: p.dirtyRateBps })),
+    phases: m.phases.map((p) => ({ name: p.name, startMs: Math.round(p.startMs), endMs: p.endMs === null ? null : Math.round(p.endMs) })),
+    prediction: m.prediction,
+    integrity: r.integrity,
+    workload: r.workload,
+    checks: m.checks,
+    qemuMessage: m.qemuMessage,
+  };
+}
+
+function printReport(r: DemoReport): void {
+  const m = r.result;
+  const head = m.status === 'completed' ? `Migration completed: ${m.guest} moved from ${m.from} to ${m.to}` : `Migration ${m.status}: ${m.reason}`;
+  console.log(`\n${head}`);
+  if (m.qemuMessage) console.log(`  QEMU said: ${m.qemuMessage}`);
+  const rows: string[][] = [];
+  const ms = (v: number | null) => (v === null ? 'n/a' : formatMs(v));
+  rows.push(['total time (QEMU)', ms(m.totalTimeMs)], ['setup (QEMU)', ms(m.setupTimeMs)], ['downtime (QEMU)', ms(m.downtimeMs)]);
+  rows.push(['downtime (guest heartbeats)', m.guestDowntimeMs === null ? 'n/a' : formatMs(m.guestDowntimeMs)]);
+  rows.push(['transferred (QEMU)', m.transferredBytes === null ? 'n/a' : `${formatBytes(m.transferredBytes)} for ${formatBytes(m.ramBytes)} of RAM`]);
+  if (r.workload) rows.push(['workload (guest)', `${formatBytesRate(r.workload.measuredMBps * 1e6)} over ${r.workload.workingSetMiB} MiB (asked ${r.workload.requestedMBps} MB/s)`]);
+  if (r.integrity) rows.push(['integrity (guest)', `${r.integrity.pages} pages, ${r.integrity.bad} bad; heartbeats ${r.integrity.heartbeatsContinue ? 'continue' : 'STOPPED'}`]);
+  console.log(table(rows.map(([a, b]) => [`  ${a}`, b!])));
+  if (m.passes.length) {
+    console.log('\n  pre-copy passes (QEMU MIGRATION_PASS events and query-migrate):');
+    console.log(table([
+      ['    pass', 'start', 'duration', 'sent', 'dirty rate', 'throughput'],
+      ...m.passes.map((p) => [`    ${p.pass}`, formatMs(p.startMs), formatMs(p.durationMs), formatBytes(p.bytes), formatBytesRate(p.dirtyRateBps), formatBytesRate(p.throughputBps)]),
+    ]));
+  }
+  console.log(`\n  phases: ${m.phases.map((p) => `${p.name} ${p.endMs === null ? '?' : formatMs(p.endMs - p.startMs)}`).join(', ')}`);
+}
+
+export async function demoCommand(args: DemoArgs): Promise<number> {
+  const opts = parseDemoArgs(args);
+  const live = args.json ? null : liveDisplay();
+  const abort = new AbortController();
+  let job: { cancel(reason?: string): boolean } | null = null;
+  const onSigint = () => {
+    if (job?.cancel('Interrupted (Ctrl-C)')) process.stderr.write('\n[demo] cancelling the migration...\n');
+    abort.abort();
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    const report = await runDemo({
+      ...opts,
+      ...(live ? { onProgress: live.say, onEvent: live.onEvent } : {}),
+      onJob: (j) => {
+        job = j;
+      },
+    });
+    if (args.json) printJson(demoJson(report));
+    else printReport(report);
+    const ok = report.result.status === 'completed' && (report.integrity === null || report.integrity.ok);
+    return ok ? 0 : 1;
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}

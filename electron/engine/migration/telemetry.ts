@@ -1,0 +1,188 @@
+// Turns QEMU's query-migrate answers and MIGRATION_PASS events into MigLab's samples and passes.
+// Pure: the orchestrator does the QMP I/O and hands the answers in with its own clock.
+import type { MigrationInfo, MigrationStats } from '../qmp';
+import type { MigrationPass, MigrationSample } from './types';
+
+/** x86's target page size; only used if a QEMU leaves page-size out (7.2 always sends it). */
+const FALLBACK_PAGE_SIZE = 4096;
+
+/** QMP answers are cast, not validated: a missing or odd counter reads as 0 rather than NaN. */
+function num(n: unknown): number {
+  return typeof n === 'number' && Number.isFinite(n) ? n : 0;
+}
+
+function pageSize(ram: MigrationStats): number {
+  const p = num(ram['page-size']);
+  return p > 0 ? p : FALLBACK_PAGE_SIZE;
+}
+
+/** QEMU reports dirty-pages-rate in pages/s; MigLab speaks bytes/s. */
+function dirtyRateOf(ram: MigrationStats): number {
+  return Math.max(0, num(ram['dirty-pages-rate'])) * pageSize(ram);
+}
+
+/** One query-migrate answer as a sample; null until QEMU reports both a status and ram stats. */
+export function sampleFromInfo(info: MigrationInfo, atMs: number): MigrationSample | null {
+  const ram = info.ram;
+  if (!ram || !info.status) return null;
+  const expected = info['expected-downtime'];
+  return {
+    atMs,
+    status: info.status,
+    transferredBytes: num(ram.transferred),
+    remainingBytes: num(ram.remaining),
+    totalBytes: num(ram.total),
+    dirtyRateBps: dirtyRateOf(ram),
+    // mbps is megabits (10^6) per second.
+    throughputBps: (num(ram.mbps) * 1e6) / 8,
+    expectedDowntimeMs: typeof expected === 'number' && Number.isFinite(expected) ? expected : null,
+    cpuThrottlePercent: num(info['cpu-throttle-percentage']),
+    pass: num(ram['dirty-sync-count']),
+  };
+}
+
+interface Counters {
+  transferred: number;
+  normal: number;
+  duplicate: number;
+}
+
+const ZERO: Counters = { transferred: 0, normal: 0, duplicate: 0 };
+
+function countersOf(info: MigrationInfo | null): Counters | null {
+  if (!info) return null;
+  if (info.ram) {
+    return { transferred: num(info.ram.transferred), normal: num(info.ram.normal), duplicate: num(info.ram.duplicate) };
+  }
+  // QEMU emits pass 1 from its setup, and query-migrate has no ram stats in `setup`: nothing has
+  // been sent yet and the counters were reset when the migration began, so they are zero.
+  if (info.status === 'setup') return ZERO;
+  return null;
+}
+
+/** A delta between two counters; QEMU's never go backwards, but a restarted migration's would. */
+function delta(end: number, start: number): number {
+  return Math.max(0, end - start);
+}
+
+interface OpenPass {
+  pass: number;
+  startMs: number;
+  start: Counters | null;
+}
+
+/**
+ * Builds one MigrationPass per MIGRATION_PASS event. A pass runs from its event to the next one
+ * (or to the completion); its figures are the differences between the query-migrate answers
+ * fetched at those two moments.
+ */
+export class PassTracker {
+  private open: OpenPass | null = null;
+  private highest: number | null = null;
+  private finished = false;
+  private readonly closed: MigrationPass[] = [];
+
+  /**
+   * Pass `pass` began at `atMs`, with `info` fetched then (null if the query failed). Closes the
+   * pass in progress and returns it. Stale or repeated events (pass <= the highest seen) and any
+   * event after finish() are ignored and return null.
+   */
+  onPass(pass: number, atMs: number, info: MigrationInfo | null): MigrationPass | null {
+    if (this.finished || !Number.isFinite(pass)) return null;
+    if (this.highest !== null && pass <= this.highest) return null;
+    this.highest = pass;
+    const done = this.open ? this.close(this.open, atMs, info) : null;
+    // The same answer ends one pass and starts the next, so no byte is counted twice or lost.
+    this.open = { pass, startMs: atMs, start: countersOf(info) };
+    return done;
+  }
+
+  /** The migration ended at `atMs`; `info` is the final query-migrate. Closes the open pass. */
+  finish(atMs: number, info: MigrationInfo | null): MigrationPass | null {
+    if (this.finished) return null;
+    this.finished = true;
+    const open = this.open;
+    this.open = null;
+    return open ? this.close(open, atMs, info) : null;
+  }
+
+  /** Closed passes, oldest first (a copy). */
+  get passes(): MigrationPass[] {
+    return this.closed.slice();
+  }
+
+  /** The pass in progress, or null before the first event and after finish(). */
+  get current(): number | null {
+    return this.open ? this.open.pass : null;
+  }
+
+  private close(open: OpenPass, atMs: number, info: MigrationInfo | null): MigrationPass {
+    const end = countersOf(info);
+    const start = open.start;
+    const known = start !== null && end !== null;
+    const bytes = known ? delta(end.transferred, start.transferred) : 0;
+    const durationMs = Math.max(0, atMs - open.startMs);
+    const record: MigrationPass = {
+      pass: open.pass,
+      startMs: open.startMs,
+      durationMs,
+      bytes,
+      normalPages: known ? delta(end.normal, start.normal) : 0,
+      zeroPages: known ? delta(end.duplicate, start.duplicate) : 0,
+      // QEMU recomputes dirty-pages-rate at a sync (at most once a second), i.e. for the pass
+      // that just ended, so the answer at the end of a pass describes that pass.
+      dirtyRateBps: info?.ram ? dirtyRateOf(info.ram) : 0,
+      throughputBps: durationMs > 0 ? bytes / (durationMs / 1000) : 0,
+    };
+    this.closed.push(record);
+    return record;
+  }
+}
+
+/** Fixed-capacity ring of samples: a long migration keeps its latest `capacity`, in O(1) per push. */
+export class SampleRing {
+  readonly capacity: number;
+  private readonly slots: (MigrationSample | undefined)[];
+  private head = 0; // index of the oldest sample
+  private size = 0;
+
+  constructor(capacity = 6000) {
+    if (!Number.isInteger(capacity) || capacity < 1) {
+      throw new RangeError(`SampleRing capacity must be a positive integer, got ${capacity}`);
+    }
+    this.capacity = capacity;
+    this.slots = new Array<MigrationSample | undefined>(capacity).fill(undefined);
+  }
+
+  push(sample: MigrationSample): void {
+    this.slots[(this.head + this.size) % this.capacity] = sample;
+    if (this.size < this.capacity) this.size++;
+    else this.head = (this.head + 1) % this.capacity; // overwrote the oldest
+  }
+
+  get length(): number {
+    return this.size;
+  }
+
+  /** The newest sample, or null when empty. */
+  get last(): MigrationSample | null {
+    if (this.size === 0) return null;
+    return this.slots[(this.head + this.size - 1) % this.capacity] ?? null;
+  }
+
+  /** Oldest first. */
+  toArray(): MigrationSample[] {
+    const out: MigrationSample[] = [];
+    for (let i = 0; i < this.size; i++) {
+      const s = this.slots[(this.head + i) % this.capacity];
+      if (s) out.push(s);
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.slots.fill(undefined);
+    this.head = 0;
+    this.size = 0;
+  }
+}

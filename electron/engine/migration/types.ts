@@ -1,0 +1,132 @@
+// The migration's typed event stream and result: one contract for the CLI, the app and the web
+// front end. Every figure says where it came from (QEMU, the guest, the wire).
+import type { MigrationStatus } from '../qmp';
+
+/**
+ * The phases of one migration job, in order (after libvirt's Begin/Prepare/Perform/Finish/Confirm).
+ * Terminal: completed, failed, cancelled.
+ */
+export const MIGRATION_PHASES = [
+  'preflight',   // checks; nothing started yet                 failure: nothing to undo
+  'prepare',     // destination QEMU started with -incoming defer failure: destination killed
+  'configure',   // capabilities and parameters on both sides     failure: destination killed
+  'listen',      // destination migrate-incoming on a port        failure: destination killed
+  'migrate',     // source `migrate` sent                         failure: cancel, destination killed, source resumed
+  'monitor',     // pre-copy passes under way                     failure: as migrate
+  'switchover',  // source paused, last pages and device state    failure: destination killed, source resumed
+  'confirm',     // destination running, its heartbeats resumed   failure: see confirm in orchestrator
+  'cleanup',     // source QEMU quit                              failure: source killed
+] as const;
+
+export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
+export type MigrationOutcome = 'completed' | 'failed' | 'cancelled';
+export type JobState = MigrationPhase | MigrationOutcome;
+
+export type CheckStatus = 'pass' | 'warn' | 'fail';
+
+export interface PreflightCheck {
+  name: string;
+  status: CheckStatus;
+  /** A sentence a student understands. */
+  message: string;
+}
+
+export interface MigrationOptions {
+  /** max-bandwidth, in MB/s (10^6 bytes). QEMU's default of 128 MiB/s is never left implicit. */
+  bandwidthMBps: number;
+  /** downtime-limit, ms. */
+  downtimeLimitMs: number;
+  /** Extra capabilities (name -> on/off); each must be offered by both QEMUs. `events` is always on. */
+  capabilities: Record<string, boolean>;
+  /** query-migrate sampling interval, ms (20..1000). */
+  sampleIntervalMs: number;
+  /** Go on despite pre-flight warnings (fails always block). */
+  acceptWarnings: boolean;
+}
+
+export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
+  bandwidthMBps: 1000,
+  downtimeLimitMs: 300,
+  capabilities: {},
+  sampleIntervalMs: 100,
+  acceptWarnings: true,
+};
+
+/** One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. */
+export interface MigrationSample {
+  atMs: number;
+  status: MigrationStatus;
+  transferredBytes: number;
+  remainingBytes: number;
+  totalBytes: number;
+  /** QEMU's dirty-pages-rate x page size. */
+  dirtyRateBps: number;
+  /** QEMU's mbps, as bytes/s. */
+  throughputBps: number;
+  expectedDowntimeMs: number | null;
+  cpuThrottlePercent: number;
+  /** QEMU's dirty-sync-count: the pass QEMU is in. */
+  pass: number;
+}
+
+/** One pre-copy pass, delimited by QEMU's MIGRATION_PASS events. */
+export interface MigrationPass {
+  pass: number;
+  startMs: number;
+  durationMs: number;
+  bytes: number;
+  normalPages: number;
+  zeroPages: number;
+  dirtyRateBps: number;
+  throughputBps: number;
+}
+
+export type Prediction =
+  | { kind: 'unknown'; reason: string }
+  | { kind: 'eta'; etaMs: number; passesLeft: number; reason: string }
+  | { kind: 'will-not-converge'; reason: string; advice: string[] };
+
+export interface PhaseSpan {
+  name: MigrationPhase;
+  startMs: number;
+  endMs: number | null;
+}
+
+export interface MigrationResult {
+  id: string;
+  status: MigrationOutcome;
+  guest: string;
+  from: string;
+  to: string;
+  /** Why it failed or was cancelled, in plain language; null when completed. */
+  reason: string | null;
+  /** QEMU's own message (error-desc, stderr), when there is one. */
+  qemuMessage: string | null;
+  ramBytes: number;
+  totalTimeMs: number | null;
+  setupTimeMs: number | null;
+  /** Downtime as QEMU reports it. */
+  downtimeMs: number | null;
+  /** The longest gap between the guest's heartbeats as they reached the host; null without labload. */
+  guestDowntimeMs: number | null;
+  transferredBytes: number | null;
+  passes: MigrationPass[];
+  phases: PhaseSpan[];
+  checks: PreflightCheck[];
+  prediction: Prediction | null;
+  /** Wall time of the whole job, ms. */
+  wallTimeMs: number;
+  /** Where the guest runs now. */
+  runningOn: string;
+}
+
+export type MigrationEvent =
+  | { type: 'phase'; atMs: number; phase: JobState; previous: JobState | null }
+  | { type: 'check'; atMs: number; check: PreflightCheck }
+  | { type: 'sample'; atMs: number; sample: MigrationSample }
+  | { type: 'pass'; atMs: number; pass: MigrationPass }
+  | { type: 'status'; atMs: number; status: MigrationStatus }
+  | { type: 'prediction'; atMs: number; prediction: Prediction }
+  | { type: 'parameters'; atMs: number; bandwidthMBps: number; downtimeLimitMs: number }
+  | { type: 'heartbeat-gap'; atMs: number; gapMs: number }
+  | { type: 'result'; atMs: number; result: MigrationResult };
