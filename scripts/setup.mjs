@@ -94,10 +94,12 @@ function ensureSystemPackages() {
   }
 }
 
+/** What node_modules depends on: the lock file and the dependency fields, not scripts. */
 function lockHash() {
   const lock = join(root, 'package-lock.json');
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
   const h = createHash('sha256');
-  h.update(readFileSync(join(root, 'package.json')));
+  h.update(JSON.stringify([pkg.dependencies, pkg.devDependencies, pkg.optionalDependencies, pkg.allowScripts]));
   if (existsSync(lock)) h.update(readFileSync(lock));
   return h.digest('hex');
 }

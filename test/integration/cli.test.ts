@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
 
 const runFile = promisify(execFile);
@@ -27,13 +28,16 @@ function miglab(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
 
 // Every host the CLI makes lives under `work`, so this file checks its own leftovers only.
 let work: string;
+let stateDir: string;
 beforeAll(async () => {
   await requireLabGuest();
   work = await makeTempDir('it-cli');
+  stateDir = await makeTempDir('it-cli-state');
 });
 afterAll(async () => {
   await expectScopeClean(work);
   await removeDir(work);
+  await removeDir(stateDir);
 });
 
 describe('miglab doctor', () => {
@@ -101,5 +105,44 @@ describe('miglab guest', () => {
     const flag = await miglab(['doctor', '--colour']);
     expect(flag.code).toBe(2);
     expect(flag.stderr).toMatch(/Unknown option '--colour'/);
+  });
+});
+
+describe('miglab demo', () => {
+  it('--json migrates an idle lab guest from host-a to host-b and checks it there', async () => {
+    const r = await miglab(['demo', '--json'], { MIGLAB_STATE_DIR: stateDir });
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ status: 'completed', guest: 'demo', from: 'host-a', to: 'host-b' });
+    for (const k of ['ramBytes', 'totalTimeMs', 'setupTimeMs', 'downtimeMs', 'guestDowntimeMs', 'transferredBytes']) {
+      expect(typeof out[k], k).toBe('number');
+    }
+    expect(out.passes.length).toBeGreaterThan(0);
+    expect(Object.keys(out.passes[0]).sort()).toEqual(['bytes', 'dirtyRate', 'durationMs', 'pass', 'startMs']);
+    expect(out.phases.map((p: { name: string }) => p.name)).toEqual(['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor', 'switchover', 'confirm', 'cleanup']);
+    expect(out.integrity).toMatchObject({ ok: true, bad: 0, heartbeatsContinue: true });
+    expect(out.integrity.pages).toBe(16384); // the 64 MiB pattern, checked on host-b
+    // the job's phases were journalled, ending in completed
+    const journal = new MigrationJournal(stateDir);
+    expect((await journal.list()).at(-1)).toMatchObject({ state: 'completed', guest: 'demo' });
+  });
+
+  it('--dirty-rate 100 --working-set 64 --json migrates a busy guest, its memory intact', async () => {
+    const r = await miglab(['demo', '--dirty-rate', '100', '--working-set', '64', '--json'], { MIGLAB_STATE_DIR: stateDir });
+    const out = JSON.parse(r.stdout);
+    expect(out.status, out.reason).toBe('completed');
+    expect(r.code).toBe(0);
+    expect(out.workload.measuredMBps).toBeGreaterThan(80);
+    expect(out.integrity).toMatchObject({ ok: true, bad: 0 });
+    expect(out.passes.length).toBeGreaterThan(1);
+  });
+
+  it('explains bad demo options', async () => {
+    const both = await miglab(['demo', '--kernel', '/k', '--disk', '/d']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('Give either --kernel');
+    const bw = await miglab(['demo', '--bandwidth', '0']);
+    expect(bw.code).toBe(2);
+    expect(bw.stderr).toContain('--bandwidth takes a number from 1 to 100000');
   });
 });

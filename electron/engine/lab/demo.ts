@@ -2,6 +2,7 @@
 // workload, a migration to host-b, and a check of the guest where it landed.
 import type { Guest } from '../hosts/host';
 import type { GuestSpecInput } from '../qemu/spec';
+import { MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import type { MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
 import { delay } from '../util/time';
@@ -77,6 +78,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         guest, from, to, options: opts.migration,
         ...(load ? { workingSetBytes: opts.workingSetMiB * 2 ** 20 } : {}),
         maxDurationMs: 120_000,
+        journal: new MigrationJournal(),
       },
       opts.onEvent,
     );

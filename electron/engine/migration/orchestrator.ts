@@ -35,6 +35,7 @@ import {
   type MigrationResult,
   type MigrationSample,
   type PhaseSpan,
+  type FailureKind,
   type PreflightCheck,
   type Prediction,
 } from './types';
@@ -45,6 +46,7 @@ const OptionsSchema = z.object({
   capabilities: z.record(z.string().regex(/^[a-z0-9-]+$/, 'capability names are lower-case words joined by "-"'), z.boolean()).optional(),
   sampleIntervalMs: z.number().int().min(20, 'sample at most every 20 ms').max(1000, 'sample at least every 1000 ms').optional(),
   acceptWarnings: z.boolean().optional(),
+  confirmWatchMs: z.number().int().min(0).max(60_000, 'watch the destination for at most 60000 ms').optional(),
 });
 
 export class InvalidMigrationOptionsError extends Error {
@@ -79,11 +81,37 @@ class JobEnd extends Error {
     readonly outcome: Exclude<MigrationOutcome, 'completed'>,
     reason: string,
     readonly qemuMessage: string | null = null,
+    readonly kind: FailureKind = outcome === 'cancelled' ? 'cancelled' : 'migration',
   ) {
     super(reason);
   }
 }
 
+/** Resolves when the guest's QEMU has exited, after `ms`, or on abort, whichever comes first. */
+function waitForExit(guest: Guest, ms: number, signal?: AbortSignal): Promise<void> {
+  if (guest.exit) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      guest.off('exit', done);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    guest.on('exit', done);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** The last lines a guest printed that explain a crash (a kernel panic, an oops). */
+function crashWords(console: string): string | null {
+  const lines = console.split('\n').map((l) => l.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').trim()).filter(Boolean);
+  const panic = lines.filter((l) => /panic|Oops|BUG:|general protection|Fatal exception/i.test(l));
+  const pick = panic.length ? panic.slice(-2) : lines.slice(-2);
+  return pick.length ? pick.join(' / ').slice(0, 400) : null;
+}
+
+const TERMINAL: MigrationStatus[] = ['completed', 'failed', 'cancelled'];
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'pre-switchover', 'cancelling', 'wait-unplug'];
 const CANCELLABLE = new Set<JobState>(['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor']);
 
@@ -202,15 +230,19 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       this.checks = pre.checks;
       this.port = pre.port;
       const failed = pre.checks.filter((c) => c.status === 'fail');
-      if (failed.length) throw new JobEnd('failed', `Pre-flight check failed: ${failed.map((c) => c.message).join(' ')}`);
+      if (failed.length) throw new JobEnd('failed', `Pre-flight check failed: ${failed.map((c) => c.message).join(' ')}`, null, 'preflight');
       const warned = pre.checks.filter((c) => c.status === 'warn');
       if (warned.length && !this.options.acceptWarnings) {
-        throw new JobEnd('failed', `Pre-flight warnings were not accepted: ${warned.map((c) => c.message).join(' ')}`);
+        throw new JobEnd('failed', `Pre-flight warnings were not accepted: ${warned.map((c) => c.message).join(' ')}`, null, 'preflight');
       }
       this.checkCancel();
 
       await this.transition('prepare');
-      this.dst = await to.prepareIncoming(guest.spec);
+      try {
+        this.dst = await to.prepareIncoming(guest.spec);
+      } catch (err) {
+        throw new JobEnd('failed', `The destination QEMU could not be started on ${to.name}: ${(err as Error).message}`, null, 'destination-start');
+      }
       this.checkCancel();
 
       await this.transition('configure');
@@ -255,6 +287,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     const info = await queryMigrate(this.req.guest.qmp);
     this.samplingMs += performance.now() - t;
     this.samplingCount++;
+    this.lastInfo = info;
     const sample = sampleFromInfo(info, this.now());
     return { info, sample };
   }
@@ -276,6 +309,9 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   }
 
   private offeredCaps: string[] = [];
+  /** The latest query-migrate answer: a pass that ends in the stop-and-copy closes with it. */
+  private lastInfo: MigrationInfo | null = null;
+  private failureKind: FailureKind = 'internal';
   private unwatchBeats: Array<() => void> = [];
 
   /**
@@ -296,6 +332,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       const onBeat = (hb: Heartbeat) => {
         if (this.dstFirstBeat) return;
         this.dstFirstBeat = hb;
+        this.onFirstDstBeat?.();
         if (this.srcLastBeat) this.send({ type: 'heartbeat-gap', atMs: this.now(), gapMs: hb.hostMs - this.srcLastBeat.hostMs });
       };
       dst.on('heartbeat', onBeat);
@@ -308,13 +345,21 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     const dst = this.dst!;
     const maxMs = this.req.maxDurationMs ?? 600_000;
     let status: MigrationStatus = 'setup';
+    /** The terminal status as QEMU's MIGRATION event said it: a late query reply never overrides it. */
+    let finalStatus: MigrationStatus | null = null;
     let dstExit: string | null = null;
-    const wakeUp = () => this.wake?.();
+    let woken = false;
+    const wakeUp = () => {
+      woken = true; // an event during a query is not lost: the next wait is skipped
+      this.wake?.();
+    };
     const offs: Array<() => void> = [];
     // Listeners go in before `migrate`, so no event it causes can be missed.
     offs.push(src.qmp.onEvent('MIGRATION', (ev: QmpEvent) => {
-      status = String(ev.data.status) as MigrationStatus;
-      this.send({ type: 'status', atMs: this.now(), status });
+      const st = String(ev.data.status) as MigrationStatus;
+      status = st;
+      if (TERMINAL.includes(st)) finalStatus = st;
+      this.send({ type: 'status', atMs: this.now(), status: st });
       wakeUp();
     }));
     offs.push(src.qmp.onEvent('MIGRATION_PASS', (ev: QmpEvent) => void this.onPass(Number(ev.data.pass))));
@@ -339,31 +384,45 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       await this.transition('monitor');
       let dstGoneAt: number | null = null;
       let cancelSent = false;
+      let lastQueryAt = 0;
+      let info: MigrationInfo = {};
       for (;;) {
-        const loopStart = performance.now();
+        woken = false;
         if (this.cancelReason && !cancelSent && this.sawStopAt === null) {
           cancelSent = true;
           await migrateCancel(src.qmp).catch(() => {});
         }
-        const { info, sample } = await this.sample();
-        if (info.status) status = info.status;
-        if (sample) {
-          this.samples.push(sample);
-          this.send({ type: 'sample', atMs: sample.atMs, sample });
-          if (sample.status === 'active') this.updatePrediction(sample);
+        // During the stop-and-copy QEMU holds its main lock, so a query would only wait for it:
+        // rely on the MIGRATION event then, with a slow query as a safety net.
+        const inStopAndCopy = this.sawStopAt !== null && finalStatus === null;
+        if (!inStopAndCopy || performance.now() - lastQueryAt >= 500) {
+          lastQueryAt = performance.now();
+          const got = await this.sample();
+          info = got.info;
+          if (got.sample) {
+            this.samples.push(got.sample);
+            this.send({ type: 'sample', atMs: got.sample.atMs, sample: got.sample });
+            if (got.sample.status === 'active') this.updatePrediction(got.sample);
+          }
+          if (info.status && TERMINAL.includes(info.status)) finalStatus ??= info.status;
         }
+        if (finalStatus === null && info.status) status = info.status;
+        if (finalStatus) status = finalStatus;
         if (this.sawStopAt !== null && this.state === 'monitor') await this.transition('switchover', this.sawStopAt);
         if (status === 'completed') {
           this.finalInfo = await this.settledFinalInfo(info);
-          const closed = this.tracker.finish(this.now(), info);
+          const closed = this.tracker.finish(this.now(), this.finalInfo);
           if (closed) this.send({ type: 'pass', atMs: this.now(), pass: closed });
           if (this.state === 'monitor') await this.transition('switchover', this.sawStopAt ?? this.now());
           return;
         }
         if (status === 'failed') {
-          this.finalInfo = info;
-          const why = dstExit ? `the destination QEMU stopped (${dstExit})` : (info['error-desc'] ?? 'QEMU gave no reason');
-          throw new JobEnd('failed', `The migration failed: ${why}.`, info['error-desc'] ?? dst.exit?.stderrTail ?? null);
+          this.finalInfo = info.status === 'failed' ? info : await queryMigrate(src.qmp).catch(() => info);
+          // The source notices a dead peer before our supervision has reaped it: wait a moment.
+          if (!dstExit) await waitForExit(dst, 1000);
+          const desc = this.finalInfo['error-desc'];
+          const why = dstExit ? `the destination QEMU stopped (${dstExit})` : (desc ?? 'QEMU gave no reason');
+          throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dst.exit?.stderrTail ?? null);
         }
         if (status === 'cancelled') {
           this.finalInfo = info;
@@ -376,7 +435,9 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         if (this.now() > maxMs && !this.cancelReason) {
           this.cancel(`The migration did not complete within ${Math.round(maxMs / 1000)} s, so MigLab cancelled it.`);
         }
-        const wait = Math.max(0, this.options.sampleIntervalMs - (performance.now() - loopStart));
+        if (woken) continue;
+        const interval = this.sawStopAt !== null && finalStatus === null ? 500 : this.options.sampleIntervalMs;
+        const wait = Math.max(0, interval - (performance.now() - lastQueryAt));
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, wait);
           this.wake = () => {
@@ -396,9 +457,10 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
    * ask again until they are there (briefly).
    */
   private async settledFinalInfo(info: MigrationInfo): Promise<MigrationInfo> {
+    const settled = (i: MigrationInfo) => i.status === 'completed' && (i['total-time'] ?? 0) > 0 && i.downtime !== undefined;
     let current = info;
-    for (let i = 0; i < 50 && !(current['total-time'] && current['total-time'] > 0); i++) {
-      await delay(10);
+    for (let i = 0; i < 100 && !settled(current); i++) {
+      if (i > 0) await delay(10);
       current = await queryMigrate(this.req.guest.qmp).catch(() => current);
     }
     return current;
@@ -407,47 +469,98 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private async onPass(pass: number): Promise<void> {
     const at = this.now();
     let info: MigrationInfo | null = null;
-    try {
-      info = await queryMigrate(this.req.guest.qmp);
-    } catch {
-      /* the pass is still recorded, with fewer figures */
+    // The bytes at a pass boundary come from a query right at the event; not during the
+    // stop-and-copy, where QEMU would answer only after the switchover.
+    if (this.sawStopAt === null) {
+      const t = performance.now();
+      try {
+        info = await queryMigrate(this.req.guest.qmp);
+        this.lastInfo = info;
+      } catch {
+        /* the pass is still recorded, with fewer figures */
+      }
+      this.samplingMs += performance.now() - t;
+      this.samplingCount++;
+    } else {
+      info = this.lastInfo;
     }
     const closed = this.tracker.onPass(pass, at, info);
     if (closed) this.send({ type: 'pass', atMs: this.now(), pass: closed });
   }
 
-  /** The destination runs the guest, and the guest's heartbeats have resumed there. */
+  private resumedAtMs: number | null = null;
+  private onFirstDstBeat: (() => void) | null = null;
+
+  /**
+   * The destination runs the guest, and the guest's heartbeats have resumed there. Then it must
+   * keep it alive for confirmWatchMs while the source waits, paused, as the fallback.
+   */
   private async confirm(): Promise<void> {
     const dst = this.dst!;
-    const deadline = performance.now() + 15_000;
+    const crashed = (what: string) =>
+      new JobEnd(
+        'failed',
+        `The guest ${what} on ${this.req.to.name} right after the switchover, so MigLab resumed it on ${this.req.from.name}.` +
+          (crashWords(dst.console.text()) ? ` The guest's last words: ${crashWords(dst.console.text())}` : ''),
+        dst.exit?.stderrTail || null,
+        'destination-crashed',
+      );
     const failIfGone = () => {
       const exit = dst.exit;
-      if (exit) throw new JobEnd('failed', `The destination QEMU stopped right after the switchover (${describeExit(exit)}).`, exit.stderrTail);
+      if (exit) throw crashed(`crashed (${describeExit(exit)})`);
     };
-    for (;;) {
+    // Event-driven: RESUME says QEMU runs the guest, the first heartbeat says the guest runs.
+    // The wait is registered before the question, so a RESUME in between is not missed.
+    const done = new AbortController(); // ends the waits below, so no timer outlives confirm
+    try {
+      const resumed = dst.qmp.waitForEvent('RESUME', { timeoutMs: 15_000, signal: done.signal });
+      resumed.catch(() => {});
+      const gone = waitForExit(dst, 24 * 3600_000, done.signal).then(() => {
+        if (dst.exit) throw crashed(`crashed (${describeExit(dst.exit)})`);
+      });
+      gone.catch(() => {});
       failIfGone();
       const st = await queryStatus(dst.qmp).catch(() => null);
-      if (st?.status === 'running') break;
-      if (performance.now() > deadline) {
-        throw new JobEnd('failed', `The destination did not start running the guest after the switchover (it is "${st?.status ?? 'unreachable'}").`);
-      }
-      await delay(20);
-    }
-    if (dst.labload) {
-      while (!this.dstFirstBeat) {
-        failIfGone();
-        if (performance.now() > deadline) {
-          throw new JobEnd('failed', 'The guest runs on the destination but its heartbeats did not resume: it is stuck there.');
+      if (st?.status !== 'running') {
+        try {
+          await Promise.race([resumed, gone]);
+        } catch (err) {
+          if (err instanceof JobEnd) throw err;
+          const now = await queryStatus(dst.qmp).catch(() => null);
+          throw crashed(`did not start running (QEMU says "${now?.status ?? 'nothing'}")`);
         }
-        await delay(10);
       }
+      if (dst.labload && !this.dstFirstBeat) {
+        const beat = new Promise<void>((resolve) => {
+          this.onFirstDstBeat = resolve;
+        });
+        const silent = delay(15_000, undefined, { signal: done.signal }).then(() => {
+          throw crashed('did not resume its heartbeats');
+        });
+        silent.catch(() => {});
+        if (!this.dstFirstBeat) await Promise.race([beat, gone, silent]);
+      }
+    } finally {
+      done.abort();
+    }
+    this.resumedAtMs = this.now();
+    // The watch: QEMU alive, and (with labload) heartbeats no more than 500 ms apart.
+    const watchEnd = performance.now() + this.options.confirmWatchMs;
+    while (performance.now() < watchEnd) {
+      await delay(50);
+      failIfGone();
+      const st = await queryStatus(dst.qmp).catch(() => null);
+      if (st && st.status !== 'running') throw crashed(`stopped (QEMU says "${st.status}")`);
+      const last = dst.labload?.heartbeats.last;
+      if (last && performance.now() - last.hostMs > 500) throw crashed('went silent (no heartbeats for 500 ms)');
     }
     dst.markReady(); // its source was ready, and it carries on from the same state
   }
 
   /** Undoes what the job started so that exactly one copy runs: the source. */
   private async recover(err: unknown): Promise<MigrationResult> {
-    const end = err instanceof JobEnd ? err : new JobEnd('failed', `The migration could not go on: ${(err as Error).message}`, null);
+    const end = err instanceof JobEnd ? err : new JobEnd('failed', `The migration could not go on: ${(err as Error).message}`, null, 'internal');
+    this.failureKind = end.kind;
     const src = this.req.guest;
     try {
       if (this.state && ['migrate', 'monitor', 'switchover'].includes(this.state)) {
@@ -462,7 +575,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         }
       }
       if (this.dst) {
-        await this.dst.stop();
+        await this.dst.stop(); // before the source resumes: never two copies running
       }
       if (!src.exit) {
         const st = await queryStatus(src.qmp).catch(() => null);
@@ -504,6 +617,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       prediction: this.lastPrediction,
       wallTimeMs: Math.round(this.now()),
       runningOn: outcome === 'completed' ? this.req.to.name : this.req.from.name,
+      resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
+      failure: outcome === 'completed' ? null : this.failureKind,
     };
     await this.req.journal?.write({
       id: this.id, guest: result.guest, from: result.from, to: result.to, state: outcome, port: this.port,

@@ -116,6 +116,22 @@ async function disksCheck(guest: Guest, to: Host): Promise<PreflightCheck> {
   return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
 }
 
+/** See TCG_SAFE_APPEND: under TCG a guest kernel needs pti=on to survive a migration intact. */
+function tcgDirtyTrackingCheck(from: HostInfo, guest: Guest): PreflightCheck | null {
+  if (from.accel.accel !== 'tcg') return null;
+  const boot = guest.spec.boot;
+  if (boot.kind === 'lab') {
+    return check('tcg-dirty-tracking', 'pass', 'Under TCG the lab guest runs with pti=on, which keeps QEMU\'s tracking of its memory writes exact.');
+  }
+  if (boot.kind === 'kernel' && /(^|\s)pti=on(\s|$)/.test(boot.append ?? '')) {
+    return check('tcg-dirty-tracking', 'pass', 'The guest kernel runs with pti=on, which keeps QEMU\'s tracking of its memory writes exact under TCG.');
+  }
+  return check(
+    'tcg-dirty-tracking', 'warn',
+    'Under TCG (no KVM), QEMU 7.2 can miss memory writes of a busy guest during a migration, and the guest may then crash on the destination (MigLab would put it back on the source). A Linux guest is safe with "pti=on" on its kernel command line.',
+  );
+}
+
 function capabilitiesCheck(ctx: PreflightContext, from: HostInfo, to: HostInfo): PreflightCheck {
   const wanted = ['events', ...Object.entries(ctx.capabilities).filter(([, on]) => on).map(([c]) => c)];
   const missing = wanted.filter((c) => !from.migrationCapabilities.includes(c) || !to.migrationCapabilities.includes(c));
@@ -157,6 +173,8 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(versionCheck(fromInfo, toInfo, ctx.guest));
   add(cpuCheck(fromInfo, toInfo, ctx.guest));
   add(await disksCheck(ctx.guest, ctx.to));
+  const tcg = tcgDirtyTrackingCheck(fromInfo, ctx.guest);
+  if (tcg) add(tcg);
   add(capabilitiesCheck(ctx, fromInfo, toInfo));
   let port: number | null = null;
   try {

@@ -42,6 +42,11 @@ export interface MigrationOptions {
   sampleIntervalMs: number;
   /** Go on despite pre-flight warnings (fails always block). */
   acceptWarnings: boolean;
+  /**
+   * After the switchover, how long the destination must keep the guest alive (QEMU running,
+   * heartbeats flowing) before the paused source is quit. Until then the source is the fallback.
+   */
+  confirmWatchMs: number;
 }
 
 export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
@@ -50,6 +55,7 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   capabilities: {},
   sampleIntervalMs: 100,
   acceptWarnings: true,
+  confirmWatchMs: 1000,
 };
 
 /** One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. */
@@ -86,6 +92,15 @@ export type Prediction =
   | { kind: 'eta'; etaMs: number; passesLeft: number; reason: string }
   | { kind: 'will-not-converge'; reason: string; advice: string[] };
 
+export type FailureKind =
+  | 'preflight'
+  | 'cancelled'
+  | 'destination-start'
+  | 'migration'
+  /** The guest ran on the destination, then crashed or hung there; the source took it back. */
+  | 'destination-crashed'
+  | 'internal';
+
 export interface PhaseSpan {
   name: MigrationPhase;
   startMs: number;
@@ -118,6 +133,10 @@ export interface MigrationResult {
   wallTimeMs: number;
   /** Where the guest runs now. */
   runningOn: string;
+  /** Job time when the guest was seen running on the destination (first heartbeat there). */
+  resumedAtMs: number | null;
+  /** Why a failure happened, as a category a program can act on. */
+  failure: FailureKind | null;
 }
 
 export type MigrationEvent =

@@ -543,7 +543,7 @@ const RETRIABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
 async function dialUnixSocket(path: string, opts: DialOptions): Promise<net.Socket> {
   const started = performance.now();
   let attempts = 0;
-  let backoff = 10; // QEMU makes its socket within ~50-150 ms of spawn: poll it closely
+  let backoff = 5; // QEMU makes its socket within ~50-150 ms of spawn: poll it closely
   for (;;) {
     attempts++;
     try {
@@ -569,7 +569,7 @@ async function dialUnixSocket(path: string, opts: DialOptions): Promise<net.Sock
       } catch {
         throw new QmpDisconnectedError(`Connecting to QMP socket "${path}" was cancelled by disconnect()`);
       }
-      backoff = Math.min(backoff * 2, 40);
+      backoff = Math.min(backoff * 2, 20);
     }
   }
 }

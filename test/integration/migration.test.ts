@@ -1,0 +1,268 @@
+// Live migration with real QEMU guests between two local hosts: completed, failed and cancelled
+// migrations, each leaving exactly one copy of the guest running with its heartbeats going.
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Guest } from '../../electron/engine/hosts/host';
+import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
+import { MigrationJournal } from '../../electron/engine/migration/journal';
+import { migrateGuest, type MigrationRequest } from '../../electron/engine/migration/orchestrator';
+import { MIGRATION_PHASES, type MigrationEvent } from '../../electron/engine/migration/types';
+import { queryMigrateCapabilities } from '../../electron/engine/qmp';
+import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { delay } from '../../electron/engine/util/time';
+import { expectScopeClean, requireLabGuest } from '../helpers/lab';
+import { completeDespiteTcgCrashes, expectIntact, expectOneCopyOn, runningCopies } from '../helpers/migration';
+
+let work: string;
+let lab: Lab;
+let journal: MigrationJournal;
+
+beforeAll(async () => {
+  await requireLabGuest();
+  work = await makeTempDir('it-migrate');
+  lab = await defaultLocalLab({ runtimeDir: join(work, 'run') });
+  journal = new MigrationJournal(join(work, 'state'));
+});
+
+afterAll(async () => {
+  await lab?.dispose();
+  for (const h of ['host-a', 'host-b']) await expectScopeClean(join(work, 'run', h));
+  await removeDir(work);
+});
+
+async function bootReady(name: string, opts: { memoryMiB?: number; load?: { ws: number; rate: number } } = {}): Promise<Guest> {
+  const g = await lab.host('host-a').startGuest({ name, memoryMiB: opts.memoryMiB ?? 256 });
+  await g.waitReady(60_000);
+  if (opts.load) {
+    await g.labload!.startLoad({ workingSetMiB: opts.load.ws, rateMBps: opts.load.rate }, { timeoutMs: 60_000 });
+    await delay(300);
+  }
+  return g;
+}
+
+function migrate(guest: Guest, to: 'host-a' | 'host-b', extra: Partial<MigrationRequest> = {}) {
+  const events: MigrationEvent[] = [];
+  const from = lab.host(guest.hostName);
+  const { job, result } = migrateGuest({ guest, from, to: lab.host(to), journal, ...extra }, (e) => events.push(e));
+  return { job, result, events };
+}
+
+describe('a completed migration', () => {
+  it('moves an idle guest with every phase, pass and figure recorded', async () => {
+    const g = await bootReady('idle');
+    const { job, result, events } = migrate(g, 'host-b');
+    const r = await result;
+    expect(r.status, `${r.reason} ${r.qemuMessage}`).toBe('completed');
+    expect(r.reason).toBeNull();
+    expect(r.phases.map((p) => p.name)).toEqual([...MIGRATION_PHASES]);
+    for (const p of r.phases) expect(p.endMs).toBeGreaterThanOrEqual(p.startMs);
+    expect(r.passes.length).toBeGreaterThanOrEqual(1);
+    expect(r.passes[0]!.bytes).toBeGreaterThan(0);
+    expect(r.totalTimeMs).toBeGreaterThan(0);
+    expect(r.downtimeMs).toBeGreaterThanOrEqual(0);
+    expect(r.guestDowntimeMs).toBeGreaterThan(0);
+    expect(r.transferredBytes).toBeGreaterThan(0);
+    expect(r.ramBytes).toBeGreaterThanOrEqual(256 * 2 ** 20);
+    expect(r.checks.every((c) => c.status === 'pass')).toBe(true);
+    expect(r.runningOn).toBe('host-b');
+    // the event stream carried the same story, as it happened
+    expect(events.filter((e) => e.type === 'phase').map((e) => (e as { phase: string }).phase)).toEqual([...MIGRATION_PHASES, 'completed']);
+    expect(events.some((e) => e.type === 'sample')).toBe(true);
+    expect(events.filter((e) => e.type === 'pass')).toHaveLength(r.passes.length);
+    expect(events.at(-1)).toMatchObject({ type: 'result' });
+    // the source is gone, the guest runs on host-b only, and the journal knows
+    expect(g.exit?.expected).toBe(true);
+    const moved = await expectOneCopyOn(lab, 'idle', 'host-b');
+    expect(moved).toBe(job.destination);
+    expect(moved.state).toBe('ready');
+    const entry = await journal.read(job.id);
+    expect(entry).toMatchObject({ state: 'completed', guest: 'idle', from: 'host-a', to: 'host-b' });
+    expect(entry!.result!.status).toBe('completed');
+    await moved.stop();
+  });
+
+  it('needs more passes for a guest that dirties memory, and loses none of it', async () => {
+    const idle = await bootReady('calm');
+    const idleRun = await migrate(idle, 'host-b', { options: { bandwidthMBps: 100 } }).result;
+    expect(idleRun.status).toBe('completed');
+    await lab.host('host-b').stopGuest('calm');
+
+    const busy = await bootReady('busy', { load: { ws: 64, rate: 50 } });
+    let events: MigrationEvent[] = [];
+    const r = await completeDespiteTcgCrashes(lab, 'busy', () => {
+      const run = migrate(busy, 'host-b', { options: { bandwidthMBps: 100 }, workingSetBytes: 64 * 2 ** 20 });
+      events = run.events;
+      return run.result;
+    });
+    // Passes that carried real data (QEMU also counts the short syncs at the switchover).
+    const real = (passes: typeof r.passes) => passes.filter((p) => p.bytes >= 1e6).length;
+    expect(real(r.passes)).toBeGreaterThan(real(idleRun.passes));
+    expect(real(r.passes)).toBeGreaterThanOrEqual(2);
+    // QEMU measured the workload (it updates its dirty rate at most once a second)
+    const rates = [...r.passes.map((p) => p.dirtyRateBps), ...events.flatMap((e) => (e.type === 'sample' ? [e.sample.dirtyRateBps] : []))];
+    expect(Math.max(...rates)).toBeGreaterThan(25e6);
+    expect(events.some((e) => e.type === 'prediction' && e.prediction.kind === 'eta')).toBe(true);
+    const moved = await expectOneCopyOn(lab, 'busy', 'host-b');
+    const report = await moved.labload!.report();
+    expect(report.running).toBe(true); // the workload carried on at the destination
+    await expectIntact(moved);
+    await moved.stop();
+  });
+});
+
+describe('a migration that cannot converge', () => {
+  it('is predicted as such, and cancelling it leaves the source running', async () => {
+    const g = await bootReady('stuck', { load: { ws: 64, rate: 100 } });
+    const { job, result, events } = migrate(g, 'host-b', { options: { bandwidthMBps: 20 }, workingSetBytes: 64 * 2 ** 20 });
+    const verdict = new Promise<MigrationEvent>((resolve) => {
+      job.on('event', (e) => {
+        if (e.type === 'prediction' && e.prediction.kind === 'will-not-converge') resolve(e);
+      });
+    });
+    const e = (await verdict) as Extract<MigrationEvent, { type: 'prediction' }>;
+    const p = e.prediction as { reason: string; advice: string[] };
+    expect(p.reason).toMatch(/MB\/s/);
+    expect(p.advice.join(' ')).toMatch(/bandwidth/i);
+    expect(job.cancel()).toBe(true);
+    const r = await result;
+    expect(r.status).toBe('cancelled');
+    expect(r.reason).toMatch(/Cancelled by the user/);
+    expect(r.runningOn).toBe('host-a');
+    expect(events.some((ev) => ev.type === 'status' && ev.status === 'cancelled')).toBe(true);
+    expect(lab.host('host-b').guest('stuck')).toBeUndefined();
+    const src = await expectOneCopyOn(lab, 'stuck', 'host-a');
+    await expectIntact(src);
+    await src.stop();
+  });
+
+  it('completes once the bandwidth and downtime limit are raised mid-flight', async () => {
+    const g = await bootReady('rescued', { load: { ws: 64, rate: 100 } });
+    let events: MigrationEvent[] = [];
+    await completeDespiteTcgCrashes(lab, 'rescued', async () => {
+      const run = migrate(g, 'host-b', { options: { bandwidthMBps: 20 }, workingSetBytes: 64 * 2 ** 20 });
+      events = run.events;
+      await new Promise<void>((resolve) => run.job.on('event', (e) => e.type === 'pass' && resolve()));
+      await run.job.setBandwidth(2000);
+      await run.job.setDowntimeLimit(1000);
+      return run.result;
+    });
+    expect(events.filter((e) => e.type === 'parameters').at(-1)).toMatchObject({ bandwidthMBps: 2000, downtimeLimitMs: 1000 });
+    const moved = await expectOneCopyOn(lab, 'rescued', 'host-b');
+    await expectIntact(moved);
+    await moved.stop();
+  });
+});
+
+describe('a migration that fails', () => {
+  it('keeps the guest on the source when the destination QEMU is killed mid-migration', async () => {
+    const g = await bootReady('victim', { load: { ws: 64, rate: 100 } });
+    const { job, result } = migrate(g, 'host-b', { options: { bandwidthMBps: 30 } });
+    await new Promise<void>((resolve) => job.on('event', (e) => e.type === 'phase' && e.phase === 'monitor' && resolve()));
+    await delay(300);
+    process.kill(job.destination!.pid!, 'SIGKILL');
+    const r = await result;
+    expect(r.status).toBe('failed');
+    expect(r.reason).toMatch(/destination QEMU/);
+    expect(r.runningOn).toBe('host-a');
+    expect(lab.host('host-b').guest('victim')).toBeUndefined();
+    const src = await expectOneCopyOn(lab, 'victim', 'host-a');
+    await expectIntact(src);
+    await src.stop();
+  });
+
+  it('takes the guest back to the source when the destination dies right after the switchover', async () => {
+    const g = await bootReady('phoenix', { load: { ws: 32, rate: 20 } });
+    const { job, result } = migrate(g, 'host-b', { options: { confirmWatchMs: 3000 } });
+    job.on('event', (e) => {
+      if (e.type === 'heartbeat-gap') process.kill(job.destination!.pid!, 'SIGKILL'); // the guest has just resumed there
+    });
+    const r = await result;
+    expect(r.status).toBe('failed');
+    expect(r.failure).toBe('destination-crashed');
+    expect(r.reason).toMatch(/crashed .* right after the switchover, so MigLab resumed it on host-a/);
+    expect(r.phases.map((p) => p.name)).toContain('confirm');
+    expect(lab.host('host-b').guest('phoenix')).toBeUndefined();
+    const src = await expectOneCopyOn(lab, 'phoenix', 'host-a');
+    await expectIntact(src);
+    await src.stop();
+  });
+
+  it('refuses to migrate a guest that is still booting', async () => {
+    const g = await lab.host('host-a').startGuest({ name: 'newborn' });
+    const { result } = migrate(g, 'host-b');
+    const r = await result;
+    expect(r.status).toBe('failed');
+    expect(r.phases.map((p) => p.name)).toEqual(['preflight']);
+    expect(r.checks.find((c) => c.name === 'guest-ready')).toMatchObject({ status: 'fail' });
+    expect(r.reason).toMatch(/still booting/);
+    expect(lab.host('host-b').guest('newborn')).toBeUndefined();
+    await g.waitReady(60_000);
+    expect(await runningCopies(lab, 'newborn')).toEqual(['host-a']);
+    await g.stop();
+  });
+
+  it('refuses a capability QEMU does not offer, and applies one it does', async () => {
+    const g = await bootReady('caps');
+    const bad = await migrate(g, 'host-b', { options: { capabilities: { 'x-no-such-thing': true } } }).result;
+    expect(bad.status).toBe('failed');
+    expect(bad.checks.find((c) => c.name === 'capabilities')!.message).toMatch(/does not offer x-no-such-thing/);
+    expect(await runningCopies(lab, 'caps')).toEqual(['host-a']);
+
+    const run = migrate(g, 'host-b', { options: { capabilities: { 'auto-converge': true } } });
+    const seen = new Promise<boolean>((resolve) => {
+      run.job.on('event', async (e) => {
+        if (e.type === 'phase' && e.phase === 'listen') {
+          const caps = await queryMigrateCapabilities(g.qmp);
+          resolve(caps.find((c) => c.capability === 'auto-converge')!.state);
+        }
+      });
+    });
+    expect(await seen).toBe(true);
+    expect((await run.result).status).toBe('completed');
+    await lab.host('host-b').stopGuest('caps');
+  });
+});
+
+describe('repeated migrations', () => {
+  it('ping-pongs a busy guest five times with its memory intact after each move', async () => {
+    let g = await bootReady('pingpong', { load: { ws: 32, rate: 50 } });
+    for (let i = 0; i < 5; i++) {
+      const to = g.hostName === 'host-a' ? 'host-b' : 'host-a';
+      const current = g;
+      let dest: Guest | null = null;
+      await completeDespiteTcgCrashes(lab, 'pingpong', () => {
+        const run = migrate(current, to);
+        return run.result.then((r) => {
+          dest = run.job.destination;
+          return r;
+        });
+      });
+      g = await expectOneCopyOn(lab, 'pingpong', to);
+      expect(g).toBe(dest);
+      await expectIntact(g);
+      await g.labload!.startLoad({ workingSetMiB: 32, rateMBps: 50 }, { timeoutMs: 60_000 });
+    }
+    await g.stop();
+  });
+
+  it('migrates a custom kernel and initrd guest that says it is ready on its console', async () => {
+    const image = await requireLabGuest();
+    const g = await lab.host('host-a').startGuest({
+      name: 'custom',
+      boot: { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, append: `${image.append} miglab.name=custom pti=on`, readyPattern: 'custom:/#' },
+    });
+    expect(g.labload).toBeNull();
+    await g.waitReady(60_000);
+    const r = await migrate(g, 'host-b').result;
+    expect(r.status, `${r.reason} ${r.qemuMessage}`).toBe('completed');
+    expect(r.guestDowntimeMs).toBeNull(); // no heartbeats without labload
+    expect(r.downtimeMs).not.toBeNull();
+    const moved = await expectOneCopyOn(lab, 'custom', 'host-b');
+    expect(moved.state).toBe('ready');
+    const token = `still-alive-${Date.now()}`;
+    const seen = moved.console.waitFor(token, 15_000);
+    moved.console.write(`echo ${token}\n`);
+    expect(await seen).toContain(token);
+    await moved.stop();
+  });
+});
