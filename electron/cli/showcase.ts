@@ -1,3 +1,4 @@
+import { demoCommand } from './demo';
 import { doctorCommand } from './doctor';
 import { guestBootCommand } from './guest';
 
@@ -9,6 +10,10 @@ export async function showcaseCommand(): Promise<number> {
   if (doctor !== 0) return doctor;
   console.log('\n2. The lab guest, booted and checked by "miglab guest boot":\n');
   const boot = await guestBootCommand({ json: false });
-  console.log('\nNext in MigLab: migrations between hosts, the lab network, and the desktop window.');
-  return boot;
+  if (boot !== 0) return boot;
+  console.log('\n3. A live migration from host-a to host-b of a guest dirtying 32 MiB at 30 MB/s, by "miglab demo":\n');
+  const demo = await demoCommand({ json: false, 'dirty-rate': '30', 'working-set': '32' });
+  console.log('\nTry "npx miglab demo --dirty-rate 100 --bandwidth 50" to watch a migration that cannot converge.');
+  console.log('Next in MigLab: the lab network, the desktop window, and LAN hosts.');
+  return demo;
 }

@@ -418,10 +418,12 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         }
         if (status === 'failed') {
           this.finalInfo = info.status === 'failed' ? info : await queryMigrate(src.qmp).catch(() => info);
-          // The source notices a dead peer before our supervision has reaped it: wait a moment.
-          if (!dstExit) await waitForExit(dst, 1000);
+          // The source notices a dead peer before our supervision has reaped it: look a moment
+          // longer at the destination process itself.
+          for (let i = 0; i < 75 && !dst.exit; i++) await delay(20);
           const desc = this.finalInfo['error-desc'];
-          const why = dstExit ? `the destination QEMU stopped (${dstExit})` : (desc ?? 'QEMU gave no reason');
+          const dstGone = dst.exit ? describeExit(dst.exit) : dstExit;
+          const why = dstGone ? `the destination QEMU stopped (${dstGone})` : (desc ?? 'QEMU gave no reason');
           throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dst.exit?.stderrTail ?? null);
         }
         if (status === 'cancelled') {
@@ -489,6 +491,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   }
 
   private resumedAtMs: number | null = null;
+  private destinationRunningAtMs: number | null = null;
   private onFirstDstBeat: (() => void) | null = null;
 
   /**
@@ -523,13 +526,15 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       const st = await queryStatus(dst.qmp).catch(() => null);
       if (st?.status !== 'running') {
         try {
-          await Promise.race([resumed, gone]);
+          const ev = await Promise.race([resumed, gone]);
+          if (ev) this.destinationRunningAtMs = ev.receivedAt - this.t0;
         } catch (err) {
           if (err instanceof JobEnd) throw err;
           const now = await queryStatus(dst.qmp).catch(() => null);
           throw crashed(`did not start running (QEMU says "${now?.status ?? 'nothing'}")`);
         }
       }
+      this.destinationRunningAtMs ??= this.now();
       if (dst.labload && !this.dstFirstBeat) {
         const beat = new Promise<void>((resolve) => {
           this.onFirstDstBeat = resolve;
@@ -617,6 +622,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       prediction: this.lastPrediction,
       wallTimeMs: Math.round(this.now()),
       runningOn: outcome === 'completed' ? this.req.to.name : this.req.from.name,
+      destinationRunningAtMs: outcome === 'completed' && this.destinationRunningAtMs !== null ? Math.round(this.destinationRunningAtMs * 10) / 10 : null,
       resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
       failure: outcome === 'completed' ? null : this.failureKind,
     };

@@ -133,7 +133,9 @@ export interface MigrationResult {
   wallTimeMs: number;
   /** Where the guest runs now. */
   runningOn: string;
-  /** Job time when the guest was seen running on the destination (first heartbeat there). */
+  /** Job time when QEMU on the destination said it runs the guest (RESUME, or query-status). */
+  destinationRunningAtMs: number | null;
+  /** Job time when the guest was seen running on the destination (its first heartbeat there). */
   resumedAtMs: number | null;
   /** Why a failure happened, as a category a program can act on. */
   failure: FailureKind | null;
