@@ -111,6 +111,7 @@ export function demoJson(r: DemoReport) {
   return {
     status: m.status,
     reason: m.reason,
+    failure: m.failure,
     guest: m.guest,
     from: m.from,
     to: m.to,
