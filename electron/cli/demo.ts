@@ -65,6 +65,8 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
     process.stderr.write(`${s}\n`);
   };
   let eta = '';
+  let lastVerdict = '';
+  let verdictAt = -Infinity;
   return {
     say: (m) => line(`[demo] ${m}`),
     onEvent: (ev) => {
@@ -78,10 +80,18 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
         case 'pass':
           line(`  pass ${ev.pass.pass}: ${formatBytes(ev.pass.bytes)} in ${formatMs(ev.pass.durationMs)}, dirty rate ${formatBytesRate(ev.pass.dirtyRateBps)}`);
           break;
-        case 'prediction':
-          eta = ev.prediction.kind === 'eta' ? `ETA ${formatMs(ev.prediction.etaMs)}` : ev.prediction.kind === 'will-not-converge' ? 'will not converge' : '';
-          if (ev.prediction.kind === 'will-not-converge') line(`  will not converge: ${ev.prediction.reason}`);
+        case 'prediction': {
+          const p = ev.prediction;
+          eta = p.kind === 'eta' ? `ETA ${formatMs(p.etaMs)}` : p.kind === 'will-not-converge' ? 'will not converge' : '';
+          // The verdict when it changes, then a reminder every 5 s: not a line per sample.
+          if (p.kind === 'will-not-converge' && (lastVerdict !== p.kind || ev.atMs - verdictAt >= 5000)) {
+            line(`  will not converge: ${p.reason}`);
+            if (lastVerdict !== p.kind && p.advice.length) line(`    what would help: ${p.advice.join(' ')}`);
+            verdictAt = ev.atMs;
+          }
+          lastVerdict = p.kind;
           break;
+        }
         case 'sample': {
           const s = ev.sample;
           const pct = s.totalBytes ? Math.min(100, (100 * s.transferredBytes) / s.totalBytes) : 0;

@@ -127,6 +127,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private readonly tracker = new PassTracker();
   readonly samples = new SampleRing();
   private lastPrediction: Prediction | null = null;
+  private predictionSentAt = -Infinity;
   private finalInfo: MigrationInfo | null = null;
   private cancelReason: string | null = null;
   private wake: (() => void) | null = null;
@@ -182,7 +183,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   /**
    * Asks the job to stop. Accepted until the switchover begins (then the guest is already
-   * moving and the job finishes instead); resolves true when accepted.
+   * moving and the job finishes instead); returns whether it was accepted.
    */
   cancel(reason = 'Cancelled by the user'): boolean {
     if (this.state !== null && !CANCELLABLE.has(this.state)) return false;
@@ -303,9 +304,14 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       capabilitiesOn: ['events', ...Object.entries(this.options.capabilities).filter(([, v]) => v).map(([k]) => k)],
       throttlePercent: s.cpuThrottlePercent,
     });
-    const changed = !this.lastPrediction || this.lastPrediction.kind !== p.kind || this.lastPrediction.reason !== p.reason;
+    // The verdict as soon as it changes; otherwise fresh numbers once a second, not every sample.
+    const changed = !this.lastPrediction || this.lastPrediction.kind !== p.kind;
     this.lastPrediction = p;
-    if (changed || this.samplingCount % 5 === 0) this.send({ type: 'prediction', atMs: this.now(), prediction: p });
+    const now = this.now();
+    if (changed || now - this.predictionSentAt >= 1000) {
+      this.predictionSentAt = now;
+      this.send({ type: 'prediction', atMs: now, prediction: p });
+    }
   }
 
   private offeredCaps: string[] = [];
