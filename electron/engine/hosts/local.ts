@@ -384,16 +384,18 @@ class LocalGuest extends EventEmitter implements Guest {
       );
     });
     gone.catch(() => {});
+    let onState: ((state: GuestState) => void) | null = null;
     const ready = new Promise<void>((resolve) => {
-      const onState = (state: GuestState) => {
-        if (state === 'ready') {
-          this.off('state', onState);
-          resolve();
-        }
+      onState = (state: GuestState) => {
+        if (state === 'ready') resolve();
       };
       this.on('state', onState);
     });
-    await withTimeout(Promise.race([ready, gone]), timeoutMs, `Guest "${this.name}" reporting ready`);
+    try {
+      await withTimeout(Promise.race([ready, gone]), timeoutMs, `Guest "${this.name}" reporting ready`);
+    } finally {
+      if (onState) this.off('state', onState);
+    }
   }
 
   stop(): Promise<ExitInfo> {
