@@ -81,7 +81,8 @@ describe('the lab guest on a local host', () => {
     await ch.stopLoad();
     expect(report.avgMBps).toBeGreaterThan(20);
     expect(s.count).toBeGreaterThan(50);
-    expect(s.maxGuestGapMs).toBeLessThan(200);
+    expect(s.missed).toBe(0);
+    expect(s.maxGuestGapMs).toBeLessThan(500); // dirtying never holds up the heartbeat for long
   });
 
   it('answers a command typed on its console', async () => {

@@ -100,7 +100,7 @@ describe('a completed migration', () => {
     expect(real(r.passes)).toBeGreaterThanOrEqual(2);
     // QEMU measured the workload (it updates its dirty rate at most once a second)
     const rates = [...r.passes.map((p) => p.dirtyRateBps), ...events.flatMap((e) => (e.type === 'sample' ? [e.sample.dirtyRateBps] : []))];
-    expect(Math.max(...rates)).toBeGreaterThan(25e6);
+    expect(Math.max(...rates)).toBeGreaterThan(10e6); // an idle guest shows about 0
     expect(events.some((e) => e.type === 'prediction' && e.prediction.kind === 'eta')).toBe(true);
     const moved = await expectOneCopyOn(lab, 'busy', 'host-b');
     const report = await moved.labload!.report();
