@@ -6,6 +6,7 @@ import { doctorCommand } from './doctor';
 import { guestBootCommand, guestBuildCommand } from './guest';
 import { showcaseCommand } from './showcase';
 import { UsageError } from './output';
+import { disposeAllLabs } from '../engine/lab/lab';
 
 const USAGE = `miglab: a hands-on lab for live migration of virtual machines
 
@@ -70,6 +71,35 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Told to quit (terminal closed, SIGTERM, or Ctrl-C with no command handling it, or a second
+ * Ctrl-C): stop every guest this process started, then exit. Without this, QEMU, which runs in
+ * its own process group, would be left running.
+ */
+function installShutdown(): void {
+  let stopping = false;
+  const shutdown = (signal: NodeJS.Signals, code: number) => {
+    if (signal === 'SIGINT' && !stopping && process.listenerCount('SIGINT') > 1) {
+      stopping = true; // a command (demo) handles the first Ctrl-C: it cancels and cleans up
+      return;
+    }
+    try {
+      process.stderr.write(`\nmiglab: ${signal}: stopping the guests this run started\n`);
+    } catch {
+      // the terminal may be gone (SIGHUP): stopping the guests matters more than saying so
+    }
+    void disposeAllLabs().finally(() => process.exit(code));
+  };
+  // Writing to a terminal that has closed fails with EIO: that must not crash us before the
+  // guests are stopped.
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
+  process.on('SIGINT', () => shutdown('SIGINT', 130));
+  process.on('SIGTERM', () => shutdown('SIGTERM', 143));
+  process.on('SIGHUP', () => shutdown('SIGHUP', 129));
+}
+
+installShutdown();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

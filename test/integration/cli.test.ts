@@ -1,5 +1,5 @@
 // The `miglab` command as a user runs it: a separate process, JSON on stdout, exit codes.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
+import { qemuPids } from '../helpers/leaks';
+import { delay } from '../../electron/engine/util/time';
 
 const runFile = promisify(execFile);
 const bin = join(import.meta.dirname, '..', '..', 'scripts', 'miglab.mjs');
@@ -105,6 +107,21 @@ describe('miglab guest', () => {
     const flag = await miglab(['doctor', '--colour']);
     expect(flag.code).toBe(2);
     expect(flag.stderr).toMatch(/Unknown option '--colour'/);
+  });
+});
+
+describe('stopping miglab', () => {
+  it('stops the guests it started when it is told to quit (SIGTERM), though QEMU runs in its own process group', async () => {
+    const child = spawn(process.execPath, [bin, 'guest', 'boot'], { env: { ...process.env, MIGLAB_RUNTIME_DIR: work }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    for (let i = 0; i < 200 && (await qemuPids(work)).length === 0; i++) await delay(50);
+    expect(await qemuPids(work)).toHaveLength(1);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(143);
+    expect(stderr).toContain('SIGTERM: stopping the guests this run started');
+    expect(await qemuPids(work)).toEqual([]);
   });
 });
 

@@ -84,6 +84,18 @@ function connectUnix(path: string): Promise<Socket> {
   });
 }
 
+/** Every LocalHost not yet disposed, so a process that is told to stop can stop their guests. */
+const liveHosts = new Set<LocalHost>();
+
+/**
+ * Stops every guest of every local host of this process. QEMU runs in its own process group
+ * (a Ctrl-C must not kill a guest mid-migration), so it outlives us unless we stop it: the CLI
+ * calls this when it is told to quit (SIGTERM, SIGHUP, a second Ctrl-C).
+ */
+export async function disposeAllLocalHosts(): Promise<void> {
+  await Promise.all([...liveHosts].map((h) => h.dispose()));
+}
+
 /** A host that runs QEMU on this machine. Several can run side by side, each in its own dir. */
 export class LocalHost extends EventEmitter implements Host {
   readonly kind = 'local' as const;
@@ -102,6 +114,7 @@ export class LocalHost extends EventEmitter implements Host {
     this.runtimeDir = opts.runtimeDir ?? null;
     this.ownsRuntimeDir = !opts.runtimeDir;
     this.ports = new PortAllocator(this.address, opts.migrationPorts ?? { first: 49152, last: 49407 });
+    liveHosts.add(this);
   }
 
   private async dir(): Promise<string> {
@@ -265,6 +278,7 @@ export class LocalHost extends EventEmitter implements Host {
     if (this.disposed) return;
     await Promise.all([...this.running.values()].map((g) => g.stop()));
     this.disposed = true;
+    liveHosts.delete(this);
     if (this.ownsRuntimeDir && this.runtimeDir) await removeDir(this.runtimeDir);
   }
 }

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import type { Host } from '../hosts/host';
-import { LocalHost } from '../hosts/local';
+import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
 import type { PortRange } from '../hosts/ports';
 import { makeTempDir, removeDir } from '../util/fs';
 
@@ -10,9 +10,21 @@ export const DEFAULT_LOCAL_HOSTS: ReadonlyArray<{ name: string; migrationPorts: 
   { name: 'host-b', migrationPorts: { first: 49280, last: 49407 } },
 ];
 
+const liveLabs = new Set<Lab>();
+
+/**
+ * Stops every guest this process started and removes the labs' runtime dirs: what the CLI does
+ * when it is told to quit (QEMU runs in its own process group and would outlive us).
+ */
+export async function disposeAllLabs(): Promise<void> {
+  await Promise.all([...liveLabs].map((l) => l.dispose()));
+  await disposeAllLocalHosts();
+}
+
 /** A set of hosts with unique names; disposing the lab stops every guest on every host. */
 export class Lab {
   private readonly byName = new Map<string, Host>();
+  private disposed = false;
 
   constructor(
     hosts: Host[],
@@ -22,6 +34,7 @@ export class Lab {
       if (this.byName.has(h.name)) throw new Error(`Two hosts are called "${h.name}": give each host its own name`);
       this.byName.set(h.name, h);
     }
+    liveLabs.add(this);
   }
 
   hosts(): Host[] {
@@ -35,8 +48,11 @@ export class Lab {
   }
 
   async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
     await Promise.all(this.hosts().map((h) => h.dispose()));
     if (this.ownedDir) await removeDir(this.ownedDir);
+    liveLabs.delete(this);
   }
 }
 
