@@ -105,6 +105,8 @@ export class LocalHost extends EventEmitter implements Host {
   private readonly ownsRuntimeDir: boolean;
   private readonly ports: PortAllocator;
   private readonly running = new Map<string, LocalGuest>();
+  /** QEMUs spawned whose start has not finished: dispose must stop these too. */
+  private readonly starting = new Map<QemuProcess, string>();
   private disposed = false;
 
   constructor(private readonly opts: LocalHostOptions) {
@@ -238,6 +240,7 @@ export class LocalHost extends EventEmitter implements Host {
     };
     const startedAt = performance.now();
     const proc = new QemuProcess(qemu.path, buildQemuArgv(cfg), { cwd: guestDir });
+    this.starting.set(proc, guestDir);
     const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
     const console = new GuestConsole();
     let labload: LabloadChannel | null = null;
@@ -252,7 +255,9 @@ export class LocalHost extends EventEmitter implements Host {
         labload = new LabloadChannel(await Promise.race([connectUnix(sockets.control), died]));
       }
       if (!incoming) await cont(qmp);
+      if (this.disposed) throw new Error(`Host ${this.name} was shut down while the guest was starting`);
     } catch (err) {
+      this.starting.delete(proc);
       labload?.close();
       console.close();
       await qmp.disconnect();
@@ -262,6 +267,7 @@ export class LocalHost extends EventEmitter implements Host {
       const exit = proc.exit;
       throw new QemuStartError(spec.name, exit, exit ? describeExit(exit) : (err as Error).message);
     }
+    this.starting.delete(proc);
     const guest = new LocalGuest({
       spec, hostName: this.name, proc, qmp, console, labload, dir: guestDir, startedAt,
       initialState: incoming ? 'incoming' : 'booting',
@@ -276,8 +282,14 @@ export class LocalHost extends EventEmitter implements Host {
 
   async dispose(): Promise<void> {
     if (this.disposed) return;
-    await Promise.all([...this.running.values()].map((g) => g.stop()));
     this.disposed = true;
+    await Promise.all([
+      ...[...this.running.values()].map((g) => g.stop()),
+      ...[...this.starting].map(async ([p, dir]) => {
+        await p.stop();
+        await removeDir(dir);
+      }),
+    ]);
     liveHosts.delete(this);
     if (this.ownsRuntimeDir && this.runtimeDir) await removeDir(this.runtimeDir);
   }
