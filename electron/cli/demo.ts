@@ -167,11 +167,9 @@ function printReport(r: DemoReport): void {
 export async function demoCommand(args: DemoArgs): Promise<number> {
   const opts = parseDemoArgs(args);
   const live = args.json ? null : liveDisplay();
-  const abort = new AbortController();
   let job: { cancel(reason?: string): boolean } | null = null;
   const onSigint = () => {
     if (job?.cancel('Interrupted (Ctrl-C)')) process.stderr.write('\n[demo] cancelling the migration...\n');
-    abort.abort();
   };
   process.on('SIGINT', onSigint);
   try {

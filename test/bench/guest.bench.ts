@@ -47,7 +47,7 @@ async function oneRun(run: number): Promise<Run> {
       run,
       bootToReadyMs,
       hbCount: s.count,
-      hbGuestMeanMs: s.first && s.last ? (s.last.guestUs - s.first.guestUs) / 1000 / Math.max(1, s.count - 1) : NaN,
+      hbGuestMeanMs: s.count > 1 ? s.meanGuestIntervalMs : NaN,
       hbHostMeanMs: s.meanHostIntervalMs,
       hbJitterMs: s.jitterMs,
       hbP50Ms: percentile(intervals, 50),

@@ -65,3 +65,18 @@ export async function completeDespiteTcgCrashes(
   }
   throw new Error(`The migration of ${name} did not complete in ${tries} tries; last: ${last?.reason}`);
 }
+
+/**
+ * After a migration that did not complete: the destination holds no copy, the source holds the
+ * one running copy with its memory intact; then the guest is stopped.
+ */
+export async function expectBackOnSourceThenStop(
+  lab: Lab,
+  r: import('../../electron/engine/migration/types').MigrationResult,
+): Promise<void> {
+  expect(r.runningOn).toBe(r.from);
+  expect(lab.host(r.to).guest(r.guest)).toBeUndefined();
+  const src = await expectOneCopyOn(lab, r.guest, r.from);
+  await expectIntact(src);
+  await src.stop();
+}

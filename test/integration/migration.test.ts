@@ -11,7 +11,7 @@ import { queryMigrateCapabilities } from '../../electron/engine/qmp';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
-import { completeDespiteTcgCrashes, expectIntact, expectOneCopyOn, runningCopies } from '../helpers/migration';
+import { completeDespiteTcgCrashes, expectBackOnSourceThenStop, expectIntact, expectOneCopyOn, runningCopies } from '../helpers/migration';
 
 let work: string;
 let lab: Lab;
@@ -129,10 +129,7 @@ describe('a migration that cannot converge', () => {
     expect(r.reason).toMatch(/Cancelled by the user/);
     expect(r.runningOn).toBe('host-a');
     expect(events.some((ev) => ev.type === 'status' && ev.status === 'cancelled')).toBe(true);
-    expect(lab.host('host-b').guest('stuck')).toBeUndefined();
-    const src = await expectOneCopyOn(lab, 'stuck', 'host-a');
-    await expectIntact(src);
-    await src.stop();
+    await expectBackOnSourceThenStop(lab, r);
   });
 
   it('completes once the bandwidth and downtime limit are raised mid-flight', async () => {
@@ -164,10 +161,7 @@ describe('a migration that fails', () => {
     expect(r.status).toBe('failed');
     expect(r.reason).toMatch(/destination QEMU/);
     expect(r.runningOn).toBe('host-a');
-    expect(lab.host('host-b').guest('victim')).toBeUndefined();
-    const src = await expectOneCopyOn(lab, 'victim', 'host-a');
-    await expectIntact(src);
-    await src.stop();
+    await expectBackOnSourceThenStop(lab, r);
   });
 
   it('takes the guest back to the source when the destination dies right after the switchover', async () => {
@@ -181,10 +175,8 @@ describe('a migration that fails', () => {
     expect(r.failure).toBe('destination-crashed');
     expect(r.reason).toMatch(/crashed .* right after the switchover, so MigLab resumed it on host-a/);
     expect(r.phases.map((p) => p.name)).toContain('confirm');
-    expect(lab.host('host-b').guest('phoenix')).toBeUndefined();
-    const src = await expectOneCopyOn(lab, 'phoenix', 'host-a');
-    await expectIntact(src);
-    await src.stop();
+    expect(r.runningOn).toBe('host-a');
+    await expectBackOnSourceThenStop(lab, r);
   });
 
   it('refuses to migrate a guest that is still booting', async () => {

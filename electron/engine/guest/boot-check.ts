@@ -35,8 +35,7 @@ async function watchHeartbeats(guest: Guest, windowMs: number) {
   ch.heartbeats.reset();
   await delay(windowMs);
   const s = ch.heartbeats.summary();
-  const guestInterval =
-    s.first && s.last && s.count > 1 ? (s.last.guestUs - s.first.guestUs) / 1000 / (s.count - 1) : null;
+  const guestInterval = s.count > 1 ? s.meanGuestIntervalMs : null;
   const r2 = (n: number) => Math.round(n * 100) / 100;
   return {
     guestInterval,

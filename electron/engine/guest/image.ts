@@ -325,6 +325,21 @@ async function gatherInputs(root: string, signal?: AbortSignal, progress?: (s: s
  */
 export async function findLabGuest(opts: { cacheRoot?: string } = {}): Promise<LabGuestImage | null> {
   const root = opts.cacheRoot ?? defaultCacheRoot();
+  // Every guest start asks, a migration's destination included: reading and hashing the inputs
+  // (busybox alone is 2 MB) each time is wasted work, so a found image is remembered briefly,
+  // as the kernel package look-up is.
+  const memo = foundImages.get(root);
+  if (memo && performance.now() - memo.at < FOUND_IMAGE_TTL_MS && existsSync(memo.image.initrd)) return memo.image;
+  const image = await lookUpLabGuest(root);
+  if (image) foundImages.set(root, { image, at: performance.now() });
+  else foundImages.delete(root);
+  return image;
+}
+
+const FOUND_IMAGE_TTL_MS = 60_000;
+const foundImages = new Map<string, { image: LabGuestImage; at: number }>();
+
+async function lookUpLabGuest(root: string): Promise<LabGuestImage | null> {
   let inputs: Inputs;
   try {
     inputs = await gatherInputs(root);
@@ -512,6 +527,7 @@ export async function buildLabGuest(opts: BuildLabGuestOptions = {}): Promise<La
     const got = await loadImage(dir);
     if (!got) throw new Error(`built the lab guest but ${dir} is not complete`);
     progress(placed ? 'guest: built' : 'guest: built by another process', `${dir} (initrd ${Math.round(initrd.length / 1024)} KiB)`);
+    foundImages.set(root, { image: got.image, at: performance.now() }); // what findLabGuest answers now
     return got.image;
   } finally {
     await rm(stage, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }).catch(() => {});

@@ -299,6 +299,8 @@ export interface HeartbeatStatsSummary {
   /** Largest guest-time gap between consecutive heartbeats, ms. */
   maxGuestGapMs: number;
   meanHostIntervalMs: number;
+  /** Mean interval between heartbeats on the guest's own clock, ms (0 with fewer than two). */
+  meanGuestIntervalMs: number;
   /** Standard deviation of the host-time intervals (jitter), ms. */
   jitterMs: number;
   /** Heartbeats missing by sequence number (the guest skipped or the line was lost). */
@@ -368,6 +370,8 @@ export class HeartbeatStats {
       maxHostGapMs: this.maxHostGapMs,
       maxGuestGapMs: this.maxGuestGapMs,
       meanHostIntervalMs: mean,
+      meanGuestIntervalMs:
+        this.first && this.last && this.count > 1 ? (this.last.guestUs - this.first.guestUs) / 1000 / (this.count - 1) : 0,
       jitterMs: Math.sqrt(variance),
       missed: this.missed,
       first: this.first,

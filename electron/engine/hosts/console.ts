@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { createConnection } from 'node:net';
+import { connectUnix } from '../util/net';
 import type { Duplex } from 'node:stream';
 import { TailBuffer } from '../util/tail-buffer';
 
@@ -22,14 +22,7 @@ export class GuestConsole extends EventEmitter<{ data: [Buffer]; close: [] }> {
    * already carries it (a remote host's), replacing any previous one.
    */
   async attach(target: string | Duplex): Promise<void> {
-    const socket =
-      typeof target === 'string'
-        ? await new Promise<Duplex>((resolve, reject) => {
-            const s = createConnection(target);
-            s.once('connect', () => resolve(s));
-            s.once('error', reject);
-          })
-        : target;
+    const socket: Duplex = typeof target === 'string' ? await connectUnix(target) : target;
     this.detach();
     this.closed = false;
     this.socket = socket;

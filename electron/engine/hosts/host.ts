@@ -48,6 +48,11 @@ export interface Guest {
   readonly startedAt: number;
   /** The exit, once QEMU has gone. */
   readonly exit: ExitInfo | null;
+  /**
+   * Resolves the moment QEMU exits, before the 'exit' event (which waits until the guest's
+   * channels are closed and its files removed): what a migration watching a peer needs.
+   */
+  readonly exited: Promise<ExitInfo>;
   on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   /**

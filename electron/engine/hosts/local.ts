@@ -1,6 +1,5 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, stat } from 'node:fs/promises';
-import { createConnection, type Socket } from 'node:net';
 import { cpus, freemem, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -15,6 +14,7 @@ import { QemuProcess, QemuStartError, describeExit, type ExitInfo } from '../qem
 import { probeQemu } from '../qemu/probe';
 import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
+import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
 import { GuestConsole } from './console';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, StartGuestOptions } from './host';
@@ -76,13 +76,6 @@ async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
   }
 }
 
-function connectUnix(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = createConnection(path);
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-}
 
 /** Every LocalHost not yet disposed, so a process that is told to stop can stop their guests. */
 const liveHosts = new Set<LocalHost>();
@@ -380,6 +373,10 @@ class LocalGuest extends EventEmitter implements Guest {
 
   get exit(): ExitInfo | null {
     return this.proc.exit;
+  }
+
+  get exited(): Promise<ExitInfo> {
+    return this.proc.exited;
   }
 
   override on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this {

@@ -4,6 +4,7 @@ import type { Guest } from '../hosts/host';
 import type { GuestSpecInput } from '../qemu/spec';
 import { MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
+import { UNREADY_GRACE_MS } from '../migration/preflight';
 import type { MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
 import { delay } from '../util/time';
 import { defaultLocalLab } from './lab';
@@ -37,16 +38,15 @@ export interface DemoReport {
 }
 
 const GUEST = 'demo';
-/** A custom guest that cannot say when it has booted gets this long before it is moved. */
-const CUSTOM_GRACE_MS = 30_000;
 
 async function waitUntilMigratable(guest: Guest, say: (m: string) => void): Promise<void> {
   if (guest.labload || (guest.spec.boot.kind !== 'lab' && guest.spec.boot.readyPattern)) {
     await guest.waitReady(120_000);
     return;
   }
-  say(`the guest cannot say when it has booted: waiting ${CUSTOM_GRACE_MS / 1000} s (give a ready pattern to skip this)`);
-  await delay(Math.max(0, CUSTOM_GRACE_MS - (performance.now() - guest.startedAt)) + 500);
+  // What pre-flight demands of a guest that cannot say when it has booted.
+  say(`the guest cannot say when it has booted: waiting ${UNREADY_GRACE_MS / 1000} s (give a ready pattern to skip this)`);
+  await delay(Math.max(0, UNREADY_GRACE_MS - (performance.now() - guest.startedAt)) + 500);
 }
 
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {

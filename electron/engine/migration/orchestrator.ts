@@ -87,22 +87,6 @@ class JobEnd extends Error {
   }
 }
 
-/** Resolves when the guest's QEMU has exited, after `ms`, or on abort, whichever comes first. */
-function waitForExit(guest: Guest, ms: number, signal?: AbortSignal): Promise<void> {
-  if (guest.exit) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      guest.off('exit', done);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    guest.on('exit', done);
-    signal?.addEventListener('abort', done, { once: true });
-  });
-}
-
 /** The last lines a guest printed that explain a crash (a kernel panic, an oops). */
 function crashWords(console: string): string | null {
   const lines = console.split('\n').map((l) => l.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').trim()).filter(Boolean);
@@ -138,6 +122,15 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private downtimeLimitMs: number;
   private started = false;
   private readonly startedAtIso = new Date().toISOString();
+  /** Capabilities both QEMUs offer (from pre-flight): what the prediction may advise. */
+  private offeredCaps: string[] = [];
+  /** The latest query-migrate answer: a pass that ends in the stop-and-copy closes with it. */
+  private lastInfo: MigrationInfo | null = null;
+  private failureKind: FailureKind = 'internal';
+  private unwatchBeats: Array<() => void> = [];
+  private destinationRunningAtMs: number | null = null;
+  private resumedAtMs: number | null = null;
+  private onFirstDstBeat: (() => void) | null = null;
   /** Time spent in query-migrate round trips: what sampling costs. */
   samplingMs = 0;
   samplingCount = 0;
@@ -198,23 +191,26 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   }
 
   /** Changes max-bandwidth while the migration runs (or before it starts). */
-  async setBandwidth(mbps: number): Promise<void> {
-    const { bandwidthMBps } = parseMigrationOptions({ bandwidthMBps: mbps });
-    this.bandwidthMBps = bandwidthMBps;
-    if (this.state && ['configure', 'listen', 'migrate', 'monitor'].includes(this.state)) {
-      await migrateSetParameters(this.req.guest.qmp, { 'max-bandwidth': Math.round(bandwidthMBps * 1e6) });
-    }
-    this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
+  setBandwidth(mbps: number): Promise<void> {
+    return this.setParameters({ bandwidthMBps: mbps });
   }
 
   /** Changes downtime-limit while the migration runs. */
-  async setDowntimeLimit(ms: number): Promise<void> {
-    const { downtimeLimitMs } = parseMigrationOptions({ downtimeLimitMs: ms });
-    this.downtimeLimitMs = downtimeLimitMs;
+  setDowntimeLimit(ms: number): Promise<void> {
+    return this.setParameters({ downtimeLimitMs: ms });
+  }
+
+  private async setParameters(change: Pick<Partial<MigrationOptions>, 'bandwidthMBps' | 'downtimeLimitMs'>): Promise<void> {
+    parseMigrationOptions(change); // the same limits as at the start, the same error
+    if (change.bandwidthMBps !== undefined) this.bandwidthMBps = change.bandwidthMBps;
+    if (change.downtimeLimitMs !== undefined) this.downtimeLimitMs = change.downtimeLimitMs;
     if (this.state && ['configure', 'listen', 'migrate', 'monitor'].includes(this.state)) {
-      await migrateSetParameters(this.req.guest.qmp, { 'downtime-limit': downtimeLimitMs });
+      await migrateSetParameters(this.req.guest.qmp, {
+        ...(change.bandwidthMBps !== undefined ? { 'max-bandwidth': Math.round(change.bandwidthMBps * 1e6) } : {}),
+        ...(change.downtimeLimitMs !== undefined ? { 'downtime-limit': change.downtimeLimitMs } : {}),
+      });
     }
-    this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs });
+    this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
   }
 
   /** Runs the whole job. Never throws for a migration that fails: the result says why. */
@@ -230,6 +226,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       );
       this.checks = pre.checks;
       this.port = pre.port;
+      this.offeredCaps = pre.capabilities;
       const failed = pre.checks.filter((c) => c.status === 'fail');
       if (failed.length) throw new JobEnd('failed', `Pre-flight check failed: ${failed.map((c) => c.message).join(' ')}`, null, 'preflight');
       const warned = pre.checks.filter((c) => c.status === 'warn');
@@ -314,12 +311,6 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     }
   }
 
-  private offeredCaps: string[] = [];
-  /** The latest query-migrate answer: a pass that ends in the stop-and-copy closes with it. */
-  private lastInfo: MigrationInfo | null = null;
-  private failureKind: FailureKind = 'internal';
-  private unwatchBeats: Array<() => void> = [];
-
   /**
    * The guest's own view of the downtime: the last heartbeat the source delivered before the
    * switchover and the first the destination delivers after it (host receive times).
@@ -373,19 +364,13 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       this.sawStopAt ??= this.now();
       wakeUp();
     }));
-    const onDstExit = (exit: Parameters<typeof describeExit>[0]) => {
+    let monitoring = true;
+    void dst.exited.then((exit) => {
+      if (!monitoring) return;
       dstExit = describeExit(exit);
       wakeUp();
-    };
-    dst.on('exit', onDstExit);
-    offs.push(() => dst.off('exit', onDstExit));
+    });
     try {
-      try {
-        const caps = await src.qmp.execute<Array<{ capability: string }>>('query-migrate-capabilities');
-        this.offeredCaps = caps.map((c) => c.capability);
-      } catch {
-        /* prediction just offers less advice */
-      }
       await migrate(src.qmp, uri);
       await this.transition('monitor');
       let dstGoneAt: number | null = null;
@@ -424,12 +409,12 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         }
         if (status === 'failed') {
           this.finalInfo = info.status === 'failed' ? info : await queryMigrate(src.qmp).catch(() => info);
-          // The source notices a dead peer before our supervision has reaped it: look a moment
-          // longer at the destination process itself.
-          for (let i = 0; i < 75 && !dst.exit; i++) await delay(20);
+          // The source can notice a dead peer a moment before we see the destination's exit.
+          const ac = new AbortController();
+          await Promise.race([dst.exited, delay(1500, undefined, { signal: ac.signal }).catch(() => {})]);
+          ac.abort();
           const desc = this.finalInfo['error-desc'];
-          const dstGone = dst.exit ? describeExit(dst.exit) : dstExit;
-          const why = dstGone ? `the destination QEMU stopped (${dstGone})` : (desc ?? 'QEMU gave no reason');
+          const why = dst.exit ? `the destination QEMU stopped (${describeExit(dst.exit)})` : (desc ?? 'QEMU gave no reason');
           throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dst.exit?.stderrTail ?? null);
         }
         if (status === 'cancelled') {
@@ -456,6 +441,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         this.wake = null;
       }
     } finally {
+      monitoring = false;
       for (const off of offs) off();
     }
   }
@@ -496,10 +482,6 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     if (closed) this.send({ type: 'pass', atMs: this.now(), pass: closed });
   }
 
-  private resumedAtMs: number | null = null;
-  private destinationRunningAtMs: number | null = null;
-  private onFirstDstBeat: (() => void) | null = null;
-
   /**
    * The destination runs the guest, and the guest's heartbeats have resumed there. Then it must
    * keep it alive for confirmWatchMs while the source waits, paused, as the fallback.
@@ -524,8 +506,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     try {
       const resumed = dst.qmp.waitForEvent('RESUME', { timeoutMs: 15_000, signal: done.signal });
       resumed.catch(() => {});
-      const gone = waitForExit(dst, 24 * 3600_000, done.signal).then(() => {
-        if (dst.exit) throw crashed(`crashed (${describeExit(dst.exit)})`);
+      const gone = dst.exited.then((exit) => {
+        throw crashed(`crashed (${describeExit(exit)})`);
       });
       gone.catch(() => {});
       failIfGone();
@@ -533,7 +515,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       if (st?.status !== 'running') {
         try {
           const ev = await Promise.race([resumed, gone]);
-          if (ev) this.destinationRunningAtMs = ev.receivedAt - this.t0;
+          this.destinationRunningAtMs = ev.receivedAt - this.t0;
         } catch (err) {
           if (err instanceof JobEnd) throw err;
           const now = await queryStatus(dst.qmp).catch(() => null);

@@ -7,7 +7,7 @@ import type { CheckStatus, PreflightCheck } from './types';
 /** QEMU's own overhead on top of guest RAM, so a destination is not filled to the brim. */
 const QEMU_OVERHEAD_MIB = 128;
 /** A guest without any way to say it is ready must at least have been up this long. */
-const UNREADY_GRACE_MS = 30_000;
+export const UNREADY_GRACE_MS = 30_000;
 
 export interface PreflightContext {
   guest: Guest;
@@ -21,6 +21,8 @@ export interface PreflightOutcome {
   checks: PreflightCheck[];
   /** A migration port reserved on the destination, when the port check passed. */
   port: number | null;
+  /** Migration capabilities both QEMUs offer (empty when the hosts could not be asked). */
+  capabilities: string[];
 }
 
 const check = (name: string, status: CheckStatus, message: string): PreflightCheck => ({ name, status, message });
@@ -154,11 +156,11 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(readinessCheck(ctx.guest));
   if (ctx.from === ctx.to || ctx.from.name === ctx.to.name) {
     add(check('destination', 'fail', `${ctx.guest.name} already runs on ${ctx.to.name}: pick another host as the destination.`));
-    return { checks, port: null };
+    return { checks, port: null, capabilities: [] };
   }
   if (ctx.to.guest(ctx.guest.name)) {
     add(check('destination', 'fail', `${ctx.to.name} already runs a guest called ${ctx.guest.name}: stop it or rename one of them.`));
-    return { checks, port: null };
+    return { checks, port: null, capabilities: [] };
   }
   let fromInfo: HostInfo;
   let toInfo: HostInfo;
@@ -167,7 +169,7 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
     add(check('destination', 'pass', `${ctx.to.name} answers and can run QEMU ${toInfo.qemu.version}.`));
   } catch (err) {
     add(check('destination', 'fail', `${ctx.to.name} cannot be reached or cannot run QEMU: ${(err as Error).message}`));
-    return { checks, port: null };
+    return { checks, port: null, capabilities: [] };
   }
   add(memoryCheck(ctx.guest, toInfo));
   add(versionCheck(fromInfo, toInfo, ctx.guest));
@@ -183,5 +185,6 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   } catch (err) {
     add(check('port', 'fail', (err as Error).message));
   }
-  return { checks, port };
+  const capabilities = fromInfo.migrationCapabilities.filter((c) => toInfo.migrationCapabilities.includes(c));
+  return { checks, port, capabilities };
 }
