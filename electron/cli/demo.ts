@@ -51,6 +51,10 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
   };
 }
 
+function causeText(cause: 'rarp' | 'gratuitous-arp' | 'traffic'): string {
+  return cause === 'rarp' ? 'RARP announce frame' : cause === 'gratuitous-arp' ? 'gratuitous ARP' : 'frame of ordinary traffic';
+}
+
 /** Live lines on stderr: one per phase, check and pass; a status line redrawn on a terminal. */
 function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string) => void } {
   const tty = process.stderr.isTTY;
@@ -108,6 +112,12 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
         case 'heartbeat-gap':
           line(`  heartbeats resumed on the destination after a ${formatMs(ev.gapMs)} gap`);
           break;
+        case 'mac-move':
+          line(`  switch: ${ev.move.mac} moved from ${ev.move.fromHost} (port ${ev.move.fromPort}) to ${ev.move.toHost} (port ${ev.move.toPort}), seen in a ${causeText(ev.move.cause)}`);
+          break;
+        case 'announce':
+          line(`  switch: announce frame ${ev.count} (RARP) from ${ev.mac} on ${ev.host} at ${formatMs(ev.atMs)}`);
+          break;
         default:
           break;
       }
@@ -136,6 +146,7 @@ export function demoJson(r: DemoReport) {
     prediction: m.prediction,
     integrity: r.integrity,
     workload: r.workload,
+    network: m.network,
     checks: m.checks,
     qemuMessage: m.qemuMessage,
   };
@@ -152,6 +163,14 @@ function printReport(r: DemoReport): void {
   rows.push(['downtime (guest heartbeats)', m.guestDowntimeMs === null ? 'n/a' : formatMs(m.guestDowntimeMs)]);
   rows.push(['transferred (QEMU)', m.transferredBytes === null ? 'n/a' : `${formatBytes(m.transferredBytes)} for ${formatBytes(m.ramBytes)} of RAM`]);
   if (r.workload) rows.push(['workload (guest)', `${formatBytesRate(r.workload.measuredMBps * 1e6)} over ${r.workload.workingSetMiB} MiB (asked ${r.workload.requestedMBps} MB/s)`]);
+  const net = m.network;
+  if (net) {
+    rows.push(['downtime (network probe)', net.networkDowntimeMs === null ? 'n/a (no probe replies)' : `${formatMs(net.networkDowntimeMs)} longest gap in replies to a ping every ${net.probe?.intervalMs} ms`]);
+    if (net.probe) rows.push(['probe (wire)', `${net.probe.received} of ${net.probe.sent} pings answered`]);
+    const moves = net.macMoves.map((mv) => `${mv.fromHost} -> ${mv.toHost} at ${formatMs(mv.atMs)} (${causeText(mv.cause)})`);
+    rows.push(['MAC moves (switch)', moves.length ? `${net.mac}: ${moves.join('; ')}` : 'none seen']);
+    rows.push(['announce frames (switch)', `${net.announceFrames}${net.expectedAnnounceFrames !== null ? ` of ${net.expectedAnnounceFrames} rounds` : ''}${net.announceAtMs.length ? ` at ${net.announceAtMs.map((t) => formatMs(t)).join(', ')}` : ''}`]);
+  }
   if (r.integrity) rows.push(['integrity (guest)', `${r.integrity.pages} pages, ${r.integrity.bad} bad; heartbeats ${r.integrity.heartbeatsContinue ? 'continue' : 'STOPPED'}`]);
   console.log(table(rows.map(([a, b]) => [`  ${a}`, b!])));
   if (m.passes.length) {

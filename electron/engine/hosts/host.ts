@@ -3,7 +3,16 @@ import type { ExitInfo } from '../qemu/process';
 import type { GuestSpec, GuestSpecInput } from '../qemu/spec';
 import type { QmpClient } from '../qmp';
 import type { LabloadChannel } from '../guest/labload-channel';
+import type { PortLabel, SwitchPortHandle } from '../network/switch';
 import type { GuestConsole } from './console';
+
+/**
+ * Where a host plugs its guests' NICs in: the lab switch. The host picks the UDP port QEMU sends
+ * from; the switch opens a port that accepts frames from that address only.
+ */
+export interface NetworkAttachment {
+  openPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle>;
+}
 
 export interface HostInfo {
   name: string;
@@ -53,6 +62,8 @@ export interface Guest {
    * channels are closed and its files removed): what a migration watching a peer needs.
    */
   readonly exited: Promise<ExitInfo>;
+  /** The lab switch port this guest's NIC is plugged into; null without a NIC. Retired when QEMU exits. */
+  readonly switchPort: { id: number; address: string; port: number } | null;
   on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   /**

@@ -17,7 +17,8 @@ import { makeTempDir, removeDir } from '../util/fs';
 import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
 import { GuestConsole } from './console';
-import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, StartGuestOptions } from './host';
+import type { SwitchPortHandle } from '../network/switch';
+import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 import { PortAllocator, type PortRange } from './ports';
 
 const runFile = promisify(execFile);
@@ -46,6 +47,10 @@ export interface LocalHostOptions {
   /** The address migration streams arrive on. */
   address?: string;
   migrationPorts?: PortRange;
+  /** The lab switch guests with a MAC plug into; without one, guests get no NIC. */
+  network?: NetworkAttachment;
+  /** UDP ports QEMU's NICs send from (default: the migration port range, in UDP). */
+  nicPorts?: PortRange;
   /** Where to look for the built lab guest (tests use a private cache). */
   cacheRoot?: string;
 }
@@ -97,6 +102,7 @@ export class LocalHost extends EventEmitter implements Host {
   private runtimeDir: string | null;
   private readonly ownsRuntimeDir: boolean;
   private readonly ports: PortAllocator;
+  private readonly nicPorts: PortAllocator;
   private readonly running = new Map<string, LocalGuest>();
   /** QEMUs spawned whose start has not finished: dispose must stop these too. */
   private readonly starting = new Map<QemuProcess, string>();
@@ -109,6 +115,7 @@ export class LocalHost extends EventEmitter implements Host {
     this.runtimeDir = opts.runtimeDir ?? null;
     this.ownsRuntimeDir = !opts.runtimeDir;
     this.ports = new PortAllocator(this.address, opts.migrationPorts ?? { first: 49152, last: 49407 });
+    this.nicPorts = new PortAllocator(this.address, opts.nicPorts ?? this.ports.range, 'udp');
     liveHosts.add(this);
   }
 
@@ -204,6 +211,36 @@ export class LocalHost extends EventEmitter implements Host {
     }
   }
 
+  /**
+   * A guest with a MAC gets a NIC on the lab switch: a UDP port here for QEMU to send from, and a
+   * switch port that accepts frames from it. A migration destination gets its own new port.
+   */
+  private async plugNic(spec: GuestSpec, incoming: boolean): Promise<{ config: NonNullable<LaunchConfig['nic']>; port: SwitchPortHandle; unplug: () => void } | null> {
+    if (!spec.mac || !this.opts.network) return null;
+    const localPort = await this.nicPorts.allocate();
+    let port: SwitchPortHandle;
+    try {
+      port = await this.opts.network.openPort(
+        { host: this.name, guest: spec.name },
+        { address: this.address, port: localPort },
+      );
+    } catch (err) {
+      this.nicPorts.release(localPort);
+      throw err;
+    }
+    let plugged = true;
+    return {
+      config: { mac: spec.mac, local: { address: this.address, port: localPort }, remote: { address: port.address, port: port.port } },
+      port,
+      unplug: () => {
+        if (!plugged) return;
+        plugged = false;
+        port.close();
+        this.nicPorts.release(localPort);
+      },
+    };
+  }
+
   async startGuest(input: GuestSpecInput, opts: StartGuestOptions = {}): Promise<Guest> {
     const spec = parseGuestSpec(input);
     if (this.running.has(spec.name)) {
@@ -220,12 +257,14 @@ export class LocalHost extends EventEmitter implements Host {
       control: join(guestDir, 'control.sock'),
     };
     const incoming = opts.incoming ?? false;
+    const nic = await this.plugNic(spec, incoming);
     const cfg: LaunchConfig = {
       spec,
       accel: accel.accel,
       sockets,
       ...(boot.kernel ? { kernel: boot.kernel } : {}),
       ...(boot.disk ? { disk: boot.disk } : {}),
+      ...(nic ? { nic: nic.config } : {}),
       // -S so we are connected before the first byte of boot output; never for a destination,
       // which must run as soon as its migration completes.
       startPaused: !incoming,
@@ -256,6 +295,7 @@ export class LocalHost extends EventEmitter implements Host {
       await qmp.disconnect();
       await proc.stop();
       await removeDir(guestDir);
+      nic?.unplug();
       if (err instanceof QemuStartError) throw err;
       const exit = proc.exit;
       throw new QemuStartError(spec.name, exit, exit ? describeExit(exit) : (err as Error).message);
@@ -264,7 +304,11 @@ export class LocalHost extends EventEmitter implements Host {
     const guest = new LocalGuest({
       spec, hostName: this.name, proc, qmp, console, labload, dir: guestDir, startedAt,
       initialState: incoming ? 'incoming' : 'booting',
-      onGone: () => this.running.delete(spec.name),
+      switchPort: nic ? { id: nic.port.id, address: nic.port.address, port: nic.port.port } : null,
+      onGone: () => {
+        nic?.unplug(); // the old switch port is retired the moment its QEMU is gone
+        this.running.delete(spec.name);
+      },
     });
     this.running.set(spec.name, guest);
     guest.on('state', (state, prev) => this.emit('guest-state', guest, state, prev));
@@ -302,6 +346,7 @@ interface LocalGuestParts {
   dir: string;
   startedAt: number;
   initialState: GuestState;
+  switchPort: Guest['switchPort'];
   onGone: () => void;
 }
 
@@ -313,6 +358,7 @@ class LocalGuest extends EventEmitter implements Guest {
   readonly console: GuestConsole;
   readonly labload: LabloadChannel | null;
   readonly startedAt: number;
+  readonly switchPort: Guest['switchPort'];
   private readonly client: QmpClient;
   private readonly proc: QemuProcess;
   private current: GuestState;
@@ -326,6 +372,7 @@ class LocalGuest extends EventEmitter implements Guest {
     this.console = parts.console;
     this.labload = parts.labload;
     this.startedAt = parts.startedAt;
+    this.switchPort = parts.switchPort;
     this.client = parts.qmp;
     this.proc = parts.proc;
     this.current = parts.initialState;

@@ -57,9 +57,12 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     const to = lab.host('host-b');
     const spec: GuestSpecInput = { name: GUEST, memoryMiB: opts.memoryMiB, ...(opts.custom ? { boot: opts.custom } : {}) };
     say(`booting ${opts.custom ? 'the custom guest' : 'the lab guest'} on ${from.name} (${opts.memoryMiB} MiB)`);
-    const guest = await from.startGuest(spec);
+    const guest = await lab.startGuest(from.name, spec);
     await waitUntilMigratable(guest, say);
     say(`${guest.name} is ready after ${Math.round(performance.now() - guest.startedAt)} ms`);
+    if (guest.switchPort && lab.network) {
+      say(`its NIC (${guest.spec.mac}, ${guest.spec.ip ?? 'no address'}) is on switch port ${guest.switchPort.id}; the probe (${lab.network.probeAddress.ip}) will ping it`);
+    }
 
     const load = guest.labload !== null && opts.dirtyRateMBps > 0;
     if (guest.labload) {
@@ -79,6 +82,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         ...(load ? { workingSetBytes: opts.workingSetMiB * 2 ** 20 } : {}),
         maxDurationMs: 120_000,
         journal: new MigrationJournal(),
+        network: lab.network,
       },
       opts.onEvent,
     );

@@ -1,7 +1,9 @@
 import { join } from 'node:path';
-import type { Host } from '../hosts/host';
+import type { Guest, Host } from '../hosts/host';
 import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
 import type { PortRange } from '../hosts/ports';
+import { LabNetwork, type LabNetworkOptions } from '../network/lab-network';
+import type { GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
@@ -21,7 +23,10 @@ export async function disposeAllLabs(): Promise<void> {
   await disposeAllLocalHosts();
 }
 
-/** A set of hosts with unique names; disposing the lab stops every guest on every host. */
+/**
+ * A set of hosts with unique names and, usually, the lab network between them; disposing the lab
+ * stops every guest on every host and shuts the switch.
+ */
 export class Lab {
   private readonly byName = new Map<string, Host>();
   private disposed = false;
@@ -29,6 +34,7 @@ export class Lab {
   constructor(
     hosts: Host[],
     private readonly ownedDir: string | null = null,
+    readonly network: LabNetwork | null = null,
   ) {
     for (const h of hosts) {
       if (this.byName.has(h.name)) throw new Error(`Two hosts are called "${h.name}": give each host its own name`);
@@ -47,10 +53,24 @@ export class Lab {
     return h;
   }
 
+  /**
+   * Starts a guest on the named host. On a lab with a network, a guest without an address gets
+   * the next one of the lab subnet and a MAC, so its NIC plugs into the switch.
+   */
+  startGuest(hostName: string, spec: GuestSpecInput): Promise<Guest> {
+    const host = this.host(hostName);
+    if (this.network && !spec.mac) {
+      const a = this.network.assign(spec.name);
+      spec = { ...spec, mac: a.mac, ip: spec.ip ?? a.ip };
+    }
+    return host.startGuest(spec);
+  }
+
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
     await Promise.all(this.hosts().map((h) => h.dispose()));
+    this.network?.close();
     if (this.ownedDir) await removeDir(this.ownedDir);
     liveLabs.delete(this);
   }
@@ -60,7 +80,10 @@ export class Lab {
  * host-a and host-b on this machine, each with its own runtime dir (under `runtimeDir`, or a
  * fresh temp dir the lab removes) and its own migration port range.
  */
-export async function defaultLocalLab(opts: { runtimeDir?: string; cacheRoot?: string } = {}): Promise<Lab> {
+export async function defaultLocalLab(
+  opts: { runtimeDir?: string; cacheRoot?: string; network?: LabNetworkOptions | false } = {},
+): Promise<Lab> {
+  const network = opts.network === false ? null : new LabNetwork(opts.network ?? {});
   const dir = opts.runtimeDir ?? (await makeTempDir('lab'));
   const hosts = DEFAULT_LOCAL_HOSTS.map(
     (h) =>
@@ -68,8 +91,9 @@ export async function defaultLocalLab(opts: { runtimeDir?: string; cacheRoot?: s
         name: h.name,
         runtimeDir: join(dir, h.name),
         migrationPorts: h.migrationPorts,
+        ...(network ? { network } : {}),
         ...(opts.cacheRoot ? { cacheRoot: opts.cacheRoot } : {}),
       }),
   );
-  return new Lab(hosts, opts.runtimeDir ? null : dir);
+  return new Lab(hosts, opts.runtimeDir ? null : dir, network);
 }

@@ -21,7 +21,9 @@ import {
 } from '../qmp';
 import { describeExit } from '../qemu/process';
 import { delay } from '../util/time';
+import type { LabNetwork } from '../network/lab-network';
 import type { MigrationJournal } from './journal';
+import { MigrationNetworkWatch } from './network-watch';
 import { runPreflight } from './preflight';
 import { predict } from './prediction';
 import { PassTracker, SampleRing, sampleFromInfo } from './telemetry';
@@ -47,6 +49,7 @@ const OptionsSchema = z.object({
   sampleIntervalMs: z.number().int().min(20, 'sample at most every 20 ms').max(1000, 'sample at least every 1000 ms').optional(),
   acceptWarnings: z.boolean().optional(),
   confirmWatchMs: z.number().int().min(0).max(60_000, 'watch the destination for at most 60000 ms').optional(),
+  probeIntervalMs: z.number().int().min(5, 'probe at most every 5 ms').max(1000, 'probe at least every 1000 ms').optional(),
 });
 
 export class InvalidMigrationOptionsError extends Error {
@@ -73,6 +76,8 @@ export interface MigrationRequest {
   journal?: MigrationJournal;
   /** Give up (cancel) when the migration has not completed by then. Default 10 minutes. */
   maxDurationMs?: number;
+  /** The lab network the guest's NIC is on: the job records the remap and probes the guest. */
+  network?: LabNetwork | null;
 }
 
 /** Ends the job: thrown inside run(), turned into a result by recover(). */
@@ -131,6 +136,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private destinationRunningAtMs: number | null = null;
   private resumedAtMs: number | null = null;
   private onFirstDstBeat: (() => void) | null = null;
+  private net: MigrationNetworkWatch | null = null;
   /** Time spent in query-migrate round trips: what sampling costs. */
   samplingMs = 0;
   samplingCount = 0;
@@ -234,6 +240,10 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         throw new JobEnd('failed', `Pre-flight warnings were not accepted: ${warned.map((c) => c.message).join(' ')}`, null, 'preflight');
       }
       this.checkCancel();
+      if (this.req.network && guest.spec.mac) {
+        this.net = new MigrationNetworkWatch(this.req.network, guest, this.t0, (ev) => this.send(ev), this.options.probeIntervalMs);
+        this.net.start();
+      }
 
       await this.transition('prepare');
       try {
@@ -241,6 +251,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       } catch (err) {
         throw new JobEnd('failed', `The destination QEMU could not be started on ${to.name}: ${(err as Error).message}`, null, 'destination-start');
       }
+      await this.net?.learnAnnounces(this.dst);
       this.checkCancel();
 
       await this.transition('configure');
@@ -260,7 +271,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       await this.confirm();
 
       await this.transition('cleanup');
-      await from.stopGuest(guest.name);
+      await from.stopGuest(guest.name); // retires the source's switch port too
+      await this.net?.settle(this.destinationRunningAtMs);
       return await this.finish('completed', null, null);
     } catch (err) {
       return this.recover(err);
@@ -582,6 +594,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   private async finish(outcome: MigrationOutcome, reason: string | null, qemuMessage: string | null): Promise<MigrationResult> {
     for (const off of this.unwatchBeats.splice(0)) off();
+    const network = this.net?.finish() ?? null;
     if (this.port !== null) this.req.to.releaseMigrationPort(this.port);
     const info = this.finalInfo;
     const ram = info?.ram;
@@ -613,6 +626,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       destinationRunningAtMs: outcome === 'completed' && this.destinationRunningAtMs !== null ? Math.round(this.destinationRunningAtMs * 10) / 10 : null,
       resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
       failure: outcome === 'completed' ? null : this.failureKind,
+      network,
     };
     await this.req.journal?.write({
       id: this.id, guest: result.guest, from: result.from, to: result.to, state: outcome, port: this.port,

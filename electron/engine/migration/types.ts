@@ -47,6 +47,8 @@ export interface MigrationOptions {
    * heartbeats flowing) before the paused source is quit. Until then the source is the fallback.
    */
   confirmWatchMs: number;
+  /** How often the lab network's probe pings the guest during the migration, ms. */
+  probeIntervalMs: number;
 }
 
 export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
@@ -56,6 +58,7 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   sampleIntervalMs: 100,
   acceptWarnings: true,
   confirmWatchMs: 1000,
+  probeIntervalMs: 20,
 };
 
 /** One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. */
@@ -101,6 +104,41 @@ export type FailureKind =
   | 'destination-crashed'
   | 'internal';
 
+/** A MAC the switch saw on a new port, and the frame that showed it there. */
+export interface NetworkMacMove {
+  mac: string;
+  fromHost: string;
+  toHost: string;
+  fromPort: number;
+  toPort: number;
+  atMs: number;
+  cause: 'rarp' | 'gratuitous-arp' | 'traffic';
+}
+
+export interface ProbeSample {
+  seq: number;
+  sentAtMs: number;
+  /** null: no reply within the probe's loss timeout. */
+  rttMs: number | null;
+}
+
+/** The network remap of one migration, as the lab switch and its probe saw it on the wire. */
+export interface MigrationNetworkReport {
+  mac: string;
+  ip: string | null;
+  macMoves: NetworkMacMove[];
+  /** RARP frames from the guest's MAC after the switchover (QEMU's announce-self rounds). */
+  announceFrames: number;
+  announceAtMs: number[];
+  /** How many rounds the destination QEMU was set to send (announce-rounds). */
+  expectedAnnounceFrames: number | null;
+  probe: { target: string; intervalMs: number; sent: number; received: number; maxGapMs: number | null } | null;
+  /** The longest run without probe replies: the migration's downtime as the network saw it. */
+  networkDowntimeMs: number | null;
+  /** The source's switch port was retired once the source QEMU quit. */
+  oldPortRetired: boolean | null;
+}
+
 export interface PhaseSpan {
   name: MigrationPhase;
   startMs: number;
@@ -139,6 +177,8 @@ export interface MigrationResult {
   resumedAtMs: number | null;
   /** Why a failure happened, as a category a program can act on. */
   failure: FailureKind | null;
+  /** The network remap; null for a guest without a NIC on the lab switch. */
+  network: MigrationNetworkReport | null;
 }
 
 export type MigrationEvent =
@@ -150,4 +190,8 @@ export type MigrationEvent =
   | { type: 'prediction'; atMs: number; prediction: Prediction }
   | { type: 'parameters'; atMs: number; bandwidthMBps: number; downtimeLimitMs: number }
   | { type: 'heartbeat-gap'; atMs: number; gapMs: number }
+  | { type: 'mac-move'; atMs: number; move: NetworkMacMove }
+  | { type: 'announce'; atMs: number; mac: string; host: string; port: number; count: number }
+  /** Probe results since the last such event (about every 100 ms), and the running totals. */
+  | { type: 'probe'; atMs: number; samples: ProbeSample[]; sent: number; received: number }
   | { type: 'result'; atMs: number; result: MigrationResult };

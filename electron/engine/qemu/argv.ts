@@ -8,6 +8,11 @@ export interface LaunchConfig {
   sockets: { qmp: string; console: string; control: string };
   kernel?: { kernel: string; initrd?: string; append: string };
   disk?: { path: string; format: 'qcow2' | 'raw' };
+  /**
+   * A virtio-net NIC carried over UDP to a lab switch port (QEMU's dgram netdev, no root).
+   * `local` is QEMU's own socket; the switch accepts this NIC's frames from there only.
+   */
+  nic?: { mac: string; local: { address: string; port: number }; remote: { address: string; port: number } };
   /** Start with vCPUs stopped (-S) so nothing the guest prints is lost before we connect. */
   startPaused: boolean;
   /** Start as a migration destination: `-incoming defer`, then `migrate-incoming` over QMP. */
@@ -57,6 +62,16 @@ export function buildQemuArgv(cfg: LaunchConfig): string[] {
   }
   if (cfg.disk) {
     argv.push('-drive', `file=${qemuOptValue(cfg.disk.path)},format=${cfg.disk.format},if=virtio`);
+  }
+  if (cfg.nic) {
+    const { local, remote, mac } = cfg.nic;
+    argv.push(
+      '-netdev',
+      `dgram,id=net0,local.type=inet,local.host=${local.address},local.port=${local.port},` +
+        `remote.type=inet,remote.host=${remote.address},remote.port=${remote.port}`,
+      // romfile= : no PXE option ROM; lab guests boot from -kernel or a disk, never the network.
+      '-device', `virtio-net-pci,netdev=net0,mac=${mac},romfile=`,
+    );
   }
   if (cfg.startPaused) argv.push('-S');
   if (cfg.incoming) argv.push('-incoming', 'defer');

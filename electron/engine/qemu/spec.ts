@@ -15,6 +15,12 @@ const cidr = z
 
 const hostPath = z.string().min(1, 'give a file path');
 
+/** A unicast MAC (the group bit of the first octet clear), as the NIC and the lab switch see it. */
+const unicastMac = z
+  .string()
+  .regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'use six lower-case hex pairs, like 52:54:00:12:34:56')
+  .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'the first octet must be even (a unicast address)');
+
 /**
  * For a guest without labload: text its console prints once it has booted (a login prompt, a
  * shell prompt). Seeing it is how MigLab knows the guest is ready to be migrated.
@@ -54,6 +60,11 @@ export const GuestSpecSchema = z.object({
   cpuModel: qemuToken.optional(),
   machine: qemuToken.default('q35'),
   ip: cidr.optional(),
+  /**
+   * The NIC's MAC. With one, the guest gets a virtio-net NIC plugged into the lab switch (when
+   * its host has one); it is part of the device model, so a migration keeps it.
+   */
+  mac: unicastMac.optional(),
   boot: BootSchema.default({ kind: 'lab' }),
 });
 

@@ -1,0 +1,109 @@
+// The lab network: one switch, one subnet, an address per guest, and the probe. Hosts plug guest
+// NICs into it (it is their NetworkAttachment); migrations watch it.
+import type { NetworkAttachment } from '../hosts/host';
+import { ipv4ToNumber, macToString, numberToIpv4 } from './frame';
+import { ProbeEndpoint } from './probe';
+import { LabSwitch, type PortLabel, type SwitchOptions, type SwitchPortHandle } from './switch';
+
+export const DEFAULT_LAB_SUBNET = '10.80.0.0/24';
+/** The probe's host number in the subnet (.2); guests are numbered from FIRST_GUEST_HOST (.10). */
+const PROBE_HOST = 2;
+const FIRST_GUEST_HOST = 10;
+/** QEMU's OUI; the low three bytes are the low bytes of the guest's IP, so a MAC says its IP. */
+const MAC_PREFIX = 0x525400 * 2 ** 24;
+
+export interface Subnet {
+  network: number;
+  prefix: number;
+  /** Host numbers 1 .. size-2 are usable. */
+  size: number;
+}
+
+export class InvalidSubnetError extends Error {
+  constructor(text: string, why: string) {
+    super(`The lab subnet "${text}" is not usable: ${why}`);
+    this.name = 'InvalidSubnetError';
+  }
+}
+
+export function parseSubnet(text: string): Subnet {
+  const m = /^([\d.]+)\/(\d{1,2})$/.exec(text);
+  if (!m) throw new InvalidSubnetError(text, 'write it as an IPv4 network with a prefix, like 10.80.0.0/24');
+  let addr: number;
+  try {
+    addr = ipv4ToNumber(m[1]!);
+  } catch (err) {
+    throw new InvalidSubnetError(text, (err as Error).message);
+  }
+  const prefix = Number(m[2]);
+  if (prefix < 16 || prefix > 28) throw new InvalidSubnetError(text, 'use a prefix from /16 to /28 (room for the probe and the guests)');
+  const size = 2 ** (32 - prefix);
+  if (addr % size !== 0) throw new InvalidSubnetError(text, `the host bits must be zero: did you mean ${numberToIpv4(addr - (addr % size))}/${prefix}?`);
+  return { network: addr, prefix, size };
+}
+
+export interface LabNetworkOptions extends SwitchOptions {
+  subnet?: string;
+}
+
+export interface GuestAddress {
+  /** With prefix, as the guest's kernel command line takes it: 10.80.0.10/24. */
+  ip: string;
+  mac: string;
+}
+
+export class LabNetwork implements NetworkAttachment {
+  readonly switch: LabSwitch;
+  readonly subnet: Subnet;
+  readonly subnetText: string;
+  private readonly byGuest = new Map<string, number>();
+  private readonly taken = new Set<number>();
+  private endpoint: ProbeEndpoint | null = null;
+
+  constructor(opts: LabNetworkOptions = {}) {
+    this.subnetText = opts.subnet ?? DEFAULT_LAB_SUBNET;
+    this.subnet = parseSubnet(this.subnetText);
+    this.switch = new LabSwitch(opts);
+  }
+
+  openPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle> {
+    return this.switch.openPort(label, peer);
+  }
+
+  private address(host: number): GuestAddress {
+    const n = this.subnet.network + host;
+    return { ip: `${numberToIpv4(n)}/${this.subnet.prefix}`, mac: macToString(MAC_PREFIX + (n % 2 ** 24)) };
+  }
+
+  /** The guest's address: the same one every time for the same name, the next free one otherwise. */
+  assign(guest: string): GuestAddress {
+    const known = this.byGuest.get(guest);
+    if (known !== undefined) return this.address(known);
+    for (let h = FIRST_GUEST_HOST; h < this.subnet.size - 1; h++) {
+      if (this.taken.has(h)) continue;
+      this.taken.add(h);
+      this.byGuest.set(guest, h);
+      return this.address(h);
+    }
+    throw new Error(`The lab subnet ${this.subnetText} has no free address left: use a larger subnet`);
+  }
+
+  /** The probe's own address on the switch. */
+  get probeAddress(): GuestAddress {
+    return this.address(PROBE_HOST);
+  }
+
+  /** The switch's observer endpoint, made on first use. */
+  probeEndpoint(): ProbeEndpoint {
+    if (!this.endpoint) {
+      const a = this.probeAddress;
+      this.endpoint = new ProbeEndpoint(this.switch, MAC_PREFIX + ((this.subnet.network + PROBE_HOST) % 2 ** 24), ipv4ToNumber(a.ip.split('/')[0]!));
+    }
+    return this.endpoint;
+  }
+
+  close(): void {
+    this.endpoint?.close();
+    this.switch.close();
+  }
+}
