@@ -2,6 +2,7 @@
 import { runDemo, type DemoOptions, type DemoReport } from '../engine/lab/demo';
 import { formatBytes, formatBytesRate, formatMs } from '../engine/migration/prediction';
 import type { MigrationEvent } from '../engine/migration/types';
+import { InvalidSubnetError, parseSubnet } from '../engine/network/lab-network';
 import { printJson, table, UsageError } from './output';
 
 export interface DemoArgs {
@@ -17,6 +18,8 @@ export interface DemoArgs {
   disk?: string | undefined;
   'ready-pattern'?: string | undefined;
   capability?: string[] | undefined;
+  subnet?: string | undefined;
+  'probe-interval'?: string | undefined;
 }
 
 function num(name: string, value: string | undefined, min: number, max: number, fallback: number): number {
@@ -41,13 +44,23 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
     bandwidthMBps: num('bandwidth', a.bandwidth, 1, 100_000, 1000),
     downtimeLimitMs: num('downtime-limit', a['downtime-limit'], 1, 2_000_000, 300),
     capabilities: Object.fromEntries((a.capability ?? []).map((c) => [c, true])),
+    probeIntervalMs: num('probe-interval', a['probe-interval'], 5, 1000, 20),
   };
+  if (a.subnet !== undefined) {
+    try {
+      parseSubnet(a.subnet);
+    } catch (err) {
+      if (err instanceof InvalidSubnetError) throw new UsageError(`--subnet: ${err.message}`);
+      throw err;
+    }
+  }
   return {
     memoryMiB: num('memory', a.memory, 64, 65536, 256),
     dirtyRateMBps,
     workingSetMiB: num('working-set', a['working-set'], 1, 65536, 64),
     migration,
     ...(custom ? { custom } : {}),
+    ...(a.subnet !== undefined ? { subnet: a.subnet } : {}),
   };
 }
 

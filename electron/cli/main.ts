@@ -19,7 +19,10 @@ Usage:
   miglab demo [--json] [--memory MiB] [--dirty-rate MBps] [--working-set MiB]
               [--bandwidth MBps] [--downtime-limit ms] [--capability NAME]...
               [--kernel K [--initrd I] [--append A] | --disk IMG] [--ready-pattern TEXT]
-                                    boot a guest on host-a, migrate it live to host-b, check it there
+              [--subnet CIDR] [--probe-interval ms]
+                                    boot a guest on host-a, migrate it live to host-b, check it there;
+                                    its NIC is on the lab switch (default subnet 10.80.0.0/24), and a
+                                    probe pings it through the move (every 20 ms by default)
   miglab showcase                   what works so far, run live (what "npm start" shows)
   miglab help                       this text
 `;
@@ -44,6 +47,8 @@ async function main(argv: string[]): Promise<number> {
       disk: { type: 'string' },
       'ready-pattern': { type: 'string' },
       capability: { type: 'string', multiple: true },
+      subnet: { type: 'string' },
+      'probe-interval': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });

@@ -60,9 +60,22 @@ async function qemuChecks(): Promise<DoctorCheck[]> {
     } catch (err) {
       out.push(check('migration-capabilities', true, false, `QEMU could not be asked: ${(err as Error).message}`, 'Run "qemu-system-x86_64 -machine none -display none" to see why QEMU fails to start'));
     }
+    out.push(await dgramCheck(q.path));
     return out;
   } catch (err) {
     return [check('qemu', true, false, (err as Error).message, INSTALL_QEMU_HINT)];
+  }
+}
+
+/** Guest NICs reach the lab switch over UDP with QEMU's dgram netdev, new in QEMU 7.2. */
+async function dgramCheck(qemu: string): Promise<DoctorCheck> {
+  const fix = 'The lab network needs QEMU 7.2 or newer (its "dgram" netdev): install a newer QEMU; guests still run and migrate without a NIC';
+  try {
+    const { stdout } = await runFile(qemu, ['-netdev', 'help'], { timeout: 10_000 });
+    const ok = stdout.split('\n').some((l) => l.trim() === 'dgram');
+    return check('lab-network', false, ok, ok ? 'QEMU has the dgram netdev: guest NICs plug into the lab switch over UDP' : 'QEMU has no dgram netdev', fix);
+  } catch (err) {
+    return check('lab-network', false, false, `QEMU could not list its netdevs: ${(err as Error).message.split('\n')[0]}`, fix);
   }
 }
 
@@ -137,7 +150,7 @@ export async function runDoctor(): Promise<DoctorCheck[]> {
     toolCheck('qemu-img', 'qemu-img', false, 'sudo apt-get install qemu-utils', 'reads custom disk images'),
     busyboxCheck(),
     toolCheck('cpio', 'cpio', false, GUEST_TOOLS_FIX, 'packs the lab guest'),
-    toolCheck('gcc', 'gcc', false, GUEST_TOOLS_FIX, 'compiles labload'),
+    toolCheck('gcc', 'gcc', false, GUEST_TOOLS_FIX, 'compiles labload and the lab switch'),
     staticLibcCheck(),
     labGuestCheck(),
     netnsCheck(),

@@ -4,11 +4,12 @@
  * switch port at a paced rate (sendmmsg) and counts and times what comes out of another
  * (recvmmsg), on its own threads.
  *
- *   udp-blast SRC_PORT SINK_PORT SWITCH_IN_PORT SWITCH_OUT_PORT FRAME_BYTES RATE_FPS SECONDS
+ *   udp-blast SRC_PORT SINK_PORT SWITCH_IN_PORT SWITCH_OUT_PORT FRAME_BYTES RATE_FPS SECONDS [broadcast]
  *
  * Binds 127.0.0.1:SRC_PORT (the sending NIC) and 127.0.0.1:SINK_PORT (the receiving NIC), first
  * sends one frame from the sink's MAC so the switch learns where it is, then sends frames from
- * MAC 02:00:00:00:00:0a to MAC 02:00:00:00:00:0b. RATE_FPS 0 sends as fast as it can.
+ * MAC 02:00:00:00:00:0a to MAC 02:00:00:00:00:0b (or, with "broadcast", to ff:ff:ff:ff:ff:ff, which
+ * the switch floods to every port). RATE_FPS 0 sends as fast as it can.
  * Prints one JSON line: sent, received, seconds, and latency percentiles (us) of the frames that
  * carried a send timestamp.
  */
@@ -94,8 +95,8 @@ static int cmp_u32(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 8) {
-    fprintf(stderr, "usage: udp-blast SRC_PORT SINK_PORT SWITCH_IN_PORT SWITCH_OUT_PORT FRAME_BYTES RATE_FPS SECONDS\n");
+  if (argc != 8 && !(argc == 9 && strcmp(argv[8], "broadcast") == 0)) {
+    fprintf(stderr, "usage: udp-blast SRC_PORT SINK_PORT SWITCH_IN_PORT SWITCH_OUT_PORT FRAME_BYTES RATE_FPS SECONDS [broadcast]\n");
     return 2;
   }
   int src_port = atoi(argv[1]), sink_port = atoi(argv[2]);
@@ -124,8 +125,10 @@ int main(int argc, char **argv) {
   static unsigned char frames[BATCH][2048];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
+  int broadcast = argc == 9;
   for (int i = 0; i < BATCH; i++) {
     fill_frame(frames[i], 0x0b, 0x0a);
+    if (broadcast) memset(frames[i], 0xff, 6);
     iov[i].iov_base = frames[i]; iov[i].iov_len = frame_bytes;
     memset(&msgs[i], 0, sizeof msgs[i]);
     msgs[i].msg_hdr.msg_iov = &iov[i]; msgs[i].msg_hdr.msg_iovlen = 1;

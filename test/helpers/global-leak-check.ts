@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { leakedSince, snapshot, type Snapshot } from './leaks';
 
-// The whole run must leave no QEMU process and no MigLab temp dir behind. Individual tests
+// The whole run must leave no QEMU process, no lab switch process and no MigLab temp dir behind. Individual tests
 // check their own resources; this catches anything they missed, cleans it up, and fails the run.
 let before: Snapshot;
 
@@ -13,7 +13,7 @@ export async function setup(): Promise<void> {
 
 export async function teardown(): Promise<void> {
   const leaked = await leakedSince(before);
-  for (const pid of leaked.qemu) {
+  for (const pid of [...leaked.qemu, ...leaked.switchd]) {
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -21,9 +21,9 @@ export async function teardown(): Promise<void> {
     }
   }
   for (const d of leaked.tempDirs) await rm(join(tmpdir(), d), { recursive: true, force: true });
-  if (leaked.qemu.length || leaked.tempDirs.length) {
+  if (leaked.qemu.length || leaked.switchd.length || leaked.tempDirs.length) {
     throw new Error(
-      `The tests left things behind: QEMU pids [${leaked.qemu.join(', ')}], temp dirs [${leaked.tempDirs.join(', ')}]`,
+      `The tests left things behind: QEMU pids [${leaked.qemu.join(', ')}], switchd pids [${leaked.switchd.join(', ')}], temp dirs [${leaked.tempDirs.join(', ')}]`,
     );
   }
 }

@@ -23,6 +23,20 @@ export async function qemuPids(marker = join(tmpdir(), TEMP_PREFIX)): Promise<nu
   return pids;
 }
 
+/** PIDs of lab switch data planes (miglab-switchd) running on this machine. */
+export async function switchdPids(): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if ((await readFile(`/proc/${entry}/comm`, 'utf8')).trim() === 'miglab-switchd') pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
 export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -39,11 +53,12 @@ export async function miglabTempDirs(): Promise<string[]> {
 
 export interface Snapshot {
   qemu: number[];
+  switchd: number[];
   tempDirs: string[];
 }
 
 export async function snapshot(): Promise<Snapshot> {
-  return { qemu: await qemuPids(), tempDirs: await miglabTempDirs() };
+  return { qemu: await qemuPids(), switchd: await switchdPids(), tempDirs: await miglabTempDirs() };
 }
 
 /** What exists now that did not exist at `before`. */
@@ -51,6 +66,7 @@ export async function leakedSince(before: Snapshot): Promise<Snapshot> {
   const now = await snapshot();
   return {
     qemu: now.qemu.filter((p) => !before.qemu.includes(p)),
+    switchd: now.switchd.filter((p) => !before.switchd.includes(p)),
     tempDirs: now.tempDirs.filter((d) => !before.tempDirs.includes(d)),
   };
 }

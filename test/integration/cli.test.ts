@@ -48,13 +48,14 @@ describe('miglab doctor', () => {
     expect(r.code).toBe(0);
     const { checks } = JSON.parse(r.stdout) as { checks: Array<{ name: string; ok: boolean; detail: string; fix: string | null }> };
     const names = checks.map((c) => c.name);
-    for (const n of ['node', 'qemu', 'migration-capabilities', 'accelerator', 'lab-guest', 'network-namespaces']) {
+    for (const n of ['node', 'qemu', 'migration-capabilities', 'lab-network', 'accelerator', 'lab-guest', 'network-namespaces']) {
       expect(names).toContain(n);
     }
     const qemu = checks.find((c) => c.name === 'qemu')!;
     expect(qemu).toMatchObject({ ok: true, fix: null });
     expect(qemu.detail).toMatch(/qemu-system-x86_64 \d+\.\d+\.\d+/);
     expect(checks.find((c) => c.name === 'migration-capabilities')!.detail).toMatch(/events/);
+    expect(checks.find((c) => c.name === 'lab-network')).toMatchObject({ ok: true, fix: null }); // QEMU 7.2 has dgram
     for (const c of checks) if (!c.ok) expect(c.fix).toBeTruthy();
     // The namespace check makes a namespace to prove it can: it must not leave it behind.
     if (checks.find((c) => c.name === 'network-namespaces')!.ok) {
@@ -139,6 +140,11 @@ describe('miglab demo', () => {
     expect(out.phases.map((p: { name: string }) => p.name)).toEqual(['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor', 'switchover', 'confirm', 'cleanup']);
     expect(out.integrity).toMatchObject({ ok: true, bad: 0, heartbeatsContinue: true });
     expect(out.integrity.pages).toBe(16384); // the 64 MiB pattern, checked on host-b
+    // the network remap, as the lab switch and its probe saw it
+    expect(out.network).toMatchObject({ mac: '52:54:00:50:00:0a', ip: '10.80.0.10', announceFrames: 5, oldPortRetired: true });
+    expect(out.network.macMoves).toEqual([expect.objectContaining({ fromHost: 'host-a', toHost: 'host-b', cause: 'rarp' })]);
+    expect(out.network.probe.received).toBeGreaterThan(0);
+    expect(typeof out.network.networkDowntimeMs).toBe('number');
     // the job's phases were journalled, ending in completed
     const journal = new MigrationJournal(stateDir);
     expect((await journal.list()).at(-1)).toMatchObject({ state: 'completed', guest: 'demo' });
@@ -175,5 +181,14 @@ describe('miglab demo', () => {
     const bw = await miglab(['demo', '--bandwidth', '0']);
     expect(bw.code).toBe(2);
     expect(bw.stderr).toContain('--bandwidth takes a number from 1 to 100000');
+    const subnet = await miglab(['demo', '--subnet', '10.80.0.5/24']);
+    expect(subnet.code).toBe(2);
+    expect(subnet.stderr).toContain('the host bits must be zero: did you mean 10.80.0.0/24?');
+    const wide = await miglab(['demo', '--subnet', '10.0.0.0/8']);
+    expect(wide.code).toBe(2);
+    expect(wide.stderr).toContain('use a prefix from /16 to /28');
+    const probe = await miglab(['demo', '--probe-interval', '2']);
+    expect(probe.code).toBe(2);
+    expect(probe.stderr).toContain('--probe-interval takes a number from 5 to 1000');
   });
 });

@@ -15,8 +15,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { copyFile, link, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { basename, delimiter, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename, delimiter, join, resolve } from 'node:path';
+import { findScriptsSubdir } from '../util/scripts-dir';
 import { buildInitramfs } from './initramfs';
 import type { InitramfsEntry } from './initramfs';
 import {
@@ -97,23 +97,8 @@ export function guestSourceDir(env: NodeJS.ProcessEnv = process.env): string {
     if (!ok(d)) throw new Error(`MIGLAB_GUEST_SRC_DIR=${d} has no labload.c and init`);
     return d;
   }
-  const starts: string[] = [];
-  try {
-    starts.push(dirname(fileURLToPath(import.meta.url)));
-  } catch {
-    /* not a file: URL (bundled differently) */
-  }
-  starts.push(process.cwd());
-  for (const start of starts) {
-    let d = start;
-    for (let i = 0; i < 8; i++) {
-      const cand = join(d, 'scripts', 'guest');
-      if (ok(cand)) return cand;
-      const up = dirname(d);
-      if (up === d) break;
-      d = up;
-    }
-  }
+  const found = findScriptsSubdir('guest', ok);
+  if (found) return found;
   throw new Error('cannot find scripts/guest/labload.c and init; set MIGLAB_GUEST_SRC_DIR to that folder');
 }
 

@@ -25,6 +25,8 @@ export interface HostInfo {
   cpus: number;
   /** Migration capabilities this host's QEMU offers, as `query-migrate-capabilities` lists them. */
   migrationCapabilities: string[];
+  /** Guests with a MAC get a NIC on the lab switch here. */
+  labNetwork: boolean;
 }
 
 /**

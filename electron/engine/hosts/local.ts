@@ -138,6 +138,7 @@ export class LocalHost extends EventEmitter implements Host {
       memory: { totalMiB: Math.round(totalmem() / 2 ** 20), freeMiB: Math.round(freemem() / 2 ** 20) },
       cpus: cpus().length,
       migrationCapabilities: probe.migrationCapabilities,
+      labNetwork: this.opts.network !== undefined,
     };
   }
 

@@ -15,6 +15,8 @@ export interface DemoOptions {
   dirtyRateMBps: number;
   workingSetMiB: number;
   migration: Partial<MigrationOptions>;
+  /** The lab subnet (default 10.80.0.0/24). */
+  subnet?: string;
   /** A custom guest instead of the lab guest. */
   custom?: { kind: 'kernel'; kernel: string; initrd?: string; append?: string; readyPattern?: string } | { kind: 'disk'; path: string; readyPattern?: string };
   onProgress?: (message: string) => void;
@@ -51,7 +53,7 @@ async function waitUntilMigratable(guest: Guest, say: (m: string) => void): Prom
 
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const say = opts.onProgress ?? (() => {});
-  const lab = await defaultLocalLab();
+  const lab = await defaultLocalLab(opts.subnet ? { network: { subnet: opts.subnet } } : {});
   try {
     const from = lab.host('host-a');
     const to = lab.host('host-b');

@@ -70,7 +70,7 @@ export class Lab {
     if (this.disposed) return;
     this.disposed = true;
     await Promise.all(this.hosts().map((h) => h.dispose()));
-    this.network?.close();
+    await this.network?.close();
     if (this.ownedDir) await removeDir(this.ownedDir);
     liveLabs.delete(this);
   }

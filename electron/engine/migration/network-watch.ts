@@ -46,7 +46,7 @@ export class MigrationNetworkWatch {
   }
 
   /** Starts listening on the switch and probing the guest. */
-  start(): void {
+  async start(): Promise<void> {
     const sw = this.network.switch;
     const onMove = (m: MacMove) => {
       if (m.mac !== this.mac) return;
@@ -66,7 +66,10 @@ export class MigrationNetworkWatch {
     sw.on('announce', onAnnounce);
     this.offs.push(() => sw.off('mac-move', onMove), () => sw.off('announce', onAnnounce));
     if (this.ip) {
-      const probe = this.network.probeEndpoint().probe(this.ip, this.probeIntervalMs);
+      // Watching is not worth failing a migration for: without a probe the report says probe: null.
+      const endpoint = await this.network.probeEndpoint().catch(() => null);
+      if (!endpoint) return;
+      const probe = endpoint.probe(this.ip, this.probeIntervalMs);
       probe.on('reply', (r) => this.samples.push({ seq: r.seq, sentAtMs: round1(r.sentAt - this.t0), rttMs: r.rttMs === null ? null : round1(r.rttMs) }));
       this.probe = probe;
       this.flushTimer = setInterval(() => this.flush(), FLUSH_MS);

@@ -242,7 +242,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       this.checkCancel();
       if (this.req.network && guest.spec.mac) {
         this.net = new MigrationNetworkWatch(this.req.network, guest, this.t0, (ev) => this.send(ev), this.options.probeIntervalMs);
-        this.net.start();
+        await this.net.start();
       }
 
       await this.transition('prepare');

@@ -134,6 +134,21 @@ function tcgDirtyTrackingCheck(from: HostInfo, guest: Guest): PreflightCheck | n
   );
 }
 
+/** A guest's NIC is part of its device model: the destination must have a switch to plug it into. */
+function networkCheck(guest: Guest, to: HostInfo): PreflightCheck | null {
+  if (!guest.switchPort || !guest.spec.mac) return null;
+  if (!to.labNetwork) {
+    return check(
+      'network', 'fail',
+      `${guest.name} has a NIC (${guest.spec.mac}) on the lab switch, but ${to.name} is not on the lab network: its copy would have a NIC plugged into nothing. Add ${to.name} to the lab network first.`,
+    );
+  }
+  return check(
+    'network', 'pass',
+    `${guest.name}'s NIC (${guest.spec.mac}) will plug into a new port of the lab switch on ${to.name}; the switch will see the MAC move there when QEMU announces it.`,
+  );
+}
+
 function capabilitiesCheck(ctx: PreflightContext, from: HostInfo, to: HostInfo): PreflightCheck {
   const wanted = ['events', ...Object.entries(ctx.capabilities).filter(([, on]) => on).map(([c]) => c)];
   const missing = wanted.filter((c) => !from.migrationCapabilities.includes(c) || !to.migrationCapabilities.includes(c));
@@ -177,6 +192,8 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(await disksCheck(ctx.guest, ctx.to));
   const tcg = tcgDirtyTrackingCheck(fromInfo, ctx.guest);
   if (tcg) add(tcg);
+  const net = networkCheck(ctx.guest, toInfo);
+  if (net) add(net);
   add(capabilitiesCheck(ctx, fromInfo, toInfo));
   let port: number | null = null;
   try {

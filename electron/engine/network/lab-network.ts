@@ -58,7 +58,7 @@ export class LabNetwork implements NetworkAttachment {
   readonly subnetText: string;
   private readonly byGuest = new Map<string, number>();
   private readonly taken = new Set<number>();
-  private endpoint: ProbeEndpoint | null = null;
+  private endpoint: Promise<ProbeEndpoint> | null = null;
 
   constructor(opts: LabNetworkOptions = {}) {
     this.subnetText = opts.subnet ?? DEFAULT_LAB_SUBNET;
@@ -93,17 +93,21 @@ export class LabNetwork implements NetworkAttachment {
     return this.address(PROBE_HOST);
   }
 
-  /** The switch's observer endpoint, made on first use. */
-  probeEndpoint(): ProbeEndpoint {
+  /** The switch's observer endpoint, plugged in on first use. */
+  probeEndpoint(): Promise<ProbeEndpoint> {
     if (!this.endpoint) {
       const a = this.probeAddress;
-      this.endpoint = new ProbeEndpoint(this.switch, MAC_PREFIX + ((this.subnet.network + PROBE_HOST) % 2 ** 24), ipv4ToNumber(a.ip.split('/')[0]!));
+      this.endpoint = ProbeEndpoint.open(this.switch, MAC_PREFIX + ((this.subnet.network + PROBE_HOST) % 2 ** 24), ipv4ToNumber(a.ip.split('/')[0]!));
+      this.endpoint.catch(() => {
+        this.endpoint = null; // try again next time
+      });
     }
     return this.endpoint;
   }
 
-  close(): void {
-    this.endpoint?.close();
-    this.switch.close();
+  async close(): Promise<void> {
+    const ep = await this.endpoint?.catch(() => null);
+    ep?.close();
+    await this.switch.close();
   }
 }

@@ -1,11 +1,12 @@
 // The probe: the switch's own observer, with a MAC and an IP in the lab subnet. It ARPs for a
 // guest and pings it at a fixed interval through a migration; the gaps in its replies are the
 // network-side downtime, measured on the wire rather than guessed.
+import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import {
   BROADCAST_MAC, buildArp, buildIcmpEcho, ipv4ToNumber, parseArp, parseIcmpEcho, type MacKey,
 } from './frame';
-import type { InternalPortHandle, LabSwitch } from './switch';
+import type { LabSwitch, SwitchPortHandle } from './switch';
 
 /** One echo request and what became of it. Times are performance.now(). */
 export interface ProbeReply {
@@ -37,25 +38,48 @@ export interface ProbeEvents {
 const LOSS_TIMEOUT_MS = 1000;
 
 /**
- * The endpoint on the switch that probes send from: answers ARP for its own address (so guests
- * can reply), keeps what it learns by ARP, and hands echo replies to the probe that sent them.
+ * The endpoint on the switch that probes send from: a NIC of the engine's own, on a switch port
+ * like any guest's. It answers ARP for its own address (so guests can reply), keeps what it
+ * learns by ARP, and hands echo replies to the probe that sent them.
  */
 export class ProbeEndpoint {
-  private readonly port: InternalPortHandle;
   private readonly arpCache = new Map<number, MacKey>();
   private readonly probes = new Map<number, Probe>();
   private nextId = (process.pid * 7919) & 0xffff;
 
-  constructor(
-    sw: LabSwitch,
+  private constructor(
+    private readonly socket: Socket,
+    private readonly port: SwitchPortHandle,
     readonly mac: MacKey,
     readonly ip: number,
   ) {
-    this.port = sw.openInternalPort({ host: 'probe', guest: 'probe' }, (frame) => this.receive(frame));
+    socket.on('message', (frame: Buffer) => this.receive(frame));
+  }
+
+  /** Plugs a new endpoint into the switch: a UDP socket here, a switch port that trusts it. */
+  static async open(sw: LabSwitch, mac: MacKey, ip: number): Promise<ProbeEndpoint> {
+    const socket = createSocket('udp4');
+    socket.on('error', () => {}); // a send to a closing switch is a lost probe, not a crash
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind({ address: sw.address, port: 0 }, () => resolve());
+      });
+      const port = await sw.openPort({ host: 'probe', guest: 'probe' }, { address: sw.address, port: socket.address().port });
+      await new Promise<void>((resolve) => socket.connect(port.port, port.address, () => resolve()));
+      return new ProbeEndpoint(socket, port, mac, ip);
+    } catch (err) {
+      socket.close();
+      throw err;
+    }
   }
 
   get portId(): number {
     return this.port.id;
+  }
+
+  private transmit(frame: Buffer): void {
+    this.socket.send(frame);
   }
 
   private receive(frame: Buffer): void {
@@ -63,7 +87,7 @@ export class ProbeEndpoint {
     if (arp) {
       if (arp.senderIp !== 0) this.arpCache.set(arp.senderIp, arp.senderMac);
       if (arp.op === 1 && arp.targetIp === this.ip) {
-        this.port.send(buildArp({ op: 2, senderMac: this.mac, senderIp: this.ip, targetMac: arp.senderMac, targetIp: arp.senderIp }, arp.senderMac));
+        this.transmit(buildArp({ op: 2, senderMac: this.mac, senderIp: this.ip, targetMac: arp.senderMac, targetIp: arp.senderIp }, arp.senderMac));
       }
       return;
     }
@@ -71,7 +95,7 @@ export class ProbeEndpoint {
     if (!echo || echo.dstIp !== this.ip) return;
     if (echo.type === 8) {
       // A guest pinging the probe gets its answer: the probe is a host on the lab subnet.
-      this.port.send(buildIcmpEcho({ ...echo, type: 0, srcMac: this.mac, dstMac: echo.srcMac, srcIp: this.ip, dstIp: echo.srcIp }));
+      this.transmit(buildIcmpEcho({ ...echo, type: 0, srcMac: this.mac, dstMac: echo.srcMac, srcIp: this.ip, dstIp: echo.srcIp }));
       return;
     }
     this.probes.get(echo.id)?.onReply(echo.seq, echo.srcIp);
@@ -82,11 +106,11 @@ export class ProbeEndpoint {
   }
 
   sendArpRequest(targetIp: number): void {
-    this.port.send(buildArp({ op: 1, senderMac: this.mac, senderIp: this.ip, targetMac: 0, targetIp }, BROADCAST_MAC));
+    this.transmit(buildArp({ op: 1, senderMac: this.mac, senderIp: this.ip, targetMac: 0, targetIp }, BROADCAST_MAC));
   }
 
   sendEcho(dstMac: MacKey, dstIp: number, id: number, seq: number): void {
-    this.port.send(buildIcmpEcho({ srcMac: this.mac, dstMac, srcIp: this.ip, dstIp, type: 8, id, seq, payload: Buffer.alloc(32) }));
+    this.transmit(buildIcmpEcho({ srcMac: this.mac, dstMac, srcIp: this.ip, dstIp, type: 8, id, seq, payload: Buffer.alloc(32) }));
   }
 
   /** Starts pinging `targetIp` every `intervalMs` until the returned probe is stopped. */
@@ -100,9 +124,14 @@ export class ProbeEndpoint {
     return p;
   }
 
+  private closed = false;
+
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
     for (const p of [...this.probes.values()]) p.stop();
     this.port.close();
+    this.socket.close();
   }
 }
 

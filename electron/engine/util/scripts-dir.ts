@@ -1,0 +1,27 @@
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * scripts/<sub> (C sources and guest files the engine builds from): found by walking up from this
+ * module (works from the source tree and from a bundle next to it), else from the cwd.
+ */
+export function findScriptsSubdir(sub: string, ok: (dir: string) => boolean): string | null {
+  const starts: string[] = [];
+  try {
+    starts.push(dirname(fileURLToPath(import.meta.url)));
+  } catch {
+    /* not a file: URL (bundled differently) */
+  }
+  starts.push(process.cwd());
+  for (const start of starts) {
+    let d = start;
+    for (let i = 0; i < 8; i++) {
+      const cand = join(d, 'scripts', sub);
+      if (ok(cand)) return cand;
+      const up = dirname(d);
+      if (up === d) break;
+      d = up;
+    }
+  }
+  return null;
+}
