@@ -3,8 +3,7 @@
 // measures the gap when the guest goes quiet, and answers the guest itself; and the lab subnet:
 // parsing, addresses and MACs per guest, the probe's address.
 import { createSocket, type Socket } from 'node:dgram';
-import { readFileSync, readdirSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   BROADCAST_MAC, ETHERTYPE_ARP, buildArp, buildIcmpEcho, ethertypeOf, ipv4ToNumber, macKeyAt, parseArp, parseIcmpEcho,
   parseMac, type IcmpEcho, type MacKey,
@@ -14,62 +13,17 @@ import {
 } from '../../electron/engine/network/lab-network';
 import { ProbeEndpoint, type Probe, type ProbeReply } from '../../electron/engine/network/probe';
 import { LabSwitch, type SwitchPortHandle } from '../../electron/engine/network/switch';
-import { ensureSwitchd } from '../../electron/engine/network/switchd';
-import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { FrameInbox, sleep, switchdChildren, udpHandles, until, useSwitchScope } from '../helpers/switch-scope';
 
 const HOST = '127.0.0.1';
 const PROBE_IP = ipv4ToNumber('10.80.0.2');
 const PROBE_MAC = parseMac('52:54:00:50:00:02');
 
-function udpHandles(): number {
-  return process.getActiveResourcesInfo().filter((r) => /^udpwrap$/i.test(r)).length;
-}
-
-/** miglab-switchd processes that are children of this test process. */
-function switchdChildren(): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
-      if (/^Name:\s+miglab-switchd$/m.test(status) && new RegExp(`^PPid:\\s+${process.pid}$`, 'm').test(status)) pids.push(Number(entry));
-    } catch {
-      // gone while we looked
-    }
-  }
-  return pids;
-}
-
-function until<T>(check: () => T, timeoutMs = 2000): Promise<T> {
-  return vi.waitFor(check, { timeout: timeoutMs, interval: 5 });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-let cacheRoot: string;
-
-beforeAll(async () => {
-  // A private cache for the switchd build, as the switch's options suggest for tests.
-  cacheRoot = await makeTempDir('test-switchd');
-  await ensureSwitchd({ cacheRoot });
-}, 120_000);
-
-const cleanups: Array<() => void | Promise<void>> = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  await until(() => expect(udpHandles()).toBe(0));
-  await until(() => expect(switchdChildren()).toEqual([]));
-});
-
-afterAll(async () => {
-  await until(() => expect(udpHandles()).toBe(0));
-  expect(switchdChildren()).toEqual([]);
-  await removeDir(cacheRoot);
-});
+const scope = useSwitchScope();
+const { cleanups } = scope;
 
 function labNetwork(subnet?: string): LabNetwork {
-  const net = new LabNetwork(subnet ? { cacheRoot, subnet } : { cacheRoot });
+  const net = new LabNetwork(subnet ? { cacheRoot: scope.cacheRoot, subnet } : { cacheRoot: scope.cacheRoot });
   cleanups.push(async () => {
     // A test may have closed the endpoint already (see the double-close test): the switch
     // process must end either way.
@@ -85,7 +39,6 @@ function labNetwork(subnet?: string): LabNetwork {
  */
 class FakeGuest {
   silent = false;
-  readonly frames: Buffer[] = [];
   readonly errors: Error[] = [];
   arpAnswered = 0;
   echoAnswered = 0;
@@ -94,7 +47,7 @@ class FakeGuest {
   /** Echo requests that arrived while silent. */
   echoIgnored = 0;
   handle: SwitchPortHandle | null = null;
-  private readonly wakeups = new Set<() => void>();
+  private readonly inbox = new FrameInbox(() => 'the fake guest');
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -115,9 +68,12 @@ class FakeGuest {
     return g;
   }
 
+  get frames(): Buffer[] {
+    return this.inbox.frames;
+  }
+
   private onFrame(f: Buffer): void {
-    this.frames.push(f);
-    for (const w of [...this.wakeups]) w();
+    this.inbox.push(f);
     if (ethertypeOf(f) === ETHERTYPE_ARP) {
       const arp = parseArp(f);
       if (arp && arp.op === 1 && arp.targetIp === this.ip && !this.silent) {
@@ -142,22 +98,7 @@ class FakeGuest {
   }
 
   waitFor(match: (f: Buffer) => boolean, timeoutMs = 2000): Promise<Buffer> {
-    const found = this.frames.find(match);
-    if (found) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const wake = (): void => {
-        const f = this.frames.find(match);
-        if (!f) return;
-        clearTimeout(timer);
-        this.wakeups.delete(wake);
-        resolve(f);
-      };
-      const timer = setTimeout(() => {
-        this.wakeups.delete(wake);
-        reject(new Error(`the fake guest did not get the frame within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.wakeups.add(wake);
-    });
+    return this.inbox.waitFor(match, timeoutMs);
   }
 
   echoRequests(): IcmpEcho[] {
@@ -355,7 +296,7 @@ describe('Probe', () => {
 
   /** An endpoint plugged straight into a LabSwitch (no LabNetwork). */
   async function bareEndpoint(): Promise<{ sw: LabSwitch; ep: ProbeEndpoint }> {
-    const sw = new LabSwitch({ cacheRoot });
+    const sw = new LabSwitch({ cacheRoot: scope.cacheRoot });
     cleanups.push(() => sw.close());
     const ep = await ProbeEndpoint.open(sw, PROBE_MAC, PROBE_IP);
     cleanups.push(() => ep.close());
@@ -399,7 +340,7 @@ describe('Probe', () => {
   it('closing the endpoint twice, or the endpoint and then the network, is harmless', async () => {
     // BUG: ProbeEndpoint.close() calls socket.close() unconditionally; a second call throws
     // ERR_SOCKET_DGRAM_NOT_RUNNING, and LabNetwork.close() after it (or twice) calls it again.
-    const net = new LabNetwork({ cacheRoot });
+    const net = new LabNetwork({ cacheRoot: scope.cacheRoot });
     cleanups.push(() => net.switch.close()); // whatever the closes below do, the switch process ends
     const ep = await net.probeEndpoint();
     ep.close();
@@ -553,7 +494,7 @@ describe('LabNetwork', () => {
   });
 
   it('close() closes the probe endpoint, every port and the switch process', async () => {
-    const net = new LabNetwork({ cacheRoot });
+    const net = new LabNetwork({ cacheRoot: scope.cacheRoot });
     let closed = false;
     cleanups.push(async () => {
       if (!closed) await net.close();

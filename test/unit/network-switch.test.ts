@@ -3,9 +3,8 @@
 // frames, retiring ports, the switch process ending, and a fuzz run of random datagrams.
 // Reproduce a fuzz failure with SWITCH_FUZZ_SEED=<seed printed in the failure message>.
 import { createSocket, type Socket } from 'node:dgram';
-import { readFileSync, readdirSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   BROADCAST_MAC, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_RARP, ETH_HEADER, MAX_FRAME, buildArp, buildIcmpEcho,
   isGroupMac, macKeyAt, macToString, parseMac, writeMac, type MacKey,
@@ -14,8 +13,8 @@ import {
   LabSwitch, PortOpenError, type AnnounceFrame, type MacMove, type PortCounters, type PortInfo, type SwitchOptions,
   type SwitchPortHandle,
 } from '../../electron/engine/network/switch';
-import { ensureSwitchd } from '../../electron/engine/network/switchd';
-import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { Rng } from '../helpers/rng';
+import { FrameInbox, sleep, switchdChildren, until, useSwitchScope } from '../helpers/switch-scope';
 
 const HOST = '127.0.0.1';
 const MA = parseMac('52:54:00:00:00:0a');
@@ -24,42 +23,6 @@ const MC = parseMac('52:54:00:00:00:0c');
 const MX = parseMac('52:54:00:00:00:99'); // never sends anything
 const MULTICAST = parseMac('01:00:5e:00:00:fb');
 const HOSTS = ['host-a', 'host-b', 'host-c'];
-
-/** UDP sockets this process holds open (Node names them UDPWrap; match the case loosely). */
-function udpHandles(): number {
-  return process.getActiveResourcesInfo().filter((r) => /^udpwrap$/i.test(r)).length;
-}
-
-/** miglab-switchd processes that are children of this test process. */
-function switchdChildren(): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
-      if (/^Name:\s+miglab-switchd$/m.test(status) && new RegExp(`^PPid:\\s+${process.pid}$`, 'm').test(status)) pids.push(Number(entry));
-    } catch {
-      // gone while we looked
-    }
-  }
-  return pids;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Waits until `check` stops throwing (an event, a counter), polling every 5 ms, at most timeoutMs. */
-function until<T>(check: () => T | Promise<T>, timeoutMs = 2000): Promise<T> {
-  return vi.waitFor(check, { timeout: timeoutMs, interval: 5 });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Resolves with p's outcome, or 'timeout' after ms (and leaves no timer behind). */
 function within<T>(p: Promise<T>, ms: number): Promise<{ value: T } | { error: unknown } | 'timeout'> {
@@ -72,50 +35,39 @@ function within<T>(p: Promise<T>, ms: number): Promise<{ value: T } | { error: u
   });
 }
 
-let cacheRoot: string;
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
-beforeAll(async () => {
-  // A private cache for the switchd build, as the switch's options suggest for tests.
-  cacheRoot = await makeTempDir('test-switchd');
-  await ensureSwitchd({ cacheRoot });
-}, 120_000);
-
-const cleanups: Array<() => void | Promise<void>> = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  // Each test starts from nothing, and whatever a test opened it also closed.
-  await until(() => expect(udpHandles()).toBe(0));
-  await until(() => expect(switchdChildren()).toEqual([]));
-});
-
-afterAll(async () => {
-  await until(() => expect(udpHandles()).toBe(0));
-  expect(switchdChildren()).toEqual([]);
-  await removeDir(cacheRoot);
-});
+const scope = useSwitchScope();
+const { cleanups } = scope;
 
 function newSwitch(opts: SwitchOptions = {}): LabSwitch {
-  const sw = new LabSwitch({ cacheRoot, ...opts });
+  const sw = new LabSwitch({ cacheRoot: scope.cacheRoot, ...opts });
   cleanups.push(() => sw.close());
   return sw;
 }
 
 /** A guest NIC: a UDP socket that sends frames to its switch port and keeps what it receives. */
 class Nic {
-  readonly frames: Buffer[] = [];
+  readonly inbox = new FrameInbox(() => `NIC on UDP port ${this.peer.port}`);
   readonly errors: Error[] = [];
   /** The switch port this NIC sends to (set once the port is open). */
   switchPort = 0;
-  private readonly wakeups = new Set<() => void>();
   private closing: Promise<void> | null = null;
 
   private constructor(readonly socket: Socket) {
-    socket.on('message', (msg: Buffer) => {
-      this.frames.push(msg);
-      for (const w of [...this.wakeups]) w();
-    });
+    socket.on('message', (msg: Buffer) => this.inbox.push(msg));
     socket.on('error', (err) => this.errors.push(err));
+  }
+
+  get frames(): Buffer[] {
+    return this.inbox.frames;
   }
 
   static async open(): Promise<Nic> {
@@ -133,24 +85,8 @@ class Nic {
     return new Promise((resolve, reject) => this.socket.send(frame, to, HOST, (err) => (err ? reject(err) : resolve())));
   }
 
-  /** The first frame (already here or still to come) that matches, or a rejection after timeoutMs. */
   waitFor(match: (f: Buffer) => boolean, timeoutMs = 2000, what = 'the frame'): Promise<Buffer> {
-    const found = this.frames.find(match);
-    if (found) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const wake = (): void => {
-        const f = this.frames.find(match);
-        if (!f) return;
-        clearTimeout(timer);
-        this.wakeups.delete(wake);
-        resolve(f);
-      };
-      const timer = setTimeout(() => {
-        this.wakeups.delete(wake);
-        reject(new Error(`NIC on UDP port ${this.peer.port} did not get ${what} within ${timeoutMs} ms (got ${this.frames.length} other frames)`));
-      }, timeoutMs);
-      this.wakeups.add(wake);
-    });
+    return this.inbox.waitFor(match, timeoutMs, what);
   }
 
   waitForFrame(frame: Buffer, timeoutMs = 2000): Promise<Buffer> {
@@ -741,39 +677,11 @@ describe('LabSwitch table limits', () => {
   });
 });
 
-/** xorshift32: small, seedable, good enough to pick fuzz cases. */
-class Rng {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0 || 0x9e3779b9;
-  }
-  next(): number {
-    let x = this.#state;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.#state = x >>> 0;
-    return this.#state / 0x1_0000_0000;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)]!;
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) b[i] = this.int(256);
-    return b;
-  }
-  unicastMac(): MacKey {
-    const mac = this.int(2 ** 24) * 2 ** 24 + this.int(2 ** 24);
-    const unicast = isGroupMac(mac) ? mac - 2 ** 40 : mac;
-    return unicast === 0 ? 1 : unicast;
-  }
+/** A random unicast MAC, never zero. */
+function unicastMac(rng: Rng): MacKey {
+  const mac = rng.int(2 ** 24) * 2 ** 24 + rng.int(2 ** 24);
+  const unicast = isGroupMac(mac) ? mac - 2 ** 40 : mac;
+  return unicast === 0 ? 1 : unicast;
 }
 
 /** A datagram for the fuzz: noise, or frames that look right with damage here and there. */
@@ -782,8 +690,8 @@ function fuzzDatagram(rng: Rng, known: readonly MacKey[]): Buffer {
   if (kind === 0) return rng.bytes(rng.int(2001)); // noise of any length 0..2000
   if (kind === 1) return rng.bytes(rng.int(ETH_HEADER)); // truncated
   if (kind === 2) return rng.bytes(MAX_FRAME + 1 + rng.int(2000 - MAX_FRAME)); // oversized
-  const dst = rng.pick([BROADCAST_MAC, MULTICAST, MX, rng.unicastMac(), ...known]);
-  const src = rng.chance(0.15) ? rng.pick([0, BROADCAST_MAC, MULTICAST, parseMac('33:33:00:00:00:01')]) : rng.pick([rng.unicastMac(), ...known]);
+  const dst = rng.pick([BROADCAST_MAC, MULTICAST, MX, unicastMac(rng), ...known]);
+  const src = rng.chance(0.15) ? rng.pick([0, BROADCAST_MAC, MULTICAST, parseMac('33:33:00:00:00:01')]) : rng.pick([unicastMac(rng), ...known]);
   const ip = (): number => rng.pick([0x0a50_000a, 0x0a50_000b, 0x0a50_0002, rng.int(2 ** 32)]);
   let f: Buffer;
   if (kind === 3) {

@@ -8,6 +8,7 @@ import { QmpClient } from '../../electron/engine/qmp/client';
 import { QmpError, QmpStateError } from '../../electron/engine/qmp/errors';
 import { DEFAULT_GREETING, FakeQmpServer, sleep } from '../helpers/fake-qmp-server';
 import type { FakeQmpConnection, ReceivedCommand } from '../helpers/fake-qmp-server';
+import { Rng } from '../helpers/rng';
 
 const BUDGET_MS = 3000;
 const CALL_TIMEOUT_MS = 150;
@@ -15,38 +16,6 @@ const CALL_TIMEOUT_MS = 150;
 const HANG_AFTER_MS = CALL_TIMEOUT_MS + 1500;
 const MAX_MESSAGE_BYTES = 2048;
 
-/** xorshift32: small, seedable, good enough to pick fuzz cases. */
-class Rng {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0 || 0x9e3779b9;
-  }
-  next(): number {
-    let x = this.#state;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.#state = x >>> 0;
-    return this.#state / 0x1_0000_0000;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)]!;
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) b[i] = this.int(256);
-    return b;
-  }
-  fork(): Rng {
-    return new Rng(this.int(0xffff_ffff) + 1);
-  }
-}
 
 const SPICY = ['\n', '\r\n', '{', '}', '[', ']', '"', '\\', ',', ':', '\0', 'é', '\u2028', 'null', '{"event":'];
 
