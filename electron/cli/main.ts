@@ -2,6 +2,7 @@
 // The `miglab` command: a thin adapter over the engine, like the app and the web server.
 import { parseArgs } from 'node:util';
 import { demoCommand } from './demo';
+import { webCommand } from './web';
 import { doctorCommand } from './doctor';
 import { guestBootCommand, guestBuildCommand } from './guest';
 import { showcaseCommand } from './showcase';
@@ -23,6 +24,9 @@ Usage:
                                     boot a guest on host-a, migrate it live to host-b, check it there;
                                     its NIC is on the lab switch (default subnet 10.80.0.0/24), and a
                                     probe pings it through the move (every 20 ms by default)
+  miglab web [--port N] [--host 127.0.0.1] [--json]
+                                    the lab in a browser: serves the UI and its API with an access
+                                    token, and a read-only address for spectators (default port 5199)
   miglab showcase                   what works so far, run live (what "npm start" shows)
   miglab help                       this text
 `;
@@ -49,6 +53,8 @@ async function main(argv: string[]): Promise<number> {
       capability: { type: 'string', multiple: true },
       subnet: { type: 'string' },
       'probe-interval': { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -69,6 +75,9 @@ async function main(argv: string[]): Promise<number> {
     case 'demo':
       if (sub) throw new UsageError(`"miglab demo" takes options only (got "${sub}")`);
       return demoCommand(values);
+    case 'web':
+      if (sub) throw new UsageError(`"miglab web" takes options only (got "${sub}")`);
+      return webCommand({ json: values.json, port: values.port, host: values.host });
     case 'showcase':
       return showcaseCommand();
     default:

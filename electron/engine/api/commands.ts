@@ -1,0 +1,59 @@
+// Validation of what front ends send: a browser, a renderer, a spectator's laptop. Nothing
+// reaches the engine unless it parses here; an error names the field and what is wrong.
+import { z } from 'zod';
+import type { ApiCommand, ApiErrorCode } from './contract';
+
+const name = z.string().min(1).max(64);
+
+export const CommandSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('snapshot') }).strict(),
+  z.object({
+    type: z.literal('startGuest'),
+    host: name,
+    guest: z.object({ name, memoryMiB: z.number().int().min(64).max(65536).optional() }).strict(),
+  }).strict(),
+  z.object({ type: z.literal('stopGuest'), host: name, guest: name }).strict(),
+  z.object({
+    type: z.literal('migrate'),
+    guest: name,
+    to: name,
+    options: z.object({
+      bandwidthMBps: z.number().min(1).max(100_000).optional(),
+      downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
+      capabilities: z.record(z.string().max(64), z.boolean()).optional(),
+    }).strict().optional(),
+  }).strict(),
+  z.object({ type: z.literal('cancelMigration'), id: z.string().max(64) }).strict(),
+  z.object({
+    type: z.literal('setMigrationParameters'),
+    id: z.string().max(64),
+    bandwidthMBps: z.number().min(1).max(100_000).optional(),
+    downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
+  }).strict(),
+  z.object({
+    type: z.literal('setWorkload'),
+    guest: name,
+    rateMBps: z.number().min(0).max(100_000),
+    workingSetMiB: z.number().int().min(1).max(65536),
+  }).strict(),
+  z.object({ type: z.literal('consoleInput'), guest: name, data: z.string().max(4096) }).strict(),
+  z.object({ type: z.literal('consoleHistory'), guest: name }).strict(),
+]);
+
+export class ApiError extends Error {
+  constructor(
+    readonly code: ApiErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** The command, or an ApiError('invalid') that lists every problem. */
+export function parseCommand(input: unknown): ApiCommand {
+  const r = CommandSchema.safeParse(input);
+  if (r.success) return r.data as ApiCommand;
+  const problems = r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'command'}: ${i.message}`);
+  throw new ApiError('invalid', `The command is not valid: ${problems.join('; ')}`);
+}

@@ -1,0 +1,101 @@
+// The one API contract between the lab engine and every front end: the renderer (over Electron
+// IPC or a WebSocket in browser mode) and the CLI. Types only, so the renderer can import it
+// without pulling in Node: the engine validates what arrives with the schemas in ./commands.
+import type { GuestState } from '../hosts/host';
+import type { JobState, MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
+import type { PortInfo } from '../network/switch';
+
+export const API_VERSION = 1;
+
+export interface GuestView {
+  name: string;
+  host: string;
+  state: GuestState;
+  memoryMiB: number;
+  vcpus: number;
+  boot: 'lab' | 'kernel' | 'disk';
+  ip: string | null;
+  mac: string | null;
+  /** The lab switch port its NIC is on. */
+  switchPort: number | null;
+  /** The lab guest runs labload: heartbeats, a workload, integrity checks. */
+  labload: boolean;
+  /** The workload labload runs now; null when idle or without labload. */
+  workload: { rateMBps: number; workingSetMiB: number } | null;
+}
+
+export interface HostView {
+  name: string;
+  kind: 'local' | 'remote';
+  address: string;
+  guests: GuestView[];
+}
+
+export interface MigrationView {
+  id: string;
+  guest: string;
+  from: string;
+  to: string;
+  state: JobState;
+  /** ISO time the job started. */
+  startedAt: string;
+  result: MigrationResult | null;
+}
+
+export interface NetworkView {
+  subnet: string;
+  probe: { ip: string; mac: string };
+  ports: PortInfo[];
+}
+
+export interface LabSnapshot {
+  apiVersion: number;
+  hosts: HostView[];
+  migrations: MigrationView[];
+  network: NetworkView | null;
+}
+
+/** What a front end may ask. Each command has one result type (ApiResults). */
+export type ApiCommand =
+  | { type: 'snapshot' }
+  | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number } }
+  | { type: 'stopGuest'; host: string; guest: string }
+  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities'>> }
+  | { type: 'cancelMigration'; id: string }
+  | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
+  | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
+  | { type: 'consoleInput'; guest: string; data: string }
+  | { type: 'consoleHistory'; guest: string };
+
+export interface ApiResults {
+  snapshot: LabSnapshot;
+  startGuest: GuestView;
+  stopGuest: { guest: string; host: string };
+  migrate: { id: string };
+  cancelMigration: { cancelled: boolean };
+  setMigrationParameters: { id: string };
+  setWorkload: { guest: string; rateMBps: number; workingSetMiB: number };
+  consoleInput: { bytes: number };
+  consoleHistory: { guest: string; text: string };
+}
+
+/** Commands a spectator (read-only view) may send. */
+export const READ_ONLY_COMMANDS: ReadonlyArray<ApiCommand['type']> = ['snapshot', 'consoleHistory'];
+
+/** What the engine tells every front end, as it happens. */
+export type ApiEvent =
+  | { type: 'lab'; snapshot: LabSnapshot }
+  | { type: 'migration'; id: string; guest: string; event: MigrationEvent }
+  | { type: 'console'; guest: string; host: string; data: string };
+
+/** One message on the wire, each way (WebSocket in browser mode, IPC in the app). */
+export type ClientMessage = { id: number; command: ApiCommand };
+export type ApiRole = 'teacher' | 'spectator';
+
+export type ServerMessage =
+  | { hello: { apiVersion: number; role: ApiRole } }
+  | { id: number; ok: true; result: ApiResults[ApiCommand['type']] }
+  | { id: number; ok: false; error: { message: string; code: ApiErrorCode } }
+  | { event: ApiEvent };
+
+export type ApiErrorCode = 'invalid' | 'forbidden' | 'not-found' | 'failed';

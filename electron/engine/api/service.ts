@@ -1,0 +1,248 @@
+// The engine behind the API contract: one lab, its guests, migrations and consoles, as commands
+// in and events out. The Electron IPC bridge and the browser-mode WebSocket server are thin
+// adapters over this class.
+import { EventEmitter } from 'node:events';
+import { StringDecoder } from 'node:string_decoder';
+import type { Guest, Host } from '../hosts/host';
+import type { Lab } from '../lab/lab';
+import { MigrationJournal } from '../migration/journal';
+import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
+import type { MigrationResult } from '../migration/types';
+import { TailBuffer } from '../util/tail-buffer';
+import { ApiError, parseCommand } from './commands';
+import {
+  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type GuestView, type LabSnapshot, type MigrationView,
+} from './contract';
+
+/** A guest's console as the user sees it: one scrollback that follows the guest across hosts. */
+interface ConsoleTrail {
+  scrollback: TailBuffer;
+  decoder: StringDecoder;
+}
+
+interface RunningMigration {
+  view: MigrationView;
+  job: MigrationJob;
+}
+
+const SNAPSHOT_DEBOUNCE_MS = 30;
+
+export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
+  private readonly consoles = new Map<string, ConsoleTrail>();
+  private readonly workloads = new Map<string, { rateMBps: number; workingSetMiB: number }>();
+  private readonly migrations = new Map<string, RunningMigration>();
+  private readonly offs: Array<() => void> = [];
+  private snapshotTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly lab: Lab,
+    private readonly journal: MigrationJournal | null = null,
+  ) {
+    super();
+    for (const host of lab.hosts()) this.watchHost(host);
+  }
+
+  private watchHost(host: Host): void {
+    const onStarted = (g: Guest) => {
+      this.followConsole(g);
+      this.labChanged();
+    };
+    const onChanged = () => this.labChanged();
+    host.on('guest-started', onStarted);
+    host.on('guest-state', onChanged);
+    host.on('guest-exited', onChanged);
+    for (const g of host.guests()) this.followConsole(g);
+    this.offs.push(() => {
+      host.off('guest-started', onStarted);
+      host.off('guest-state', onChanged);
+      host.off('guest-exited', onChanged);
+    });
+  }
+
+  /** Every copy of a guest (source, then destination) feeds the same trail, keyed by name. */
+  private followConsole(g: Guest): void {
+    let trail = this.consoles.get(g.name);
+    if (!trail) {
+      trail = { scrollback: new TailBuffer(256 * 1024), decoder: new StringDecoder('utf8') };
+      this.consoles.set(g.name, trail);
+    }
+    const t = trail;
+    const onData = (d: Buffer) => {
+      t.scrollback.push(d);
+      const data = t.decoder.write(d);
+      if (data) this.send({ type: 'console', guest: g.name, host: g.hostName, data });
+    };
+    g.console.on('data', onData);
+    g.console.once('close', () => g.console.off('data', onData));
+  }
+
+  private send(ev: ApiEvent): void {
+    if (!this.closed) this.emit('event', ev);
+  }
+
+  /** Guests come and go in bursts (a migration starts one and stops another): one snapshot per burst. */
+  private labChanged(): void {
+    if (this.snapshotTimer || this.closed) return;
+    this.snapshotTimer = setTimeout(() => {
+      this.snapshotTimer = null;
+      this.send({ type: 'lab', snapshot: this.snapshot() });
+    }, SNAPSHOT_DEBOUNCE_MS);
+  }
+
+  private guestView(g: Guest): GuestView {
+    return {
+      name: g.name,
+      host: g.hostName,
+      state: g.state,
+      memoryMiB: g.spec.memoryMiB,
+      vcpus: g.spec.vcpus,
+      boot: g.spec.boot.kind,
+      ip: g.spec.ip ?? null,
+      mac: g.spec.mac ?? null,
+      switchPort: g.switchPort?.id ?? null,
+      labload: g.labload !== null,
+      workload: this.workloads.get(g.name) ?? null,
+    };
+  }
+
+  snapshot(): LabSnapshot {
+    const net = this.lab.network;
+    return {
+      apiVersion: API_VERSION,
+      hosts: this.lab.hosts().map((h) => ({ name: h.name, kind: h.kind, address: h.address, guests: h.guests().map((g) => this.guestView(g)) })),
+      migrations: [...this.migrations.values()].map((m) => structuredClone(m.view)),
+      network: net
+        ? { subnet: net.subnetText, probe: { ip: net.probeAddress.ip, mac: net.probeAddress.mac }, ports: net.switch.portInfo() }
+        : null,
+    };
+  }
+
+  /** The copy of the guest that runs now (a migration destination waiting for its state does not). */
+  private findGuest(name: string): Guest {
+    for (const h of this.lab.hosts()) {
+      const g = h.guest(name);
+      if (g && g.state !== 'incoming' && !g.exit) return g;
+    }
+    const all = this.lab.hosts().flatMap((h) => h.guests().map((g) => g.name));
+    throw new ApiError('not-found', `No guest named "${name}" runs in this lab${all.length ? `: it runs ${[...new Set(all)].join(', ')}` : ''}`);
+  }
+
+  private host(name: string): Host {
+    try {
+      return this.lab.host(name);
+    } catch (err) {
+      throw new ApiError('not-found', (err as Error).message);
+    }
+  }
+
+  private migration(id: string): RunningMigration {
+    const m = this.migrations.get(id);
+    if (!m) throw new ApiError('not-found', `There is no migration ${id}`);
+    return m;
+  }
+
+  /** Runs one command (validated here, whoever sent it); rejects with an ApiError. */
+  async execute(input: unknown): Promise<ApiResults[ApiCommand['type']]> {
+    const cmd = parseCommand(input);
+    try {
+      return await this.run(cmd);
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      throw new ApiError('failed', (err as Error).message);
+    }
+  }
+
+  private async run(cmd: ApiCommand): Promise<ApiResults[ApiCommand['type']]> {
+    switch (cmd.type) {
+      case 'snapshot':
+        return this.snapshot();
+      case 'startGuest': {
+        this.host(cmd.host);
+        const g = await this.lab.startGuest(cmd.host, { name: cmd.guest.name, ...(cmd.guest.memoryMiB ? { memoryMiB: cmd.guest.memoryMiB } : {}) });
+        return this.guestView(g);
+      }
+      case 'stopGuest': {
+        await this.host(cmd.host).stopGuest(cmd.guest).catch((err: Error) => {
+          throw new ApiError('not-found', err.message);
+        });
+        this.workloads.delete(cmd.guest);
+        return { guest: cmd.guest, host: cmd.host };
+      }
+      case 'migrate':
+        return { id: this.startMigration(cmd.guest, cmd.to, cmd.options ?? {}) };
+      case 'cancelMigration':
+        return { cancelled: this.migration(cmd.id).job.cancel('Cancelled from the lab') };
+      case 'setMigrationParameters': {
+        const { job } = this.migration(cmd.id);
+        if (cmd.bandwidthMBps !== undefined) await job.setBandwidth(cmd.bandwidthMBps);
+        if (cmd.downtimeLimitMs !== undefined) await job.setDowntimeLimit(cmd.downtimeLimitMs);
+        return { id: cmd.id };
+      }
+      case 'setWorkload':
+        return this.setWorkload(cmd.guest, cmd.rateMBps, cmd.workingSetMiB);
+      case 'consoleInput': {
+        this.findGuest(cmd.guest).console.write(cmd.data);
+        return { bytes: Buffer.byteLength(cmd.data) };
+      }
+      case 'consoleHistory': {
+        const trail = this.consoles.get(cmd.guest);
+        if (!trail) throw new ApiError('not-found', `No console for a guest named "${cmd.guest}"`);
+        return { guest: cmd.guest, text: trail.scrollback.text() };
+      }
+    }
+  }
+
+  private async setWorkload(name: string, rateMBps: number, workingSetMiB: number): Promise<ApiResults['setWorkload']> {
+    const g = this.findGuest(name);
+    if (!g.labload) throw new ApiError('invalid', `${name} does not run labload (it is not the lab guest), so MigLab cannot set its workload`);
+    const now = this.workloads.get(name);
+    if (rateMBps === 0) {
+      if (now) await g.labload.stopLoad();
+      this.workloads.delete(name);
+    } else if (now && now.workingSetMiB === workingSetMiB) {
+      await g.labload.setRate(rateMBps); // turning the dial mid-migration keeps the working set
+      this.workloads.set(name, { rateMBps, workingSetMiB });
+    } else {
+      if (now) await g.labload.stopLoad();
+      await g.labload.startLoad({ workingSetMiB, rateMBps }, { timeoutMs: 60_000 });
+      this.workloads.set(name, { rateMBps, workingSetMiB });
+    }
+    this.labChanged();
+    return { guest: name, rateMBps, workingSetMiB };
+  }
+
+  private startMigration(name: string, toName: string, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>): string {
+    const guest = this.findGuest(name);
+    const from = this.host(guest.hostName);
+    const to = this.host(toName);
+    const busy = [...this.migrations.values()].find((m) => m.view.guest === name && m.view.result === null);
+    if (busy) throw new ApiError('invalid', `${name} is already migrating (${busy.view.from} to ${busy.view.to}): wait for it, or cancel it`);
+    const load = this.workloads.get(name);
+    const { job, result } = migrateGuest({
+      guest, from, to, options, network: this.lab.network,
+      ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
+      ...(this.journal ? { journal: this.journal } : {}),
+    });
+    const view: MigrationView = { id: job.id, guest: name, from: from.name, to: to.name, state: 'preflight', startedAt: new Date().toISOString(), result: null };
+    this.migrations.set(job.id, { view, job });
+    job.on('event', (event) => {
+      if (event.type === 'phase') view.state = event.phase;
+      this.send({ type: 'migration', id: job.id, guest: name, event });
+    });
+    void result.then((r: MigrationResult) => {
+      view.result = r;
+      view.state = r.status;
+      this.labChanged();
+    });
+    this.labChanged();
+    return job.id;
+  }
+
+  /** Stops listening (the lab itself is the caller's to dispose). */
+  close(): void {
+    this.closed = true;
+    if (this.snapshotTimer) clearTimeout(this.snapshotTimer);
+    for (const off of this.offs.splice(0)) off();
+  }
+}
