@@ -128,9 +128,19 @@ describe('stopping miglab', () => {
 
 describe('miglab demo', () => {
   it('--json migrates an idle lab guest from host-a to host-b and checks it there', async () => {
-    const r = await miglab(['demo', '--json'], { MIGLAB_STATE_DIR: stateDir });
+    // As with a busy guest below, though far more rarely: a TCG crash on arrival is checked and retried.
+    let r: Run | null = null;
+    let out: Record<string, any> = {};
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      r = await miglab(['demo', '--json'], { MIGLAB_STATE_DIR: stateDir });
+      out = JSON.parse(r.stdout);
+      if (out.status === 'completed') break;
+      expect(out.failure, out.reason).toBe('destination-crashed');
+      expect(out.integrity).toMatchObject({ ok: true, bad: 0 });
+      console.warn(`[tcg] idle demo attempt ${attempt} crashed on the destination; the guest stayed on host-a. ${out.reason}`);
+    }
+    r = r!;
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout);
     expect(out).toMatchObject({ status: 'completed', guest: 'demo', from: 'host-a', to: 'host-b' });
     for (const k of ['ramBytes', 'totalTimeMs', 'setupTimeMs', 'downtimeMs', 'guestDowntimeMs', 'transferredBytes']) {
       expect(typeof out[k], k).toBe('number');

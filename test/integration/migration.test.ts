@@ -50,8 +50,14 @@ function migrate(guest: Guest, to: 'host-a' | 'host-b', extra: Partial<Migration
 describe('a completed migration', () => {
   it('moves an idle guest with every phase, pass and figure recorded', async () => {
     const g = await bootReady('idle');
-    const { job, result, events } = migrate(g, 'host-b');
-    const r = await result;
+    // Even an idle guest can, rarely, hit QEMU 7.2's TCG dirty-tracking bug (see README): the
+    // fallback (the same guest, resumed on host-a) is checked and the move tried again.
+    let run!: ReturnType<typeof migrate>;
+    const r = await completeDespiteTcgCrashes(lab, 'idle', () => {
+      run = migrate(g, 'host-b');
+      return run.result;
+    });
+    const { job, events } = run;
     expect(r.status, `${r.reason} ${r.qemuMessage}`).toBe('completed');
     expect(r.reason).toBeNull();
     expect(r.phases.map((p) => p.name)).toEqual([...MIGRATION_PHASES]);
@@ -83,7 +89,7 @@ describe('a completed migration', () => {
 
   it('needs more passes for a guest that dirties memory, and loses none of it', async () => {
     const idle = await bootReady('calm');
-    const idleRun = await migrate(idle, 'host-b', { options: { bandwidthMBps: 100 } }).result;
+    const idleRun = await completeDespiteTcgCrashes(lab, 'calm', () => migrate(idle, 'host-b', { options: { bandwidthMBps: 100 } }).result);
     expect(idleRun.status).toBe('completed');
     await lab.host('host-b').stopGuest('calm');
 
@@ -210,7 +216,13 @@ describe('a migration that fails', () => {
       });
     });
     expect(await seen).toBe(true);
-    expect((await run.result).status).toBe('completed');
+    let first: typeof run | null = run;
+    const done = await completeDespiteTcgCrashes(lab, 'caps', () => {
+      const r = first ?? migrate(g, 'host-b', { options: { capabilities: { 'auto-converge': true } } });
+      first = null;
+      return r.result;
+    });
+    expect(done.status).toBe('completed');
     await lab.host('host-b').stopGuest('caps');
   });
 });
@@ -245,7 +257,7 @@ describe('repeated migrations', () => {
     });
     expect(g.labload).toBeNull();
     await g.waitReady(60_000);
-    const r = await migrate(g, 'host-b').result;
+    const r = await completeDespiteTcgCrashes(lab, 'custom', () => migrate(g, 'host-b').result);
     expect(r.status, `${r.reason} ${r.qemuMessage}`).toBe('completed');
     expect(r.guestDowntimeMs).toBeNull(); // no heartbeats without labload
     expect(r.downtimeMs).not.toBeNull();

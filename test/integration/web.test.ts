@@ -221,9 +221,17 @@ describe('miglab web: driving a real lab', () => {
       const report = await lab.host('host-a').guest('web1')!.labload!.report();
       expect(report.avgMBps).toBeGreaterThan(0);
       await teacher.ok({ type: 'setWorkload', guest: 'web1', rateMBps: 0, workingSetMiB: 16 });
-      const { id } = await teacher.ok<{ id: string }>({ type: 'migrate', guest: 'web1', to: 'host-b' });
-      const done = (await teacher.waitEvent((e) => e.type === 'migration' && e.id === id && e.event.type === 'result', 120_000)) as Extract<ApiEvent, { type: 'migration' }>;
-      const result = done.event.type === 'result' ? done.event.result : null;
+      let id = '';
+      let result = null;
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        ({ id } = await teacher.ok<{ id: string }>({ type: 'migrate', guest: 'web1', to: 'host-b' }));
+        const done = await teacher.waitEvent((e) => e.type === 'migration' && e.id === id && e.event.type === 'result', 120_000);
+        result = done.type === 'migration' && done.event.type === 'result' ? done.event.result : null;
+        if (result?.status === 'completed') break;
+        // QEMU 7.2's TCG bug (see README): MigLab put the guest back on host-a; try again from there.
+        expect(result?.failure, result?.reason ?? '').toBe('destination-crashed');
+        console.warn(`[tcg] web1: attempt ${attempt} crashed on the destination; MigLab kept it on host-a.`);
+      }
       expect(result?.status, result?.reason ?? '').toBe('completed');
       expect(teacher.events.some((e) => e.type === 'migration' && e.event.type === 'pass')).toBe(true);
       expect(teacher.events.some((e) => e.type === 'migration' && e.event.type === 'mac-move')).toBe(true);
