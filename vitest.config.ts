@@ -4,7 +4,7 @@ import { defineConfig } from 'vitest/config';
 // gaps, dirty rates): one test file at a time, so no file starves another's guests.
 export default defineConfig({
   test: {
-    include: ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'],
+    include: ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts', 'test/e2e/**/*.test.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Idempotent set-up run before `npm start` and `npm test`: system packages, node_modules, the lab
-// guest. Plain Node with no dependencies, because it runs before node_modules exists and may run
+// guest, the built UI (and, for the tests, Chromium). Plain Node with no dependencies, because it runs before node_modules exists and may run
 // on the system's older Node. Once everything is in place it is a fast no-op.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -23,6 +23,9 @@ export const SYSTEM_PACKAGES = [
   ['iproute2', 'network namespaces for multi-host labs'],
 ];
 
+/** What only the tests need (`setup.mjs --for-tests`). */
+export const TEST_PACKAGES = [['chromium', 'the browser the UI tests drive']];
+
 function log(msg) {
   if (!quiet) console.log(`[setup] ${msg}`);
 }
@@ -38,8 +41,10 @@ function run(cmd, argv, opts = {}) {
   return r;
 }
 
+const wanted = [...SYSTEM_PACKAGES, ...(args.has('--for-tests') ? TEST_PACKAGES : [])];
+
 function missingPackages() {
-  const names = SYSTEM_PACKAGES.map(([n]) => n);
+  const names = wanted.map(([n]) => n);
   const r = run('dpkg-query', ['-W', '-f=${Package} ${db:Status-Status}\n', ...names], { capture: true });
   if (r.status === 127) return null; // not a dpkg system
   const installed = new Set(
@@ -79,7 +84,7 @@ function ensureSystemPackages() {
   const prefix = privilegePrefix();
   const command = `sudo apt-get update && sudo apt-get install -y ${missing.join(' ')}`.trim();
   if (prefix === null) {
-    const why = missing.map((m) => `${m} (${SYSTEM_PACKAGES.find(([n]) => n === m)[1]})`).join(', ');
+    const why = missing.map((m) => `${m} (${wanted.find(([n]) => n === m)[1]})`).join(', ');
     fail(`MigLab needs system packages that are missing: ${why || 'apt package lists'}.\nRun: ${command}\nthen run this again.`);
   }
   if (needLists || missing.length) {
@@ -122,6 +127,34 @@ function ensureLabGuest() {
   if (r.status !== 0) fail('Building the lab guest failed: see above. "npx miglab doctor" checks the machine.');
 }
 
+/** A hash of what the UI bundle is built from: the renderer and the engine types it imports. */
+function uiSourceHash() {
+  const h = createHash('sha256');
+  for (const dir of ['renderer', join('electron', 'engine')]) {
+    const files = readdirSync(join(root, dir), { recursive: true }).map(String).filter((f) => /\.(tsx?|css|html)$/.test(f)).sort();
+    for (const f of files) {
+      h.update(f);
+      h.update(readFileSync(join(root, dir, f)));
+    }
+  }
+  h.update(lockHash());
+  return h.digest('hex');
+}
+
+/** Builds the UI (what "miglab web" serves and the app loads) when its sources changed. */
+function ensureUi() {
+  const out = join(root, '.vite', 'renderer', 'main_window');
+  const stamp = join(root, '.vite', 'renderer', '.miglab-ui-built');
+  const want = uiSourceHash();
+  if (existsSync(join(out, 'index.html')) && existsSync(stamp) && readFileSync(stamp, 'utf8') === want) return;
+  log('building the UI (vite)');
+  const vite = join(root, 'node_modules', '.bin', 'vite');
+  const r = run(vite, ['build', '--config', join(root, 'renderer', 'vite.config.ts'), '--logLevel', 'warn']);
+  if (r.status !== 0) fail('Building the UI failed: see above.');
+  writeFileSync(stamp, want);
+}
+
 ensureSystemPackages();
 ensureNodeModules();
+ensureUi();
 if (!args.has('--no-guest')) ensureLabGuest();

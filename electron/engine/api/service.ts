@@ -227,7 +227,10 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     const view: MigrationView = { id: job.id, guest: name, from: from.name, to: to.name, state: 'preflight', startedAt: new Date().toISOString(), result: null };
     this.migrations.set(job.id, { view, job });
     job.on('event', (event) => {
-      if (event.type === 'phase') view.state = event.phase;
+      if (event.type === 'phase') {
+        view.state = event.phase;
+        this.labChanged(); // the lab view shows who is paused, who is arriving
+      }
       this.send({ type: 'migration', id: job.id, guest: name, event });
     });
     void result.then((r: MigrationResult) => {

@@ -1,0 +1,66 @@
+// The lab on one page: hosts and guests on top, the migration as it happens, the network, the
+// console. Spectators see the same, without the controls.
+import { useEffect, useMemo, useState } from 'react';
+import type { GuestView } from '../../electron/engine/api/contract';
+import type { LabConnection } from './api';
+import { ConsoleView } from './components/ConsoleView';
+import { LabView } from './components/LabView';
+import { MigrateDialog } from './components/MigrateDialog';
+import { MigrationView } from './components/MigrationView';
+import { NetworkView } from './components/NetworkView';
+import { WorkloadControl } from './components/WorkloadControl';
+import { LabStore, useLab } from './store';
+
+export function App({ conn }: { conn: LabConnection }) {
+  const store = useMemo(() => new LabStore(), []);
+  useEffect(() => conn.onEvent((ev) => store.apply(ev)), [conn, store]);
+  const state = useLab(store);
+  const [selected, setSelected] = useState<string | null>(null);
+  const [dialog, setDialog] = useState<GuestView | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [closed, setClosed] = useState<string | null>(null);
+  useEffect(() => conn.onClose(setClosed), [conn]);
+
+  const snapshot = state.snapshot;
+  const current = state.current ? state.migrations.get(state.current) ?? null : null;
+  const guests = snapshot?.hosts.flatMap((h) => h.guests) ?? [];
+  const chosen = guests.find((g) => g.name === selected && g.state !== 'incoming') ?? null;
+  // Follow the guest: a spectator who has chosen nothing watches what is migrating.
+  const consoleGuest = selected ?? current?.guest ?? guests[0]?.name ?? null;
+
+  if (!snapshot) return <p className="detail">Connecting to the lab…</p>;
+  return (
+    <div className="app">
+      <header>
+        <h1>MigLab</h1>
+        <span className="detail">{conn.role === 'spectator' ? 'spectator view (read-only)' : 'teacher'}</span>
+        {closed && <span role="alert" className="error">{closed}</span>}
+        {error && (
+          <span role="alert" className="error">
+            {error} <button type="button" onClick={() => setError(null)}>dismiss</button>
+          </span>
+        )}
+      </header>
+      <LabView snapshot={snapshot} conn={conn} selected={selected} onSelect={setSelected} onMigrate={setDialog} onError={setError} />
+      {chosen && <WorkloadControl key={chosen.name} guest={chosen} conn={conn} onError={setError} />}
+      {dialog && (
+        <MigrateDialog
+          guest={dialog}
+          snapshot={snapshot}
+          conn={conn}
+          onClose={() => setDialog(null)}
+          onStarted={() => setDialog(null)}
+        />
+      )}
+      <main className="grid">
+        <div className="left">
+          {current ? <MigrationView key={current.id} t={current} conn={conn} /> : <p className="detail panel">No migration yet: select a ready guest and press Migrate, or drag it onto another host.</p>}
+        </div>
+        <div className="right">
+          <NetworkView snapshot={snapshot} t={current} />
+          <ConsoleView conn={conn} guest={consoleGuest} />
+        </div>
+      </main>
+    </div>
+  );
+}

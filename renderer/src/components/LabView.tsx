@@ -1,0 +1,134 @@
+// The lab: hosts with their guests, the switch between them. Select a guest, then Migrate.
+import { useState } from 'react';
+import type { GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
+import type { LabConnection } from '../api';
+
+export interface LabViewProps {
+  snapshot: LabSnapshot;
+  conn: LabConnection;
+  selected: string | null;
+  onSelect: (guest: string) => void;
+  onMigrate: (guest: GuestView) => void;
+  onError: (message: string) => void;
+}
+
+/** What a guest is doing in a migration, in words: QEMU's view of a paused source is not a state. */
+function roleInMigration(g: GuestView, migrations: LabSnapshot['migrations']): string | null {
+  const m = migrations.find((x) => x.guest === g.name && x.result === null);
+  if (!m) return null;
+  if (g.state === 'incoming') return `arriving from ${m.from}`;
+  if (g.host === m.from) return ['switchover', 'confirm', 'cleanup'].includes(m.state) ? `paused: handing over to ${m.to}` : `migrating to ${m.to}`;
+  return null;
+}
+
+function GuestCard({ g, selected, onSelect, role }: { g: GuestView; selected: boolean; onSelect: () => void; role: string | null }) {
+  return (
+    <li>
+      <button
+        type="button"
+        className={`guest ${selected ? 'selected' : ''} state-${g.state}`}
+        aria-pressed={selected}
+        aria-label={`Guest ${g.name}`}
+        draggable
+        onDragStart={(e) => e.dataTransfer.setData('text/miglab-guest', g.name)}
+        onClick={onSelect}
+      >
+        <strong>{g.name}</strong> <span className="state">{role ?? g.state}</span>
+        <span className="detail">
+          {g.memoryMiB} MiB{g.ip ? ` · ${g.ip}` : ''}{g.mac ? ` · ${g.mac}` : ''}{g.switchPort !== null ? ` · port ${g.switchPort}` : ''}
+        </span>
+        {g.workload && <span className="detail">dirtying {g.workload.workingSetMiB} MiB at {g.workload.rateMBps} MB/s</span>}
+      </button>
+    </li>
+  );
+}
+
+export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError }: LabViewProps) {
+  const [name, setName] = useState('guest1');
+  const [host, setHost] = useState(snapshot.hosts[0]?.name ?? '');
+  const [busy, setBusy] = useState(false);
+  const teacher = conn.role === 'teacher';
+  const all = snapshot.hosts.flatMap((h) => h.guests);
+  const chosen = all.find((g) => g.name === selected && g.state !== 'incoming') ?? null;
+
+  const start = async () => {
+    setBusy(true);
+    try {
+      await conn.call({ type: 'startGuest', host, guest: { name } });
+      onSelect(name);
+    } catch (err) {
+      onError((err as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const stop = async (g: GuestView) => {
+    try {
+      await conn.call({ type: 'stopGuest', host: g.host, guest: g.name });
+    } catch (err) {
+      onError((err as Error).message);
+    }
+  };
+
+  return (
+    <section aria-label="Lab" className="lab">
+      <div className="hosts">
+        {snapshot.hosts.map((h, i) => (
+          <div key={h.name} className="host-wrap">
+            <article
+              className="host"
+              aria-label={`Host ${h.name}`}
+              onDragOver={(e) => teacher && e.preventDefault()}
+              onDrop={(e) => {
+                const g = all.find((x) => x.name === e.dataTransfer.getData('text/miglab-guest'));
+                if (g && g.host !== h.name) onMigrate(g);
+              }}
+            >
+              <h2>{h.name}</h2>
+              <p className="detail">{h.kind} · {h.address}</p>
+              <ul className="guests">
+                {h.guests.map((g) => (
+                  <GuestCard key={`${g.host}/${g.name}`} g={g} selected={g.name === selected} onSelect={() => onSelect(g.name)} role={roleInMigration(g, snapshot.migrations)} />
+                ))}
+                {h.guests.length === 0 && <li className="detail">no guests</li>}
+              </ul>
+            </article>
+            {i === 0 && snapshot.network && (
+              <div className="switch" aria-label="Lab switch">
+                <span>switch</span>
+                <span className="detail">{snapshot.network.subnet}</span>
+                <span className="detail">{snapshot.network.ports.length} ports</span>
+              </div>
+            )}
+          </div>
+        ))}
+      </div>
+      {teacher && (
+        <div className="toolbar">
+          <label>
+            Guest name <input value={name} onChange={(e) => setName(e.target.value)} aria-label="Guest name" />
+          </label>
+          <label>
+            on{' '}
+            <select value={host} onChange={(e) => setHost(e.target.value)} aria-label="Host for the new guest">
+              {snapshot.hosts.map((h) => (
+                <option key={h.name}>{h.name}</option>
+              ))}
+            </select>
+          </label>
+          <button type="button" onClick={() => void start()} disabled={busy}>
+            {busy ? 'Starting…' : 'Start guest'}
+          </button>
+          <span className="spacer" />
+          <button type="button" disabled={!chosen || chosen.state !== 'ready'} onClick={() => chosen && onMigrate(chosen)}>
+            Migrate
+          </button>
+          <button type="button" disabled={!chosen} onClick={() => chosen && void stop(chosen)}>
+            Stop guest
+          </button>
+        </div>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,181 @@
+// One migration as it happens: the phase timeline, every pre-copy round, the remaining data
+// converging (or not) towards what fits in the downtime budget, and the controls that act on it.
+import { useMemo, useState } from 'react';
+import uPlot from 'uplot';
+import { formatBytes, formatBytesRate, formatMs } from '../../../electron/engine/migration/prediction';
+import { MIGRATION_PHASES } from '../../../electron/engine/migration/types';
+import type { LabConnection } from '../api';
+import { UPlotChart } from '../charts/UPlotChart';
+import type { MigrationTrack } from '../store';
+
+const MB = 1e6;
+
+function Timeline({ t }: { t: MigrationTrack }) {
+  const total = Math.max(1, t.result?.wallTimeMs ?? t.lastAtMs);
+  return (
+    <section aria-label="Timeline" className="panel">
+      <h3>Timeline <span className="detail">({t.state})</span></h3>
+      <ol className="timeline">
+        {MIGRATION_PHASES.map((name) => {
+          const span = t.phases.find((p) => p.name === name);
+          const done = span && span.endMs !== null;
+          const width = span ? Math.max(2, (((span.endMs ?? total) - span.startMs) / total) * 100) : 0;
+          return (
+            <li key={name} className={`phase ${span ? (done ? 'done' : 'active') : 'todo'}`} aria-label={`Phase ${name}`}>
+              <span className="name">{name}</span>
+              <span className="bar" style={{ width: `${width}%` }} />
+              <span className="detail">{span ? formatMs((span.endMs ?? total) - span.startMs) : ''}</span>
+            </li>
+          );
+        })}
+      </ol>
+      {t.checks.length > 0 && (
+        <details>
+          <summary>Pre-flight checks ({t.checks.filter((c) => c.status !== 'pass').length} not passed)</summary>
+          <ul>
+            {t.checks.map((c) => (
+              <li key={c.name} className={`check ${c.status}`}>
+                {c.status}: {c.message}
+              </li>
+            ))}
+          </ul>
+        </details>
+      )}
+    </section>
+  );
+}
+
+function Rounds({ t }: { t: MigrationTrack }) {
+  const data = useMemo<uPlot.AlignedData>(
+    () => [t.passes.map((p) => p.pass), t.passes.map((p) => p.bytes / MB), t.passes.map((p) => p.dirtyRateBps / MB), t.passes.map((p) => p.throughputBps / MB)],
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [t.passes.length],
+  );
+  const options = (width: number): Omit<uPlot.Options, 'width' | 'height'> => ({
+    title: undefined,
+    scales: { x: { time: false }, mb: {}, rate: {} },
+    axes: [{ label: 'pass', stroke: '#888', incrs: [1, 2, 5, 10, 20, 50], values: (_u, vals) => vals.map((v) => String(v)) }, { scale: 'mb', label: 'MB sent', stroke: '#888' }, { scale: 'rate', side: 1, label: 'MB/s', stroke: '#888', grid: { show: false } }],
+    series: [
+      { label: 'pass' },
+      { label: 'sent (MB)', scale: 'mb', stroke: '#4a90d9', fill: 'rgba(74,144,217,0.4)', paths: uPlot.paths.bars!({ size: [0.6, width / 8] }) },
+      { label: 'dirty rate (MB/s)', scale: 'rate', stroke: '#d9534f', width: 2 },
+      { label: 'link (MB/s)', scale: 'rate', stroke: '#5cb85c', width: 2 },
+    ],
+  });
+  return (
+    <section aria-label="Rounds" className="panel">
+      <h3>Rounds <span className="detail">{t.passes.length} pass{t.passes.length === 1 ? '' : 'es'} (QEMU MIGRATION_PASS)</span></h3>
+      <UPlotChart identity={t.id} options={options} data={data} />
+      <table className="passes">
+        <thead>
+          <tr><th>pass</th><th>sent</th><th>took</th><th>dirty rate</th><th>link</th></tr>
+        </thead>
+        <tbody>
+          {t.passes.map((p) => (
+            <tr key={p.pass}>
+              <td>{p.pass}</td><td>{formatBytes(p.bytes)}</td><td>{formatMs(p.durationMs)}</td><td>{formatBytesRate(p.dirtyRateBps)}</td><td>{formatBytesRate(p.throughputBps)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+function Convergence({ t }: { t: MigrationTrack }) {
+  const bw = t.params?.bandwidthMBps ?? 1000;
+  const dl = t.params?.downtimeLimitMs ?? 300;
+  const threshold = (bw * MB * dl) / 1000 / MB;
+  const n = t.samples.t.length;
+  const data = useMemo<uPlot.AlignedData>(
+    () => [t.samples.t.slice(), t.samples.remaining.map((b) => b / MB), t.samples.t.map(() => threshold)],
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [n, threshold],
+  );
+  const options = (): Omit<uPlot.Options, 'width' | 'height'> => ({
+    scales: { x: { time: false } },
+    axes: [{ label: 'seconds', stroke: '#888' }, { label: 'MB remaining', stroke: '#888' }],
+    series: [
+      { label: 's' },
+      { label: 'remaining (MB)', stroke: '#4a90d9', width: 2, fill: 'rgba(74,144,217,0.15)' },
+      { label: 'switchover threshold (MB)', stroke: '#f0ad4e', dash: [6, 4], width: 2 },
+    ],
+  });
+  return (
+    <section aria-label="Convergence" className="panel">
+      <h3>Convergence <span className="detail">switchover once remaining data fits in {dl} ms at {bw} MB/s ≈ {threshold.toFixed(0)} MB</span></h3>
+      <UPlotChart identity={t.id} options={options} data={data} />
+    </section>
+  );
+}
+
+function Counters({ t }: { t: MigrationTrack }) {
+  const i = t.samples.t.length - 1;
+  const r = t.result;
+  const p = t.prediction;
+  return (
+    <section aria-label="Counters" className="panel counters">
+      {i >= 0 && (
+        <dl>
+          <dt>sent</dt><dd>{formatBytes(t.samples.transferred[i]!)}{t.totalBytes ? ` of ${formatBytes(t.totalBytes)} RAM` : ''}</dd>
+          <dt>remaining</dt><dd>{formatBytes(t.samples.remaining[i]!)}</dd>
+          <dt>dirty rate</dt><dd>{formatBytesRate(t.samples.dirtyRate[i]!)}</dd>
+          <dt>link</dt><dd>{formatBytesRate(t.samples.throughput[i]!)}</dd>
+        </dl>
+      )}
+      {p?.kind === 'eta' && !r && <p>ETA {formatMs(p.etaMs)}: {p.reason}</p>}
+      {p?.kind === 'will-not-converge' && !r && (
+        <div role="alert" className="warning">
+          <strong>Will not converge:</strong> {p.reason}
+          <ul>{p.advice.map((a) => <li key={a}>{a}</li>)}</ul>
+        </div>
+      )}
+      {r && (
+        <div className={`result ${r.status}`} role="status">
+          <strong>{r.status === 'completed' ? `Completed: ${r.guest} now runs on ${r.to}` : `${r.status}: ${r.reason}`}</strong>
+          {r.status === 'completed' && (
+            <dl>
+              <dt>downtime (QEMU)</dt><dd>{r.downtimeMs === null ? 'n/a' : formatMs(r.downtimeMs)}</dd>
+              <dt>downtime (guest heartbeats)</dt><dd>{r.guestDowntimeMs === null ? 'n/a' : formatMs(r.guestDowntimeMs)}</dd>
+              <dt>downtime (network probe)</dt><dd>{r.network?.networkDowntimeMs == null ? 'n/a' : formatMs(r.network.networkDowntimeMs)}</dd>
+              <dt>total time (QEMU)</dt><dd>{r.totalTimeMs === null ? 'n/a' : formatMs(r.totalTimeMs)}</dd>
+            </dl>
+          )}
+        </div>
+      )}
+    </section>
+  );
+}
+
+function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
+  const [bw, setBw] = useState(t.params?.bandwidthMBps ?? 1000);
+  const [dl, setDl] = useState(t.params?.downtimeLimitMs ?? 300);
+  const [error, setError] = useState<string | null>(null);
+  const live = !t.result && conn.role === 'teacher';
+  const act = (p: Promise<unknown>) => p.then(() => setError(null), (e: Error) => setError(e.message));
+  if (!live) return null;
+  return (
+    <section aria-label="Migration controls" className="panel toolbar">
+      <label>Bandwidth (MB/s) <input type="number" min={1} value={bw} onChange={(e) => setBw(Number(e.target.value))} aria-label="Live bandwidth" /></label>
+      <label>Downtime limit (ms) <input type="number" min={1} value={dl} onChange={(e) => setDl(Number(e.target.value))} aria-label="Live downtime limit" /></label>
+      <button type="button" onClick={() => void act(conn.call({ type: 'setMigrationParameters', id: t.id, bandwidthMBps: bw, downtimeLimitMs: dl }))}>Apply</button>
+      <button type="button" onClick={() => void act(conn.call({ type: 'cancelMigration', id: t.id }))}>Cancel</button>
+      {error && <span role="alert" className="error">{error}</span>}
+    </section>
+  );
+}
+
+export function MigrationView({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
+  return (
+    <section aria-label="Migration" className="migration">
+      <h2>{t.guest}: {t.from} → {t.to}</h2>
+      <Timeline t={t} />
+      <Controls t={t} conn={conn} />
+      <Counters t={t} />
+      <div className="charts">
+        <Rounds t={t} />
+        <Convergence t={t} />
+      </div>
+    </section>
+  );
+}

@@ -1,0 +1,177 @@
+// What the UI knows: the lab snapshot, and for each migration the story its events tell. Events
+// arrive up to ~50 a second; listeners hear of them at most once per animation frame.
+import { useSyncExternalStore } from 'react';
+import type { ApiEvent, LabSnapshot } from '../../electron/engine/api/contract';
+import type {
+  JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
+} from '../../electron/engine/migration/types';
+
+/** Samples kept per migration for the charts: at 10 a second, five minutes. */
+export const MAX_SAMPLES = 3000;
+const MAX_PROBE = 3000;
+
+export interface SampleSeries {
+  t: number[];
+  remaining: number[];
+  transferred: number[];
+  dirtyRate: number[];
+  throughput: number[];
+  pass: number[];
+}
+
+export interface MigrationTrack {
+  id: string;
+  guest: string;
+  from: string;
+  to: string;
+  state: JobState;
+  phases: PhaseSpan[];
+  checks: PreflightCheck[];
+  samples: SampleSeries;
+  /** Bytes of RAM, once QEMU said. */
+  totalBytes: number;
+  passes: MigrationPass[];
+  prediction: Prediction | null;
+  params: { bandwidthMBps: number; downtimeLimitMs: number } | null;
+  moves: NetworkMacMove[];
+  announces: Array<{ atMs: number; host: string; count: number }>;
+  probe: ProbeSample[];
+  probeTotals: { sent: number; received: number };
+  heartbeatGapMs: number | null;
+  result: MigrationResult | null;
+  /** The job time of the latest event: where an unfinished phase has got to. */
+  lastAtMs: number;
+}
+
+export interface LabState {
+  snapshot: LabSnapshot | null;
+  migrations: Map<string, MigrationTrack>;
+  /** The migration the Migration view shows: the latest one started. */
+  current: string | null;
+  /** Bumped on every change, so React sees a new state. */
+  version: number;
+}
+
+function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack {
+  return {
+    id, guest, from, to, state: 'preflight', phases: [], checks: [],
+    samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
+    totalBytes: 0, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
+    probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, result: null, lastAtMs: 0,
+  };
+}
+
+function push<T>(arr: T[], v: T, max: number): void {
+  arr.push(v);
+  if (arr.length > max) arr.splice(0, arr.length - max);
+}
+
+export class LabStore {
+  private state: LabState = { snapshot: null, migrations: new Map(), current: null, version: 0 };
+  private readonly listeners = new Set<() => void>();
+  private frame: number | null = null;
+
+  readonly subscribe = (l: () => void): (() => void) => {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  };
+
+  readonly get = (): LabState => this.state;
+
+  private changed(): void {
+    if (this.frame !== null) return;
+    const flush = () => {
+      this.frame = null;
+      this.state = { ...this.state, version: this.state.version + 1 };
+      for (const l of this.listeners) l();
+    };
+    this.frame = typeof requestAnimationFrame === 'function' ? requestAnimationFrame(flush) : (setTimeout(flush, 16) as unknown as number);
+  }
+
+  private track(id: string, guest: string): MigrationTrack {
+    let t = this.state.migrations.get(id);
+    if (!t) {
+      const known = this.state.snapshot?.migrations.find((m) => m.id === id);
+      t = newTrack(id, guest, known?.from, known?.to);
+      this.state.migrations.set(id, t);
+      this.state.current = id;
+    }
+    return t;
+  }
+
+  apply(ev: ApiEvent): void {
+    if (ev.type === 'lab') {
+      this.state.snapshot = ev.snapshot;
+      for (const m of ev.snapshot.migrations) {
+        const t = this.track(m.id, m.guest);
+        t.from = m.from;
+        t.to = m.to;
+        if (m.result) t.result = m.result;
+      }
+    } else if (ev.type === 'migration') {
+      this.applyMigration(this.track(ev.id, ev.guest), ev.event);
+    } else {
+      return; // console output goes straight to the terminals
+    }
+    this.changed();
+  }
+
+  private applyMigration(t: MigrationTrack, e: Extract<ApiEvent, { type: 'migration' }>['event']): void {
+    t.lastAtMs = Math.max(t.lastAtMs, e.atMs);
+    switch (e.type) {
+      case 'phase': {
+        t.state = e.phase;
+        const open = t.phases.at(-1);
+        if (open && open.endMs === null) open.endMs = e.atMs;
+        if (!['completed', 'failed', 'cancelled'].includes(e.phase)) t.phases.push({ name: e.phase as PhaseSpan['name'], startMs: e.atMs, endMs: null });
+        break;
+      }
+      case 'check':
+        t.checks.push(e.check);
+        break;
+      case 'sample': {
+        const s = e.sample;
+        push(t.samples.t, s.atMs / 1000, MAX_SAMPLES);
+        push(t.samples.remaining, s.remainingBytes, MAX_SAMPLES);
+        push(t.samples.transferred, s.transferredBytes, MAX_SAMPLES);
+        push(t.samples.dirtyRate, s.dirtyRateBps, MAX_SAMPLES);
+        push(t.samples.throughput, s.throughputBps, MAX_SAMPLES);
+        push(t.samples.pass, s.pass, MAX_SAMPLES);
+        if (s.totalBytes) t.totalBytes = s.totalBytes;
+        break;
+      }
+      case 'pass':
+        t.passes.push(e.pass);
+        break;
+      case 'prediction':
+        t.prediction = e.prediction;
+        break;
+      case 'parameters':
+        t.params = { bandwidthMBps: e.bandwidthMBps, downtimeLimitMs: e.downtimeLimitMs };
+        break;
+      case 'heartbeat-gap':
+        t.heartbeatGapMs = e.gapMs;
+        break;
+      case 'mac-move':
+        t.moves.push(e.move);
+        break;
+      case 'announce':
+        t.announces.push({ atMs: e.atMs, host: e.host, count: e.count });
+        break;
+      case 'probe':
+        for (const s of e.samples) push(t.probe, s, MAX_PROBE);
+        t.probeTotals = { sent: e.sent, received: e.received };
+        break;
+      case 'result':
+        t.result = e.result;
+        t.state = e.result.status;
+        break;
+      case 'status':
+        break;
+    }
+  }
+}
+
+export function useLab(store: LabStore): LabState {
+  return useSyncExternalStore(store.subscribe, store.get);
+}

@@ -1,0 +1,146 @@
+// The UI in Chromium (browser mode) against real QEMU guests: the lab, a guest started from the
+// page, its console, a migration started with the Migrate button and watched to the end (rounds,
+// the MAC move), the console carrying on from the destination, and a spectator's read-only view.
+// Screenshots of each step go to test-artifacts/e2e/.
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findBuiltUi } from '../../electron/cli/web';
+import { LabService } from '../../electron/engine/api/service';
+import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
+import { MigrationJournal } from '../../electron/engine/migration/journal';
+import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { WebServer } from '../../electron/engine/web/server';
+import { expectScopeClean, requireLabGuest } from '../helpers/lab';
+
+const CHROMIUM = process.env.MIGLAB_CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = join(process.cwd(), 'test-artifacts', 'e2e');
+
+let work: string;
+let lab: Lab;
+let service: LabService;
+let server: WebServer;
+let browser: Browser;
+let page: Page;
+
+async function shot(name: string, p: Page = page): Promise<void> {
+  await p.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+beforeAll(async () => {
+  await requireLabGuest();
+  const ui = findBuiltUi();
+  if (!ui) throw new Error('The UI is not built: run "npm test" (its set-up builds it) or "npm run build:ui"');
+  if (!existsSync(CHROMIUM)) throw new Error(`No Chromium at ${CHROMIUM}: run "npm test" as root (its set-up installs it) or "sudo apt-get install chromium"`);
+  await mkdir(SHOTS, { recursive: true });
+  work = await makeTempDir('e2e');
+  lab = await defaultLocalLab({ runtimeDir: join(work, 'run') });
+  service = new LabService(lab, new MigrationJournal(join(work, 'state')));
+  server = await WebServer.start(service, { port: 0, uiDir: ui });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page.on('pageerror', (e) => console.warn(`[page] ${e.message}`));
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  service?.close();
+  await lab?.dispose();
+  for (const h of ['host-a', 'host-b']) await expectScopeClean(join(work, 'run', h));
+  await removeDir(work);
+});
+
+/** The text xterm.js shows in the Console region (its DOM renderer keeps it in rows). */
+function consoleText(p: Page = page): Promise<string> {
+  return p.getByRole('region', { name: 'Console' }).locator('.xterm-rows').innerText();
+}
+
+async function typeInConsole(text: string): Promise<void> {
+  await page.getByRole('region', { name: 'Console' }).locator('.console-box').click();
+  await page.keyboard.type(text);
+  await page.keyboard.press('Enter');
+}
+
+describe('the UI in Chromium, browser mode, real guests', () => {
+  it('shows the lab: host-a, host-b and the switch between them', async () => {
+    await page.goto(server.url);
+    await expect.poll(() => page.getByRole('article', { name: 'Host host-a' }).count()).toBe(1);
+    expect(await page.getByRole('article', { name: 'Host host-b' }).count()).toBe(1);
+    expect(await page.getByLabel('Lab switch').innerText()).toContain('10.80.0.0/24');
+    await shot('01-lab');
+  });
+
+  it('starts a guest from the page; it boots, and its console shows it and runs a typed command', async () => {
+    await page.getByLabel('Guest name').fill('ui1');
+    await page.getByRole('button', { name: 'Start guest' }).click();
+    const card = page.getByRole('button', { name: 'Guest ui1' });
+    await card.waitFor({ timeout: 60_000 });
+    await expect.poll(() => card.innerText(), { timeout: 90_000 }).toContain('ready');
+    await card.click();
+    await expect.poll(() => consoleText(), { timeout: 30_000 }).toContain('ui1:/#');
+    await typeInConsole('echo typed-$((40+2))');
+    await expect.poll(() => consoleText(), { timeout: 20_000 }).toContain('typed-42');
+    await shot('02-guest-and-console');
+  });
+
+  it('migrates it with the Migrate button and shows the rounds, the result and the MAC move', async () => {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      await page.getByRole('button', { name: 'Migrate' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Migrate ui1' });
+      expect(await dialog.getByLabel('Destination host').inputValue()).toBe('host-b');
+      await shot('03-migrate-dialog');
+      await dialog.getByRole('button', { name: 'Start migration' }).click();
+      const result = page.getByRole('region', { name: 'Counters' }).getByRole('status');
+      await result.waitFor({ timeout: 120_000 });
+      const text = await result.innerText();
+      if (text.startsWith('Completed')) break;
+      // QEMU 7.2's TCG bug (see README) can crash the guest on arrival: MigLab resumes it on
+      // host-a and says so; the page must show that, and then the move is tried again.
+      expect(text).toMatch(/failed: The guest crashed .* so MigLab resumed it on host-a/);
+      console.warn(`[tcg] ui1: attempt ${attempt} crashed on the destination; MigLab kept it on host-a.`);
+      await page.getByRole('button', { name: 'Guest ui1' }).click();
+    }
+    const result = page.getByRole('region', { name: 'Counters' }).getByRole('status');
+    expect(await result.innerText()).toContain('Completed: ui1 now runs on host-b');
+    const rounds = page.getByRole('region', { name: 'Rounds' });
+    expect(await rounds.locator('tbody tr').count()).toBeGreaterThanOrEqual(1);
+    expect(await rounds.locator('canvas').count()).toBeGreaterThanOrEqual(1);
+    const timeline = page.getByRole('region', { name: 'Timeline' });
+    expect(await timeline.getByText('cleanup').count()).toBe(1);
+    await expect.poll(() => page.getByRole('region', { name: 'Network' }).innerText(), { timeout: 10_000 })
+      .toMatch(/52:54:00:50:00:0a moved from host-a \(port \d+\) to host-b \(port \d+\) at .*, seen in a RARP announce frame/);
+    expect(lab.host('host-b').guest('ui1')?.state).toBe('ready');
+    expect(lab.host('host-a').guest('ui1')).toBeUndefined();
+    await shot('04-migrated');
+  });
+
+  it('keeps the console working on the destination, with what host-a printed still in it', async () => {
+    await page.getByRole('button', { name: 'Guest ui1' }).click();
+    await typeInConsole('echo moved-$((40+3))');
+    await expect.poll(() => consoleText(), { timeout: 20_000 }).toContain('moved-43');
+    expect(await consoleText()).toContain('typed-42');
+    await shot('05-console-on-destination');
+  });
+
+  it('gives a spectator the same view without the controls', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+    const spectator = await ctx.newPage();
+    try {
+      await spectator.goto(server.spectatorUrl);
+      await spectator.getByText('spectator view (read-only)').waitFor();
+      await expect.poll(() => spectator.getByRole('article', { name: 'Host host-b' }).innerText()).toContain('ui1');
+      expect(await spectator.getByRole('button', { name: 'Start guest' }).count()).toBe(0);
+      expect(await spectator.getByRole('button', { name: 'Migrate' }).count()).toBe(0);
+      await expect.poll(() => consoleText(spectator), { timeout: 20_000 }).toContain('moved-43');
+      await shot('06-spectator', spectator);
+    } finally {
+      await ctx.close();
+    }
+  });
+});
