@@ -2,6 +2,7 @@
 // The `miglab` command: a thin adapter over the engine, like the app and the web server.
 import { parseArgs } from 'node:util';
 import { demoCommand } from './demo';
+import { startCommand } from './start';
 import { webCommand } from './web';
 import { doctorCommand } from './doctor';
 import { guestBootCommand, guestBuildCommand } from './guest';
@@ -24,6 +25,8 @@ Usage:
                                     boot a guest on host-a, migrate it live to host-b, check it there;
                                     its NIC is on the lab switch (default subnet 10.80.0.0/24), and a
                                     probe pings it through the move (every 20 ms by default)
+  miglab start [--port N]            the app (what "npm start" runs): the desktop window, or, where it
+                                    cannot open, the same UI in browser mode
   miglab web [--port N] [--host 127.0.0.1] [--json]
                                     the lab in a browser: serves the UI and its API with an access
                                     token, and a read-only address for spectators (default port 5199)
@@ -75,6 +78,9 @@ async function main(argv: string[]): Promise<number> {
     case 'demo':
       if (sub) throw new UsageError(`"miglab demo" takes options only (got "${sub}")`);
       return demoCommand(values);
+    case 'start':
+      if (sub) throw new UsageError(`"miglab start" takes options only (got "${sub}")`);
+      return startCommand({ json: values.json, port: values.port, host: values.host });
     case 'web':
       if (sub) throw new UsageError(`"miglab web" takes options only (got "${sub}")`);
       return webCommand({ json: values.json, port: values.port, host: values.host });

@@ -1,32 +1,86 @@
-// The Electron shell. It owns the window and, in a later issue, the IPC bridge to the engine.
-import { app, BrowserWindow, session } from 'electron';
+// The Electron shell: one window, sandboxed, showing the lab UI from miglab://app/, talking to
+// the engine (which runs here, in the main process) through the checked IPC bridge.
+import { app, BrowserWindow, ipcMain, protocol, session, type WebContents } from 'electron';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { LabService } from '../engine/api/service';
+import { defaultLocalLab, type Lab } from '../engine/lab/lab';
+import { MigrationJournal } from '../engine/migration/journal';
+import { appProtocolHandler } from './app-protocol';
+import { APP_ORIGIN, APP_SCHEME } from './channels';
+import { registerLabIpc } from './ipc';
 
-declare const MAIN_WINDOW_VITE_DEV_SERVER_URL: string | undefined;
 declare const MAIN_WINDOW_VITE_NAME: string;
 
-function createWindow(): void {
-  const win = new BrowserWindow({
-    width: 1280,
-    height: 800,
-    title: 'MigLab',
-    webPreferences: {
-      preload: join(__dirname, 'preload.cjs'),
-      contextIsolation: true,
-      sandbox: true,
-      nodeIntegration: false,
-    },
-  });
-  // No navigation away from the app and no new windows, whatever the page asks for.
-  win.webContents.on('will-navigate', (e) => e.preventDefault());
-  win.webContents.setWindowOpenHandler(() => ({ action: 'deny' }));
-  if (MAIN_WINDOW_VITE_DEV_SERVER_URL) void win.loadURL(MAIN_WINDOW_VITE_DEV_SERVER_URL);
-  else void win.loadFile(join(__dirname, `../renderer/${MAIN_WINDOW_VITE_NAME}/index.html`));
+/** The window's options: every web preference that keeps the page away from Node. */
+export const WINDOW_OPTIONS: Electron.BrowserWindowConstructorOptions = {
+  width: 1400,
+  height: 900,
+  title: 'MigLab',
+  backgroundColor: '#15171c',
+  webPreferences: {
+    preload: join(__dirname, 'preload.cjs'),
+    contextIsolation: true,
+    sandbox: true,
+    nodeIntegration: false,
+    nodeIntegrationInWorker: false,
+    webSecurity: true,
+    allowRunningInsecureContent: false,
+    webviewTag: false,
+    spellcheck: false,
+  },
+};
+
+/** Where the built UI is: next to this bundle (packaged), or in the source tree's .vite. */
+export function uiDir(): string {
+  const name = typeof MAIN_WINDOW_VITE_NAME === 'string' ? MAIN_WINDOW_VITE_NAME : 'main_window';
+  const packaged = join(__dirname, '..', 'renderer', name);
+  return existsSync(packaged) ? packaged : join(process.cwd(), '.vite', 'renderer', name);
 }
 
-app.whenReady().then(() => {
-  session.defaultSession.setPermissionRequestHandler((_wc, _perm, cb) => cb(false));
-  createWindow();
+/** No navigation away from the app, no new windows, whatever the page asks for. */
+export function lockDown(contents: WebContents): void {
+  contents.on('will-navigate', (e) => e.preventDefault());
+  contents.on('will-redirect', (e) => e.preventDefault());
+  contents.setWindowOpenHandler(() => ({ action: 'deny' }));
+  contents.on('will-attach-webview', (e) => e.preventDefault());
+}
+
+export function createWindow(): BrowserWindow {
+  const win = new BrowserWindow(WINDOW_OPTIONS);
+  lockDown(win.webContents);
+  void win.loadURL(`${APP_ORIGIN}/index.html`);
+  return win;
+}
+
+// Before ready: miglab:// behaves like https (a secure, standard origin) for the page.
+protocol.registerSchemesAsPrivileged([{ scheme: APP_SCHEME, privileges: { standard: true, secure: true, supportFetchAPI: true } }]);
+
+let lab: Lab | null = null;
+
+export async function start(opts: { uiDir?: string } = {}): Promise<void> {
+  await app.whenReady();
+  session.defaultSession.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
+  session.defaultSession.setPermissionCheckHandler(() => false);
+  protocol.handle(APP_SCHEME, appProtocolHandler(opts.uiDir ?? uiDir()));
+  lab = await defaultLocalLab();
+  const service = new LabService(lab, new MigrationJournal());
+  let win: BrowserWindow | null = createWindow();
+  registerLabIpc(ipcMain, service, () => (win && !win.isDestroyed() ? win.webContents : null));
+  win.on('closed', () => {
+    win = null;
+  });
+}
+
+app.on('web-contents-created', (_e, contents) => lockDown(contents));
+app.on('window-all-closed', () => app.quit());
+app.on('will-quit', (e) => {
+  if (!lab) return;
+  // Stop every guest before leaving: QEMU runs in its own process group and would outlive us.
+  e.preventDefault();
+  const l = lab;
+  lab = null;
+  void l.dispose().finally(() => app.quit());
 });
 
-app.on('window-all-closed', () => app.quit());
+if (!process.env.VITEST) void start();

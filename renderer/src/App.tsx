@@ -13,7 +13,12 @@ import { LabStore, useLab } from './store';
 
 export function App({ conn }: { conn: LabConnection }) {
   const store = useMemo(() => new LabStore(), []);
-  useEffect(() => conn.onEvent((ev) => store.apply(ev)), [conn, store]);
+  useEffect(() => {
+    const off = conn.onEvent((ev) => store.apply(ev));
+    // Browser mode sends a snapshot on connect; the app's IPC bridge waits to be asked.
+    void conn.call({ type: 'snapshot' }).then((snapshot) => store.apply({ type: 'lab', snapshot }), () => {});
+    return off;
+  }, [conn, store]);
   const state = useLab(store);
   const [selected, setSelected] = useState<string | null>(null);
   const [dialog, setDialog] = useState<GuestView | null>(null);

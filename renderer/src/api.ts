@@ -69,3 +69,23 @@ export function connectWebSocket(url = `${location.protocol === 'https:' ? 'wss'
     };
   });
 }
+
+/** What the desktop app's preload exposes (see electron/preload/preload.ts). */
+interface WindowLab {
+  apiVersion: number;
+  role: ApiRole;
+  call(command: ApiCommand): Promise<unknown>;
+  onEvent(listener: (ev: ApiEvent) => void): () => void;
+}
+
+/** In the desktop app: the same connection over window.lab, which the engine answers through IPC. */
+export function connectWindowLab(): LabConnection | null {
+  const lab = (globalThis as { lab?: WindowLab }).lab;
+  if (!lab || typeof lab.call !== 'function') return null;
+  return {
+    role: lab.role,
+    call: (command) => lab.call(command).catch((err: Error) => Promise.reject(new ApiCallError(err.message.replace(/^Error invoking remote method '[^']+': (Error: )?/, ''), 'failed'))) as never,
+    onEvent: (l) => lab.onEvent(l),
+    onClose: () => () => {},
+  };
+}

@@ -202,3 +202,46 @@ describe('miglab demo', () => {
     expect(probe.stderr).toContain('--probe-interval takes a number from 5 to 1000');
   });
 });
+
+describe('miglab start and miglab web', () => {
+  /** Starts the command, waits for its first line on stdout, and hands back the process. */
+  async function serve(args: string[], env: NodeJS.ProcessEnv = {}) {
+    const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, MIGLAB_RUNTIME_DIR: work, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    for (let i = 0; i < 300 && !/http:\/\/\S+token=\S+/.test(stdout) && child.exitCode === null; i++) await delay(50);
+    return { child, exited, out: () => stdout, err: () => stderr };
+  }
+
+  it('start: without a display it says why and serves the UI in browser mode, until Ctrl-C', async () => {
+    const s = await serve(['start', '--port', '0'], { DISPLAY: '', WAYLAND_DISPLAY: '' });
+    expect(s.out()).toContain('The MigLab window cannot open here: there is no display');
+    const url = /MigLab is open at (\S+)/.exec(s.out())![1]!;
+    expect(s.out()).toMatch(/Spectators \(read-only\) follow at http:\/\/127\.0\.0\.1:\d+\/\?token=/);
+    expect((await fetch(url.split('?')[0]!)).status).toBe(401);
+    const page = await fetch(url);
+    expect(page.status).toBe(200); // the set-up built the UI
+    expect(await page.text()).toContain('<title>MigLab</title>');
+    s.child.kill('SIGINT');
+    expect(await s.exited).toBe(0);
+  });
+
+  it('web --json prints {url, token, spectatorUrl}; a port in use gets a clear error', async () => {
+    const s = await serve(['web', '--port', '0', '--json']);
+    const info = JSON.parse(s.out()) as { url: string; token: string; spectatorUrl: string };
+    expect(info.url).toBe(`${info.url.split('?')[0]}?token=${info.token}`);
+    expect(info.spectatorUrl).not.toContain(info.token);
+    const port = new URL(info.url).port;
+    const busy = await miglab(['web', '--port', port]);
+    expect(busy.code).toBe(2);
+    expect(busy.stderr).toContain(`Port ${port} on 127.0.0.1 is in use: pick another with --port`);
+    s.child.kill('SIGTERM');
+    await s.exited;
+    const bad = await miglab(['web', '--port', 'eighty']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--port takes a port number from 0 to 65535');
+  });
+});
