@@ -21,6 +21,7 @@ export const CommandSchema = z.discriminatedUnion('type', [
       bandwidthMBps: z.number().min(1).max(100_000).optional(),
       downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
       capabilities: z.record(z.string().max(64), z.boolean()).optional(),
+      sampleIntervalMs: z.number().int().min(20).max(1000).optional(),
     }).strict().optional(),
   }).strict(),
   z.object({ type: z.literal('cancelMigration'), id: z.string().max(64) }).strict(),

@@ -60,7 +60,7 @@ export type ApiCommand =
   | { type: 'snapshot' }
   | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number } }
   | { type: 'stopGuest'; host: string; guest: string }
-  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities'>> }
+  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs'>> }
   | { type: 'cancelMigration'; id: string }
   | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
   | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
