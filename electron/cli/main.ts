@@ -25,9 +25,9 @@ Usage:
                                     boot a guest on host-a, migrate it live to host-b, check it there;
                                     its NIC is on the lab switch (default subnet 10.80.0.0/24), and a
                                     probe pings it through the move (every 20 ms by default)
-  miglab start [--port N]            the app (what "npm start" runs): the desktop window, or, where it
+  miglab start [lab.yaml] [--port N] the app (what "npm start" runs): the desktop window, or, where it
                                     cannot open, the same UI in browser mode
-  miglab web [--port N] [--host 127.0.0.1] [--json]
+  miglab web [lab.yaml] [--port N] [--host 127.0.0.1] [--json]
                                     the lab in a browser: serves the UI and its API with an access
                                     token, and a read-only address for spectators (default port 5199)
   miglab showcase                   what works so far, run live (what "npm start" shows)
@@ -79,11 +79,9 @@ async function main(argv: string[]): Promise<number> {
       if (sub) throw new UsageError(`"miglab demo" takes options only (got "${sub}")`);
       return demoCommand(values);
     case 'start':
-      if (sub) throw new UsageError(`"miglab start" takes options only (got "${sub}")`);
-      return startCommand({ json: values.json, port: values.port, host: values.host });
+      return startCommand({ json: values.json, port: values.port, host: values.host, labFile: sub });
     case 'web':
-      if (sub) throw new UsageError(`"miglab web" takes options only (got "${sub}")`);
-      return webCommand({ json: values.json, port: values.port, host: values.host });
+      return webCommand({ json: values.json, port: values.port, host: values.host, labFile: sub });
     case 'showcase':
       return showcaseCommand();
     default:

@@ -2,6 +2,7 @@
 // otherwise it says why and serves the same UI in browser mode, printing the address.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { resolve } from 'node:path';
 import { webCommand, type WebArgs } from './web';
 
 /** Why the Electron window cannot open on this machine, or null when it can. */
@@ -20,7 +21,9 @@ export function electronUnavailable(env: NodeJS.ProcessEnv = process.env): strin
 export async function startCommand(args: WebArgs): Promise<number> {
   const why = electronUnavailable();
   if (why === null) {
-    const child = spawn('npx', ['electron-forge', 'start'], { stdio: 'inherit' });
+    const labFile = args.labFile ? resolve(process.env.INIT_CWD ?? process.cwd(), args.labFile) : null;
+    const env = { ...process.env, ...(labFile ? { MIGLAB_LAB_FILE: labFile } : {}) };
+    const child = spawn('npx', ['electron-forge', 'start'], { stdio: 'inherit', env });
     return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   }
   console.log(`The MigLab window cannot open here: ${why}.`);

@@ -1,10 +1,11 @@
 // `miglab web`: the lab in a browser. Serves the built UI and the API on a local address with an
 // access token, plus a read-only spectator address, until Ctrl-C.
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LabService } from '../engine/api/service';
-import { defaultLocalLab } from '../engine/lab/lab';
+import { defaultLocalLab, type Lab } from '../engine/lab/lab';
+import { LabFileError, labFromFile, readLabFile, type LabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
 import { WebServer } from '../engine/web/server';
 import { printJson, UsageError } from './output';
@@ -13,6 +14,8 @@ export interface WebArgs {
   json: boolean;
   port?: string | undefined;
   host?: string | undefined;
+  /** A lab file to open instead of the default lab (host-a, host-b). */
+  labFile?: string | undefined;
 }
 
 /** The renderer as Forge's Vite plugin builds it, found from this module or the cwd. */
@@ -35,7 +38,18 @@ export async function webCommand(args: WebArgs): Promise<number> {
   const port = args.port === undefined ? 5199 : Number(args.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port takes a port number from 0 to 65535 (got "${args.port}")`);
   const host = args.host ?? '127.0.0.1';
-  const lab = await defaultLocalLab();
+  let file: LabFile | null = null;
+  if (args.labFile) {
+    // `npm start -- lab.yaml` runs in the project folder: a relative path means the user's folder.
+    args = { ...args, labFile: resolve(process.env.INIT_CWD ?? process.cwd(), args.labFile) };
+    try {
+      file = await readLabFile(args.labFile!);
+    } catch (err) {
+      if (err instanceof LabFileError) throw new UsageError(err.message);
+      throw err;
+    }
+  }
+  const lab: Lab = file ? await labFromFile(file) : await defaultLocalLab();
   const service = new LabService(lab, new MigrationJournal());
   let server: WebServer;
   try {
@@ -52,6 +66,11 @@ export async function webCommand(args: WebArgs): Promise<number> {
     console.log(`Spectators (read-only) follow at ${server.spectatorUrl}`);
     if (host !== '127.0.0.1' && host !== 'localhost') console.log(`Listening on ${host}: anyone on the network with a token can reach it.`);
     console.log('Ctrl-C stops the lab and every guest in it.');
+  }
+  if (file) {
+    const say = (m: string) => (args.json ? process.stderr : process.stdout).write(`${m}\n`);
+    if (file.guests.some((g) => g.start)) say(`Starting the guests of ${args.labFile}: ${file.guests.filter((g) => g.start).map((g) => `${g.name} on ${g.host}`).join(', ')}`);
+    void service.startGuests(file.guests, say);
   }
   await new Promise<void>((resolve) => {
     const stop = () => resolve();

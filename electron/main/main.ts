@@ -1,13 +1,14 @@
 // The Electron shell: one window, sandboxed, showing the lab UI from miglab://app/, talking to
 // the engine (which runs here, in the main process) through the checked IPC bridge.
-import { app, BrowserWindow, ipcMain, protocol, session, type WebContents } from 'electron';
+import { app, BrowserWindow, dialog, ipcMain, Menu, protocol, session, type WebContents } from 'electron';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
+import { labFromFile, readLabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
 import { appProtocolHandler } from './app-protocol';
-import { APP_ORIGIN, APP_SCHEME } from './channels';
+import { APP_ORIGIN, APP_SCHEME, CHANNELS } from './channels';
 import { registerLabIpc } from './ipc';
 
 declare const MAIN_WINDOW_VITE_NAME: string;
@@ -57,18 +58,69 @@ export function createWindow(): BrowserWindow {
 protocol.registerSchemesAsPrivileged([{ scheme: APP_SCHEME, privileges: { standard: true, secure: true, supportFetchAPI: true } }]);
 
 let lab: Lab | null = null;
+let service: LabService | null = null;
+let unregister: (() => void) | null = null;
+let win: BrowserWindow | null = null;
 
-export async function start(opts: { uiDir?: string } = {}): Promise<void> {
+const windowContents = (): WebContents | null => (win && !win.isDestroyed() ? win.webContents : null);
+
+/**
+ * Opens a lab: the one in a lab file, or the default (host-a, host-b). The lab it replaces is
+ * shut down first (its guests stopped), and the window is told about the new one.
+ */
+export async function openLab(file: string | null): Promise<void> {
+  const spec = file ? await readLabFile(file) : null;
+  unregister?.();
+  service?.close();
+  const old = lab;
+  lab = null;
+  await old?.dispose();
+  lab = spec ? await labFromFile(spec) : await defaultLocalLab();
+  service = new LabService(lab, new MigrationJournal());
+  unregister = registerLabIpc(ipcMain, service, windowContents);
+  windowContents()?.send(CHANNELS.event, { type: 'lab', snapshot: service.snapshot() });
+  if (spec) {
+    const s = service;
+    void s.startGuests(spec.guests, (m) => dialog.showErrorBox('MigLab', m));
+  }
+}
+
+/** File > Open lab file…: the app's way to the same lab files as "miglab web lab.yaml". */
+export function buildMenu(): Menu {
+  return Menu.buildFromTemplate([
+    {
+      label: 'File',
+      submenu: [
+        {
+          label: 'Open lab file…',
+          accelerator: 'CmdOrCtrl+O',
+          click: async () => {
+            const pick = await dialog.showOpenDialog({ title: 'Open a MigLab lab file', properties: ['openFile'], filters: [{ name: 'Lab files', extensions: ['yaml', 'yml'] }] });
+            const path = pick.filePaths[0];
+            if (pick.canceled || !path) return;
+            await openLab(path).catch((err: Error) => dialog.showErrorBox('MigLab', err.message));
+          },
+        },
+        { role: 'quit' },
+      ],
+    },
+  ]);
+}
+
+export async function start(opts: { uiDir?: string; labFile?: string | null } = {}): Promise<void> {
   await app.whenReady();
   session.defaultSession.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
   session.defaultSession.setPermissionCheckHandler(() => false);
   protocol.handle(APP_SCHEME, appProtocolHandler(opts.uiDir ?? uiDir()));
-  lab = await defaultLocalLab();
-  const service = new LabService(lab, new MigrationJournal());
-  let win: BrowserWindow | null = createWindow();
-  registerLabIpc(ipcMain, service, () => (win && !win.isDestroyed() ? win.webContents : null));
+  Menu.setApplicationMenu(buildMenu());
+  win = createWindow();
   win.on('closed', () => {
     win = null;
+  });
+  // `npm start -- lab.yaml` passes the lab file through MIGLAB_LAB_FILE.
+  await openLab(opts.labFile ?? process.env.MIGLAB_LAB_FILE ?? null).catch(async (err: Error) => {
+    dialog.showErrorBox('MigLab', err.message);
+    await openLab(null);
   });
 }
 

@@ -23,13 +23,20 @@ export async function qemuPids(marker = join(tmpdir(), TEMP_PREFIX)): Promise<nu
   return pids;
 }
 
-/** PIDs of lab switch data planes (miglab-switchd) running on this machine. */
+/**
+ * PIDs of lab switch data planes (miglab-switchd) started by runs that share our temp folder
+ * (switchd inherits TMPDIR): another run on the machine with its own TMPDIR is not ours to judge.
+ */
 export async function switchdPids(): Promise<number[]> {
   const pids: number[] = [];
+  const ours = tmpdir();
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if ((await readFile(`/proc/${entry}/comm`, 'utf8')).trim() === 'miglab-switchd') pids.push(Number(entry));
+      if ((await readFile(`/proc/${entry}/comm`, 'utf8')).trim() !== 'miglab-switchd') continue;
+      const env = (await readFile(`/proc/${entry}/environ`, 'utf8')).split('\0');
+      const tmp = env.find((v) => v.startsWith('TMPDIR='))?.slice('TMPDIR='.length) ?? '/tmp';
+      if (tmp.replace(/\/+$/, '') === ours.replace(/\/+$/, '')) pids.push(Number(entry));
     } catch {
       // the process ended while we looked
     }

@@ -2,6 +2,8 @@
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import WebSocket from 'ws';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
@@ -243,5 +245,30 @@ describe('miglab start and miglab web', () => {
     const bad = await miglab(['web', '--port', 'eighty']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--port takes a port number from 0 to 65535');
+  });
+
+  it('web lab.yaml opens the lab the file describes; a bad lab file is refused with what is wrong', async () => {
+    const file = join(stateDir, 'class.yaml'); // not in work: that dir must end empty
+    await writeFile(file, 'hosts: [{ name: left }, { name: right }, { name: third }]\nguests: [{ name: later, host: left, start: false }]\n');
+    const s = await serve(['web', file, '--port', '0', '--json']);
+    const info = JSON.parse(s.out()) as { url: string; token: string };
+    const snapshot = await new Promise<{ hosts: Array<{ name: string }> }>((resolve, reject) => {
+      const ws = new WebSocket(`${info.url.replace('http', 'ws').split('?')[0]}api?token=${info.token}`);
+      ws.on('message', (d) => {
+        const m = JSON.parse(String(d));
+        if (m.event?.type === 'lab') {
+          resolve(m.event.snapshot);
+          ws.close();
+        }
+      });
+      ws.on('error', reject);
+    });
+    expect(snapshot.hosts.map((h) => h.name)).toEqual(['left', 'right', 'third']);
+    s.child.kill('SIGINT');
+    expect(await s.exited).toBe(0);
+    await writeFile(file, 'hosts: [{ name: left }]\nguests: [{ name: g, host: nowhere }]\n');
+    const bad = await miglab(['web', file, '--port', '0']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain(`The lab file ${file} cannot be used: guests.0.host: there is no host "nowhere" in this lab (it has left)`);
   });
 });

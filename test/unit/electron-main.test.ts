@@ -13,6 +13,8 @@ const mocks = vi.hoisted(() => {
   const ipcHandlers = new Map<string, Handler>();
   const protocolHandlers = new Map<string, Handler>();
   let permissionHandler: Handler | null = null;
+  const menus: unknown[] = [];
+  const dialogState = { open: null as string | null, errors: [] as string[] };
   let permissionCheck: Handler | null = null;
   const privileged: unknown[] = [];
   function contents(handlers: Map<string, Handler>, w: { openHandler: Handler | null }) {
@@ -44,7 +46,7 @@ const mocks = vi.hoisted(() => {
     }
   }
   return {
-    appHandlers, windows, ipcHandlers, protocolHandlers, privileged,
+    appHandlers, windows, ipcHandlers, protocolHandlers, privileged, menus, dialogState,
     get permissionHandler() { return permissionHandler; },
     get permissionCheck() { return permissionCheck; },
     electron: {
@@ -54,6 +56,14 @@ const mocks = vi.hoisted(() => {
         quit: vi.fn(),
       },
       BrowserWindow,
+      Menu: {
+        buildFromTemplate: (t: unknown) => ({ template: t }),
+        setApplicationMenu: (m: unknown) => menus.push(m),
+      },
+      dialog: {
+        showOpenDialog: async () => ({ canceled: dialogState.open === null, filePaths: dialogState.open ? [dialogState.open] : [] }),
+        showErrorBox: (_title: string, message: string) => dialogState.errors.push(message),
+      },
       ipcMain: { handle: (ch: string, h: Handler) => ipcHandlers.set(ch, h), removeHandler: (ch: string) => ipcHandlers.delete(ch) },
       protocol: {
         registerSchemesAsPrivileged: (s: unknown[]) => privileged.push(...s),
@@ -160,5 +170,33 @@ describe('the Electron main process', () => {
     await expect(call(from(win.contents, 'miglab://app/index.html'), { type: 'startGuest', host: 'host-a', guest: { name: 'x', memoryMiB: 1 } }))
       .rejects.toMatchObject({ code: 'invalid' });
     await expect(call(from(win.contents, 'miglab://app/index.html'), { type: 'rm -rf' })).rejects.toMatchObject({ code: 'invalid' });
+  });
+
+  it('opens a lab file from File > Open lab file…, replacing the lab; a bad file is refused with a message', async () => {
+    type Item = { label?: string; role?: string; click?: () => Promise<void> };
+    const menu = mocks.menus.at(-1) as { template: Array<{ label: string; submenu: Item[] }> };
+    const open = menu.template[0]!.submenu.find((i) => i.label === 'Open lab file…')!;
+    expect(menu.template[0]!.submenu.some((i) => i.role === 'quit')).toBe(true);
+    const good = join(work, 'lab.yaml');
+    await writeFile(good, 'hosts: [{ name: left }, { name: right }, { name: third }]\nnetwork: null\n');
+    mocks.dialogState.open = good;
+    await open.click!();
+    const win = mocks.windows.at(-1)!;
+    const call = mocks.ipcHandlers.get('lab:call') as (e: unknown, command: unknown) => Promise<unknown>;
+    const snap = (await call({ sender: win.contents, senderFrame: { url: 'miglab://app/index.html' } }, { type: 'snapshot' })) as { hosts: Array<{ name: string }>; network: unknown };
+    expect(snap.hosts.map((h) => h.name)).toEqual(['left', 'right', 'third']);
+    expect(snap.network).toBeNull();
+    // the window heard of the new lab at once
+    const send = (win.contents as { send: ReturnType<typeof vi.fn> }).send;
+    expect(send).toHaveBeenCalledWith('lab:event', expect.objectContaining({ type: 'lab' }));
+
+    const bad = join(work, 'bad.yaml');
+    await writeFile(bad, 'hosts: []\n');
+    mocks.dialogState.open = bad;
+    await open.click!();
+    expect(mocks.dialogState.errors.at(-1)).toContain('hosts: a lab needs at least one host');
+    // the lab that was open stays open
+    const still = (await call({ sender: win.contents, senderFrame: { url: 'miglab://app/index.html' } }, { type: 'snapshot' })) as { hosts: Array<{ name: string }> };
+    expect(still.hosts.map((h) => h.name)).toEqual(['left', 'right', 'third']);
   });
 });

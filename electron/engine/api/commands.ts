@@ -39,6 +39,9 @@ export const CommandSchema = z.discriminatedUnion('type', [
   }).strict(),
   z.object({ type: z.literal('consoleInput'), guest: name, data: z.string().max(4096) }).strict(),
   z.object({ type: z.literal('consoleHistory'), guest: name }).strict(),
+  z.object({ type: z.literal('addHost'), name }).strict(),
+  z.object({ type: z.literal('removeHost'), name }).strict(),
+  z.object({ type: z.literal('exportLab') }).strict(),
 ]);
 
 export class ApiError extends Error {

@@ -65,7 +65,10 @@ export type ApiCommand =
   | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
   | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
   | { type: 'consoleInput'; guest: string; data: string }
-  | { type: 'consoleHistory'; guest: string };
+  | { type: 'consoleHistory'; guest: string }
+  | { type: 'addHost'; name: string }
+  | { type: 'removeHost'; name: string }
+  | { type: 'exportLab' };
 
 export interface ApiResults {
   snapshot: LabSnapshot;
@@ -77,10 +80,14 @@ export interface ApiResults {
   setWorkload: { guest: string; rateMBps: number; workingSetMiB: number };
   consoleInput: { bytes: number };
   consoleHistory: { guest: string; text: string };
+  addHost: HostView;
+  removeHost: { name: string };
+  /** The lab as a lab file (YAML). */
+  exportLab: { yaml: string };
 }
 
 /** Commands a spectator (read-only view) may send. */
-export const READ_ONLY_COMMANDS: ReadonlyArray<ApiCommand['type']> = ['snapshot', 'consoleHistory'];
+export const READ_ONLY_COMMANDS: ReadonlyArray<ApiCommand['type']> = ['snapshot', 'consoleHistory', 'exportLab'];
 
 /** What the engine tells every front end, as it happens. */
 export type ApiEvent =

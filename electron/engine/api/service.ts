@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import { StringDecoder } from 'node:string_decoder';
 import type { Guest, Host } from '../hosts/host';
 import type { Lab } from '../lab/lab';
+import { labFileText, type LabFile } from '../lab/lab-file';
 import { MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import type { MigrationResult } from '../migration/types';
@@ -31,7 +32,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
   private readonly consoles = new Map<string, ConsoleTrail>();
   private readonly workloads = new Map<string, { rateMBps: number; workingSetMiB: number }>();
   private readonly migrations = new Map<string, RunningMigration>();
-  private readonly offs: Array<() => void> = [];
+  private readonly hostOffs = new Map<string, () => void>();
   private snapshotTimer: NodeJS.Timeout | null = null;
   private closed = false;
 
@@ -53,7 +54,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     host.on('guest-state', onChanged);
     host.on('guest-exited', onChanged);
     for (const g of host.guests()) this.followConsole(g);
-    this.offs.push(() => {
+    this.hostOffs.set(host.name, () => {
       host.off('guest-started', onStarted);
       host.off('guest-state', onChanged);
       host.off('guest-exited', onChanged);
@@ -190,7 +191,62 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         if (!trail) throw new ApiError('not-found', `No console for a guest named "${cmd.guest}"`);
         return { guest: cmd.guest, text: trail.scrollback.text() };
       }
+      case 'addHost': {
+        let host: Host;
+        try {
+          host = this.lab.addLocalHost(cmd.name);
+        } catch (err) {
+          throw new ApiError('invalid', (err as Error).message);
+        }
+        this.watchHost(host);
+        this.labChanged();
+        return { name: host.name, kind: host.kind, address: host.address, guests: [] };
+      }
+      case 'removeHost': {
+        this.host(cmd.name);
+        try {
+          await this.lab.removeHost(cmd.name);
+        } catch (err) {
+          throw new ApiError('invalid', (err as Error).message);
+        }
+        this.hostOffs.get(cmd.name)?.();
+        this.hostOffs.delete(cmd.name);
+        this.labChanged();
+        return { name: cmd.name };
+      }
+      case 'exportLab':
+        return { yaml: labFileText(this.labFile()) };
     }
+  }
+
+  /** The lab as it is now, as a lab file: hosts, network, the guests that run and their workloads. */
+  labFile(): LabFile {
+    const guests = this.lab.hosts().flatMap((h) => h.guests().filter((g) => g.state !== 'incoming' && !g.exit));
+    return {
+      hosts: this.lab.hosts().map((h) => ({ name: h.name })),
+      network: this.lab.network ? { subnet: this.lab.network.subnetText } : null,
+      guests: guests.map((g) => {
+        const w = this.workloads.get(g.name);
+        return { name: g.name, host: g.hostName, memoryMiB: g.spec.memoryMiB, boot: g.spec.boot, start: true, ...(w ? { workload: w } : {}) };
+      }),
+    };
+  }
+
+  /** Starts a lab file's guests (those marked start) and sets their workloads once they are ready. */
+  async startGuests(guests: LabFile['guests'], onProblem: (message: string) => void = () => {}): Promise<void> {
+    await Promise.all(
+      guests.filter((g) => g.start).map(async (g) => {
+        try {
+          const guest = await this.lab.startGuest(g.host, { name: g.name, memoryMiB: g.memoryMiB, boot: g.boot });
+          if (g.workload && g.workload.rateMBps > 0) {
+            await guest.waitReady(120_000);
+            await this.setWorkload(g.name, g.workload.rateMBps, g.workload.workingSetMiB);
+          }
+        } catch (err) {
+          onProblem(`Guest ${g.name} on ${g.host} did not start: ${(err as Error).message}`);
+        }
+      }),
+    );
   }
 
   private async setWorkload(name: string, rateMBps: number, workingSetMiB: number): Promise<ApiResults['setWorkload']> {
@@ -246,6 +302,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
   close(): void {
     this.closed = true;
     if (this.snapshotTimer) clearTimeout(this.snapshotTimer);
-    for (const off of this.offs.splice(0)) off();
+    for (const off of this.hostOffs.values()) off();
+    this.hostOffs.clear();
   }
 }

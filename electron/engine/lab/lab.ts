@@ -7,10 +7,13 @@ import type { GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
-export const DEFAULT_LOCAL_HOSTS: ReadonlyArray<{ name: string; migrationPorts: PortRange }> = [
-  { name: 'host-a', migrationPorts: { first: 49152, last: 49279 } },
-  { name: 'host-b', migrationPorts: { first: 49280, last: 49407 } },
-];
+export const DEFAULT_LOCAL_HOSTS: readonly string[] = ['host-a', 'host-b'];
+
+/** Each local host gets its own 128-port slice for migration streams and NICs. */
+export function localPortRange(index: number): PortRange {
+  const first = 49152 + index * 128;
+  return { first, last: first + 127 };
+}
 
 const liveLabs = new Set<Lab>();
 
@@ -31,11 +34,17 @@ export class Lab {
   private readonly byName = new Map<string, Host>();
   private disposed = false;
 
-  constructor(
-    hosts: Host[],
-    private readonly ownedDir: string | null = null,
-    readonly network: LabNetwork | null = null,
-  ) {
+  private readonly runtimeDir: string | null;
+  private readonly ownsDir: boolean;
+  readonly network: LabNetwork | null;
+  /** Local hosts made so far, for their port ranges. */
+  private localCount: number;
+
+  constructor(hosts: Host[], opts: { runtimeDir?: string; ownsDir?: boolean; network?: LabNetwork | null } = {}) {
+    this.runtimeDir = opts.runtimeDir ?? null;
+    this.ownsDir = opts.ownsDir ?? false;
+    this.network = opts.network ?? null;
+    this.localCount = hosts.length;
     for (const h of hosts) {
       if (this.byName.has(h.name)) throw new Error(`Two hosts are called "${h.name}": give each host its own name`);
       this.byName.set(h.name, h);
@@ -51,6 +60,32 @@ export class Lab {
     const h = this.byName.get(name);
     if (!h) throw new Error(`There is no host "${name}" in this lab: it has ${[...this.byName.keys()].join(', ')}`);
     return h;
+  }
+
+  /** A new simulated host on this machine, on the lab network, with its own ports. */
+  addLocalHost(name: string): Host {
+    if (this.disposed) throw new Error('This lab has been shut down');
+    if (!/^[a-z][a-z0-9-]{0,31}$/.test(name)) throw new Error(`"${name}" is not a usable host name: use 1-32 lower-case letters, digits or "-", starting with a letter`);
+    if (this.byName.has(name)) throw new Error(`There is a host "${name}" already: pick another name`);
+    if (this.localCount >= 16) throw new Error('A lab on one machine has at most 16 hosts');
+    const host = new LocalHost({
+      name,
+      migrationPorts: localPortRange(this.localCount++),
+      ...(this.runtimeDir ? { runtimeDir: join(this.runtimeDir, name) } : {}),
+      ...(this.network ? { network: this.network } : {}),
+    });
+    this.byName.set(name, host);
+    return host;
+  }
+
+  /** Removes a host that runs no guests. */
+  async removeHost(name: string): Promise<void> {
+    const host = this.host(name);
+    const guests = host.guests().map((g) => g.name);
+    if (guests.length) throw new Error(`Host ${name} still runs ${guests.join(', ')}: stop or migrate ${guests.length === 1 ? 'it' : 'them'} first`);
+    if (this.byName.size === 1) throw new Error('A lab needs at least one host');
+    this.byName.delete(name);
+    await host.dispose();
   }
 
   /**
@@ -71,7 +106,7 @@ export class Lab {
     this.disposed = true;
     await Promise.all(this.hosts().map((h) => h.dispose()));
     await this.network?.close();
-    if (this.ownedDir) await removeDir(this.ownedDir);
+    if (this.ownsDir && this.runtimeDir) await removeDir(this.runtimeDir);
     liveLabs.delete(this);
   }
 }
@@ -86,14 +121,14 @@ export async function defaultLocalLab(
   const network = opts.network === false ? null : new LabNetwork(opts.network ?? {});
   const dir = opts.runtimeDir ?? (await makeTempDir('lab'));
   const hosts = DEFAULT_LOCAL_HOSTS.map(
-    (h) =>
+    (name, i) =>
       new LocalHost({
-        name: h.name,
-        runtimeDir: join(dir, h.name),
-        migrationPorts: h.migrationPorts,
+        name,
+        runtimeDir: join(dir, name),
+        migrationPorts: localPortRange(i),
         ...(network ? { network } : {}),
         ...(opts.cacheRoot ? { cacheRoot: opts.cacheRoot } : {}),
       }),
   );
-  return new Lab(hosts, opts.runtimeDir ? null : dir, network);
+  return new Lab(hosts, { runtimeDir: dir, ownsDir: !opts.runtimeDir, network });
 }

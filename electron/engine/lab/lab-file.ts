@@ -1,0 +1,99 @@
+// Lab files: a lab (hosts, network, guests and their workloads) as YAML, so a teacher hands the
+// same lab to a class. `miglab web lab.yaml`, `npm start -- lab.yaml` and the app open one.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseDocument, stringify } from 'yaml';
+import { z } from 'zod';
+import { LocalHost } from '../hosts/local';
+import { DEFAULT_LAB_SUBNET, LabNetwork, parseSubnet } from '../network/lab-network';
+import { BootSchema } from '../qemu/spec';
+import { makeTempDir } from '../util/fs';
+import { Lab, localPortRange } from './lab';
+
+const hostName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'use 1-32 lower-case letters, digits or "-", starting with a letter');
+
+export const LabFileSchema = z.object({
+  name: z.string().max(200).optional(),
+  network: z.object({ subnet: z.string().default(DEFAULT_LAB_SUBNET) }).strict().nullable().default({ subnet: DEFAULT_LAB_SUBNET }),
+  hosts: z.array(z.object({ name: hostName }).strict()).min(1, 'a lab needs at least one host').max(16),
+  guests: z.array(z.object({
+    name: hostName,
+    host: hostName,
+    memoryMiB: z.number().int().min(64).max(65536).default(256),
+    boot: BootSchema.default({ kind: 'lab' }),
+    workload: z.object({ rateMBps: z.number().min(0).max(100_000), workingSetMiB: z.number().int().min(1).max(65536) }).strict().optional(),
+    /** Start the guest when the lab opens (default true). */
+    start: z.boolean().default(true),
+  }).strict()).default([]),
+}).strict().superRefine((lab, ctx) => {
+  const hosts = new Set<string>();
+  lab.hosts.forEach((h, i) => {
+    if (hosts.has(h.name)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'name'], message: `two hosts are called "${h.name}"` });
+    hosts.add(h.name);
+  });
+  const guests = new Set<string>();
+  lab.guests.forEach((g, i) => {
+    if (guests.has(g.name)) ctx.addIssue({ code: 'custom', path: ['guests', i, 'name'], message: `two guests are called "${g.name}"` });
+    guests.add(g.name);
+    if (!hosts.has(g.host)) ctx.addIssue({ code: 'custom', path: ['guests', i, 'host'], message: `there is no host "${g.host}" in this lab (it has ${[...hosts].join(', ')})` });
+    if (g.workload && g.boot.kind !== 'lab') ctx.addIssue({ code: 'custom', path: ['guests', i, 'workload'], message: 'only the lab guest runs a workload (labload)' });
+  });
+  if (lab.network) {
+    try {
+      parseSubnet(lab.network.subnet);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['network', 'subnet'], message: (err as Error).message });
+    }
+  }
+});
+
+export type LabFile = z.output<typeof LabFileSchema>;
+
+export class LabFileError extends Error {
+  constructor(
+    readonly source: string,
+    readonly problems: string[],
+  ) {
+    super(`The lab file ${source} cannot be used: ${problems.join('; ')}`);
+    this.name = 'LabFileError';
+  }
+}
+
+/** Parses and checks a lab file's text; one error lists every problem, with lines for YAML ones. */
+export function parseLabFile(text: string, source = 'lab file'): LabFile {
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length) {
+    throw new LabFileError(source, doc.errors.map((e) => `line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`));
+  }
+  const r = LabFileSchema.safeParse(doc.toJS());
+  if (!r.success) throw new LabFileError(source, r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'lab'}: ${i.message}`));
+  return r.data;
+}
+
+export async function readLabFile(path: string): Promise<LabFile> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new LabFileError(path, [`it cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): check the path`]);
+  }
+  return parseLabFile(text, path);
+}
+
+/** The YAML for a lab file (what "Save lab file" writes). */
+export function labFileText(lab: LabFile): string {
+  return `# MigLab lab file: open it with "npm start -- <file>" or "npx miglab web <file>"\n${stringify(lab)}`;
+}
+
+/**
+ * The lab a file describes: its hosts on this machine and its network. Its guests are started
+ * by LabService.startGuests, which also sets their workloads.
+ */
+export async function labFromFile(file: LabFile, opts: { runtimeDir?: string } = {}): Promise<Lab> {
+  const network = file.network ? new LabNetwork({ subnet: file.network.subnet }) : null;
+  const dir = opts.runtimeDir ?? (await makeTempDir('lab'));
+  const hosts = file.hosts.map(
+    (h, i) => new LocalHost({ name: h.name, runtimeDir: join(dir, h.name), migrationPorts: localPortRange(i), ...(network ? { network } : {}) }),
+  );
+  return new Lab(hosts, { runtimeDir: dir, ownsDir: !opts.runtimeDir, network });
+}
