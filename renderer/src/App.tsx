@@ -3,7 +3,9 @@
 import { useEffect, useMemo, useState } from 'react';
 import type { GuestView } from '../../electron/engine/api/contract';
 import type { LabConnection } from './api';
+import { download } from './export';
 import { ConsoleView } from './components/ConsoleView';
+import { HistoryView } from './components/HistoryView';
 import { LabView } from './components/LabView';
 import { MigrateDialog } from './components/MigrateDialog';
 import { MigrationView } from './components/MigrationView';
@@ -24,10 +26,13 @@ export function App({ conn }: { conn: LabConnection }) {
   const [dialog, setDialog] = useState<GuestView | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [closed, setClosed] = useState<string | null>(null);
+  /** A migration picked in History; otherwise the newest is shown. */
+  const [shown, setShown] = useState<string | null>(null);
   useEffect(() => conn.onClose(setClosed), [conn]);
 
   const snapshot = state.snapshot;
-  const current = state.current ? state.migrations.get(state.current) ?? null : null;
+  const currentId = shown ?? state.current;
+  const current = currentId ? state.migrations.get(currentId) ?? null : null;
   const guests = snapshot?.hosts.flatMap((h) => h.guests) ?? [];
   const chosen = guests.find((g) => g.name === selected && g.state !== 'incoming') ?? null;
   // Follow the guest: a spectator who has chosen nothing watches what is migrating.
@@ -39,6 +44,18 @@ export function App({ conn }: { conn: LabConnection }) {
       <header>
         <h1>MigLab</h1>
         <span className="detail">{conn.role === 'spectator' ? 'spectator view (read-only)' : 'teacher'}</span>
+        <span className="spacer" />
+        <button
+          type="button"
+          onClick={() =>
+            void conn.call({ type: 'exportLab' }).then(
+              ({ yaml }) => download('miglab-lab.yaml', 'application/yaml', yaml),
+              (err: Error) => setError(err.message),
+            )
+          }
+        >
+          Save lab file
+        </button>
         {closed && <span role="alert" className="error">{closed}</span>}
         {error && (
           <span role="alert" className="error">
@@ -54,7 +71,10 @@ export function App({ conn }: { conn: LabConnection }) {
           snapshot={snapshot}
           conn={conn}
           onClose={() => setDialog(null)}
-          onStarted={() => setDialog(null)}
+          onStarted={() => {
+            setDialog(null);
+            setShown(null); // follow the new migration
+          }}
         />
       )}
       <main className="grid">
@@ -64,6 +84,7 @@ export function App({ conn }: { conn: LabConnection }) {
         <div className="right">
           <NetworkView snapshot={snapshot} t={current} />
           <ConsoleView conn={conn} guest={consoleGuest} />
+          <HistoryView tracks={[...state.migrations.values()]} current={currentId} onShow={setShown} />
         </div>
       </main>
     </div>

@@ -41,12 +41,14 @@ export interface MigrationTrack {
   result: MigrationResult | null;
   /** The job time of the latest event: where an unfinished phase has got to. */
   lastAtMs: number;
+  /** ISO time the job started (from the lab snapshot), or null before it says. */
+  startedAt: string | null;
 }
 
 export interface LabState {
   snapshot: LabSnapshot | null;
   migrations: Map<string, MigrationTrack>;
-  /** The migration the Migration view shows: the latest one started. */
+  /** The newest migration: the Migration view shows it unless the user picked another. */
   current: string | null;
   /** Bumped on every change, so React sees a new state. */
   version: number;
@@ -57,7 +59,7 @@ function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack
     id, guest, from, to, state: 'preflight', phases: [], checks: [],
     samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
     totalBytes: 0, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
-    probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, result: null, lastAtMs: 0,
+    probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, result: null, lastAtMs: 0, startedAt: null,
   };
 }
 
@@ -106,7 +108,19 @@ export class LabStore {
         const t = this.track(m.id, m.guest);
         t.from = m.from;
         t.to = m.to;
-        if (m.result) t.result = m.result;
+        t.startedAt = m.startedAt;
+        // A migration this page only hears of from a snapshot (it was opened later) still shows
+        // where it is and, once over, what its result says.
+        if (t.phases.length === 0) t.state = m.state;
+        if (m.result && !t.result) {
+          t.result = m.result;
+          t.state = m.result.status;
+          if (t.passes.length === 0) t.passes = [...m.result.passes];
+          if (t.phases.length === 0) t.phases = m.result.phases.map((p) => ({ ...p }));
+          if (t.checks.length === 0) t.checks = [...m.result.checks];
+          t.prediction ??= m.result.prediction;
+          t.lastAtMs = Math.max(t.lastAtMs, m.result.wallTimeMs);
+        }
       }
     } else if (ev.type === 'migration') {
       this.applyMigration(this.track(ev.id, ev.guest), ev.event);
@@ -165,6 +179,8 @@ export class LabStore {
       case 'result':
         t.result = e.result;
         t.state = e.result.status;
+        t.from ||= e.result.from;
+        t.to ||= e.result.to;
         break;
       case 'status':
         break;

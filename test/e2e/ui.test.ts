@@ -3,13 +3,14 @@
 // the MAC move), the console carrying on from the destination, and a spectator's read-only view.
 // Screenshots of each step go to test-artifacts/e2e/.
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBuiltUi } from '../../electron/cli/web';
 import { LabService } from '../../electron/engine/api/service';
 import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
+import { parseLabFile } from '../../electron/engine/lab/lab-file';
 import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { WebServer } from '../../electron/engine/web/server';
@@ -43,7 +44,7 @@ beforeAll(async () => {
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
   page.on('pageerror', (e) => console.warn(`[page] ${e.message}`));
 }, 120_000);
 
@@ -131,6 +132,27 @@ describe('the UI in Chromium, browser mode, real guests', () => {
     await shot('05-console-on-destination');
   });
 
+  it('lists the migration in History and exports it as JSON and CSV, and the lab as a lab file', async () => {
+    const history = page.getByRole('region', { name: 'History' });
+    expect(await history.locator('tbody tr').count()).toBeGreaterThanOrEqual(1);
+    expect(await history.locator('tbody tr').first().innerText()).toMatch(/ui1\s+host-a → host-b\s+completed/);
+    const [json] = await Promise.all([page.waitForEvent('download'), history.getByRole('button', { name: 'Export JSON' }).first().click()]);
+    expect(json.suggestedFilename()).toMatch(/^miglab-ui1-host-a-to-host-b-[\w-]+\.json$/);
+    const exported = JSON.parse(await readFile((await json.path())!, 'utf8')) as { guest: string; result: { status: string }; samples: unknown[]; passes: unknown[] };
+    expect(exported).toMatchObject({ guest: 'ui1', result: { status: 'completed' } });
+    expect(exported.samples.length).toBeGreaterThan(0);
+    expect(exported.passes.length).toBeGreaterThan(0);
+    const [csvFile] = await Promise.all([page.waitForEvent('download'), history.getByRole('button', { name: 'Export CSV' }).first().click()]);
+    const csvText = await readFile((await csvFile.path())!, 'utf8');
+    expect(csvText.split('\n')[0]).toBe('at_ms,pass,remaining_bytes,transferred_bytes,dirty_rate_bps,throughput_bps');
+    expect(csvText.trim().split('\n').length).toBe(exported.samples.length + 1);
+    const [labFile] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Save lab file' }).click()]);
+    const lab = parseLabFile(await readFile((await labFile.path())!, 'utf8'));
+    expect(lab.hosts.map((h) => h.name)).toEqual(['host-a', 'host-b']);
+    expect(lab.guests).toEqual([expect.objectContaining({ name: 'ui1', host: 'host-b' })]);
+    await shot('06-history');
+  });
+
   it('gives a spectator the same view without the controls', async () => {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
     const spectator = await ctx.newPage();
@@ -141,7 +163,7 @@ describe('the UI in Chromium, browser mode, real guests', () => {
       expect(await spectator.getByRole('button', { name: 'Start guest' }).count()).toBe(0);
       expect(await spectator.getByRole('button', { name: 'Migrate' }).count()).toBe(0);
       await expect.poll(() => consoleText(spectator), { timeout: 20_000 }).toContain('moved-43');
-      await shot('06-spectator', spectator);
+      await shot('07-spectator', spectator);
     } finally {
       await ctx.close();
     }

@@ -47,6 +47,7 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
   const [name, setName] = useState('guest1');
   const [host, setHost] = useState(snapshot.hosts[0]?.name ?? '');
   const [busy, setBusy] = useState(false);
+  const [newHost, setNewHost] = useState(`host-${String.fromCharCode(97 + snapshot.hosts.length)}`);
   const teacher = conn.role === 'teacher';
   const all = snapshot.hosts.flatMap((h) => h.guests);
   const chosen = all.find((g) => g.name === selected && g.state !== 'incoming') ?? null;
@@ -62,6 +63,8 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
       setBusy(false);
     }
   };
+
+  const act = (p: Promise<unknown>) => p.catch((err: Error) => onError(err.message));
 
   const stop = async (g: GuestView) => {
     try {
@@ -86,7 +89,14 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
               }}
             >
               <h2>{h.name}</h2>
-              <p className="detail">{h.kind} · {h.address}</p>
+              <p className="detail">
+                {h.kind} · {h.address}
+                {teacher && h.guests.length === 0 && snapshot.hosts.length > 1 && (
+                  <button type="button" className="small" aria-label={`Remove host ${h.name}`} onClick={() => void act(conn.call({ type: 'removeHost', name: h.name }))}>
+                    remove
+                  </button>
+                )}
+              </p>
               <ul className="guests">
                 {h.guests.map((g) => (
                   <GuestCard key={`${g.host}/${g.name}`} g={g} selected={g.name === selected} onSelect={() => onSelect(g.name)} role={roleInMigration(g, snapshot.migrations)} />
@@ -119,6 +129,12 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
           </label>
           <button type="button" onClick={() => void start()} disabled={busy}>
             {busy ? 'Starting…' : 'Start guest'}
+          </button>
+          <label>
+            Host name <input value={newHost} onChange={(e) => setNewHost(e.target.value)} aria-label="New host name" />
+          </label>
+          <button type="button" onClick={() => void act(conn.call({ type: 'addHost', name: newHost }).then(() => setNewHost(`host-${String.fromCharCode(98 + snapshot.hosts.length)}`)))}>
+            Add host
           </button>
           <span className="spacer" />
           <button type="button" disabled={!chosen || chosen.state !== 'ready'} onClick={() => chosen && onMigrate(chosen)}>

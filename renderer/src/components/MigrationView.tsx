@@ -90,7 +90,7 @@ function Convergence({ t }: { t: MigrationTrack }) {
   const data = useMemo<uPlot.AlignedData>(
     () => [t.samples.t.slice(), t.samples.remaining.map((b) => b / MB), t.samples.t.map(() => threshold)],
     // eslint-disable-next-line react-hooks/exhaustive-deps
-    [n, threshold],
+    [n, t.lastAtMs, threshold], // the length stops changing once the ring buffer is full
   );
   const options = (): Omit<uPlot.Options, 'width' | 'height'> => ({
     scales: { x: { time: false } },
@@ -105,6 +105,42 @@ function Convergence({ t }: { t: MigrationTrack }) {
     <section aria-label="Convergence" className="panel">
       <h3>Convergence <span className="detail">switchover once remaining data fits in {dl} ms at {bw} MB/s ≈ {threshold.toFixed(0)} MB</span></h3>
       <UPlotChart identity={t.id} options={options} data={data} />
+    </section>
+  );
+}
+
+const STRIP_CELLS = 128;
+const PASS_COLOURS = ['#4a90d9', '#f0ad4e', '#d9534f', '#9b59b6', '#5cb85c'];
+
+/**
+ * The guest's RAM as a strip of cells: pass 1 fills it, later passes re-send part of it. The
+ * amounts are QEMU's (bytes per pass against the RAM size); where in RAM those pages lie QEMU does
+ * not say, so each pass is drawn as a share, not as page positions.
+ */
+function MemoryStrip({ t }: { t: MigrationTrack }) {
+  const total = t.totalBytes || t.result?.ramBytes || 0;
+  if (!total) return null;
+  const closed = t.passes.reduce((n, p) => n + p.bytes, 0);
+  const lastSent = t.samples.transferred.at(-1) ?? closed;
+  const running = t.result ? null : { pass: (t.samples.pass.at(-1) ?? t.passes.length + 1), bytes: Math.max(0, lastSent - closed) };
+  const rows = [...t.passes.map((p) => ({ pass: p.pass, bytes: p.bytes })), ...(running && running.bytes > 0 ? [running] : [])];
+  return (
+    <section aria-label="Memory" className="panel">
+      <h3>Memory <span className="detail">{formatBytes(total)} of RAM; each row is one pass, as a share of RAM sent (QEMU counts bytes, not which pages)</span></h3>
+      {rows.map((r, i) => {
+        const cells = Math.min(STRIP_CELLS, Math.round((r.bytes / total) * STRIP_CELLS));
+        return (
+          <div key={r.pass} className="strip" aria-label={`Pass ${r.pass}: ${formatBytes(r.bytes)}`}>
+            <span className="detail">pass {r.pass}</span>
+            <span className="cells">
+              {Array.from({ length: STRIP_CELLS }, (_, c) => (
+                <i key={c} style={c < cells ? { background: PASS_COLOURS[i % PASS_COLOURS.length] } : undefined} />
+              ))}
+            </span>
+            <span className="detail">{formatBytes(r.bytes)}</span>
+          </div>
+        );
+      })}
     </section>
   );
 }
@@ -153,13 +189,18 @@ function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
   const [error, setError] = useState<string | null>(null);
   const live = !t.result && conn.role === 'teacher';
   const act = (p: Promise<unknown>) => p.then(() => setError(null), (e: Error) => setError(e.message));
+  const cancel = () =>
+    conn.call({ type: 'cancelMigration', id: t.id }).then(
+      (r) => setError(r.cancelled ? null : 'Too late to cancel: the switchover has begun, and the guest is already moving.'),
+      (e: Error) => setError(e.message),
+    );
   if (!live) return null;
   return (
     <section aria-label="Migration controls" className="panel toolbar">
       <label>Bandwidth (MB/s) <input type="number" min={1} value={bw} onChange={(e) => setBw(Number(e.target.value))} aria-label="Live bandwidth" /></label>
       <label>Downtime limit (ms) <input type="number" min={1} value={dl} onChange={(e) => setDl(Number(e.target.value))} aria-label="Live downtime limit" /></label>
       <button type="button" onClick={() => void act(conn.call({ type: 'setMigrationParameters', id: t.id, bandwidthMBps: bw, downtimeLimitMs: dl }))}>Apply</button>
-      <button type="button" onClick={() => void act(conn.call({ type: 'cancelMigration', id: t.id }))}>Cancel</button>
+      <button type="button" onClick={() => void cancel()}>Cancel</button>
       {error && <span role="alert" className="error">{error}</span>}
     </section>
   );
@@ -170,8 +211,10 @@ export function MigrationView({ t, conn }: { t: MigrationTrack; conn: LabConnect
     <section aria-label="Migration" className="migration">
       <h2>{t.guest}: {t.from} → {t.to}</h2>
       <Timeline t={t} />
-      <Controls t={t} conn={conn} />
+      {/* Remounted when QEMU's parameters arrive, so the inputs start from what is set. */}
+      <Controls key={t.params ? `${t.params.bandwidthMBps}/${t.params.downtimeLimitMs}` : 'defaults'} t={t} conn={conn} />
       <Counters t={t} />
+      <MemoryStrip t={t} />
       <div className="charts">
         <Rounds t={t} />
         <Convergence t={t} />

@@ -15,7 +15,7 @@ export function NetworkView({ snapshot, t }: { snapshot: LabSnapshot; t: Migrati
   const data = useMemo<uPlot.AlignedData>(
     () => (t ? [t.probe.map((s) => s.sentAtMs / 1000), t.probe.map((s) => s.rttMs)] : [[], []]),
     // eslint-disable-next-line react-hooks/exhaustive-deps
-    [t?.id, n],
+    [t?.id, n, t?.lastAtMs], // the length stops changing once the ring buffer is full
   );
   const options = (): Omit<uPlot.Options, 'width' | 'height'> => ({
     scales: { x: { time: false } },

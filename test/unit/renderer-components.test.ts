@@ -1,0 +1,271 @@
+// @vitest-environment happy-dom
+// The History view and the Migration view, rendered in happy-dom with tracks the LabStore built
+// from the engine's events. JSX-free (React.createElement), so vitest's test/unit/**/*.test.ts
+// include picks it up without a config change.
+import { cleanup, fireEvent, render, screen, waitFor, within } from '@testing-library/react';
+import { createElement as h } from 'react';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { ApiEvent, LabSnapshot, MigrationView as MigrationViewInfo } from '../../electron/engine/api/contract';
+import type { MigrationEvent, MigrationPass, MigrationResult } from '../../electron/engine/migration/types';
+import type { LabConnection } from '../../renderer/src/api';
+import { HistoryView } from '../../renderer/src/components/HistoryView';
+import { MigrationView } from '../../renderer/src/components/MigrationView';
+import { LabStore, type MigrationTrack } from '../../renderer/src/store';
+
+// uPlot draws on a 2D canvas. happy-dom has no canvas rendering (getContext('2d') gives null) and
+// no Path2D, so both are stubbed: a 2D context that remembers the properties set on it and answers
+// every method with a no-op, and a Path2D the same. happy-dom (21) does have window.matchMedia
+// (uPlot watches the pixel ratio with it when its module loads) and ResizeObserver (UPlotChart
+// observes its box): those need no stub. vi.hoisted is moved above the imports, so uPlot finds the
+// stubs when it loads.
+vi.hoisted(() => {
+  const noopProxy = (): object =>
+    new Proxy({} as Record<string | symbol, unknown>, {
+      get: (target, key) => (key in target ? target[key] : () => undefined),
+      set: (target, key, value) => {
+        target[key] = value;
+        return true;
+      },
+    });
+  Object.defineProperty(HTMLCanvasElement.prototype, 'getContext', { configurable: true, writable: true, value: () => noopProxy() });
+  const g = globalThis as Record<string, unknown>;
+  if (typeof g.Path2D !== 'function') g.Path2D = function Path2D() { return noopProxy(); };
+});
+
+const OLD = 'aaaa1111-0000-4000-8000-000000000001';
+const NEW = 'bbbb2222-0000-4000-8000-000000000002';
+
+function lab(views: MigrationViewInfo[]): ApiEvent {
+  const snapshot: LabSnapshot = { apiVersion: 1, hosts: [], migrations: views, network: null };
+  return { type: 'lab', snapshot };
+}
+
+function view(id: string, guest: string, from: string, to: string): MigrationViewInfo {
+  return { id, guest, from, to, state: 'preflight', startedAt: new Date().toISOString(), result: null };
+}
+
+function pass(n: number, startMs: number): MigrationPass {
+  return { pass: n, startMs, durationMs: 2000, bytes: (300 - n * 20) * 1e6, normalPages: 70_000 - n, zeroPages: n, dirtyRateBps: 60e6, throughputBps: 40e6 };
+}
+
+function sampleEvent(atMs: number, n: number, remainingBytes: number): MigrationEvent {
+  return {
+    type: 'sample', atMs,
+    sample: { atMs, status: 'active', transferredBytes: 1e8 * n, remainingBytes, totalBytes: 536_870_912, dirtyRateBps: 60e6, throughputBps: 40e6, expectedDowntimeMs: 4000, cpuThrottlePercent: 0, pass: n },
+  };
+}
+
+function completed(id: string): MigrationResult {
+  return {
+    id, status: 'completed', guest: 'db', from: 'alpha', to: 'beta', reason: null, qemuMessage: null, ramBytes: 268_435_456,
+    totalTimeMs: 4200, setupTimeMs: 10, downtimeMs: 95, guestDowntimeMs: 120, transferredBytes: 300e6, passes: [pass(1, 300)],
+    phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', destinationRunningAtMs: 4300, resumedAtMs: 4320,
+    failure: null, network: null,
+  };
+}
+
+const ADVICE = ['Raise the bandwidth to at least 70 MB/s', 'Or enable auto-converge'];
+
+/**
+ * Two migrations, as the store has them: db alpha -> beta, done; then web:1 beta -> alpha, still
+ * copying, three passes in, predicted never to converge.
+ */
+function buildStore(): LabStore {
+  const store = new LabStore();
+  store.apply(lab([view(OLD, 'db', 'alpha', 'beta')]));
+  const old: MigrationEvent[] = [
+    { type: 'phase', atMs: 0, phase: 'preflight', previous: null },
+    { type: 'phase', atMs: 100, phase: 'monitor', previous: 'preflight' },
+    { type: 'pass', atMs: 2300, pass: pass(1, 300) },
+    { type: 'phase', atMs: 4800, phase: 'completed', previous: 'monitor' },
+    { type: 'result', atMs: 4800, result: completed(OLD) },
+  ];
+  for (const event of old) store.apply({ type: 'migration', id: OLD, guest: 'db', event });
+  store.apply(lab([view(OLD, 'db', 'alpha', 'beta'), view(NEW, 'web:1', 'beta', 'alpha')]));
+  const running: MigrationEvent[] = [
+    { type: 'phase', atMs: 0, phase: 'preflight', previous: null },
+    { type: 'check', atMs: 5, check: { name: 'memory', status: 'pass', message: 'beta has room for 512 MiB.' } },
+    { type: 'phase', atMs: 20, phase: 'prepare', previous: 'preflight' },
+    { type: 'phase', atMs: 200, phase: 'configure', previous: 'prepare' },
+    { type: 'parameters', atMs: 210, bandwidthMBps: 40, downtimeLimitMs: 300 },
+    { type: 'phase', atMs: 230, phase: 'listen', previous: 'configure' },
+    { type: 'phase', atMs: 240, phase: 'migrate', previous: 'listen' },
+    { type: 'phase', atMs: 250, phase: 'monitor', previous: 'migrate' },
+    sampleEvent(400, 1, 500e6),
+    { type: 'pass', atMs: 2300, pass: pass(1, 300) },
+    sampleEvent(2400, 2, 200e6),
+    { type: 'pass', atMs: 4300, pass: pass(2, 2300) },
+    sampleEvent(4400, 3, 210e6),
+    { type: 'pass', atMs: 6300, pass: pass(3, 4300) },
+    {
+      type: 'prediction', atMs: 6300,
+      prediction: { kind: 'will-not-converge', reason: 'The guest dirties 60 MB/s, faster than the 40 MB/s link sends.', advice: ADVICE },
+    },
+  ];
+  for (const event of running) store.apply({ type: 'migration', id: NEW, guest: 'web:1', event });
+  return store;
+}
+
+function tracks(store: LabStore): MigrationTrack[] {
+  return [...store.get().migrations.values()];
+}
+
+afterEach(() => {
+  cleanup();
+  vi.restoreAllMocks();
+});
+
+describe('HistoryView', () => {
+  let created: Blob[];
+  let clicked: HTMLAnchorElement[];
+  beforeEach(() => {
+    created = [];
+    clicked = [];
+    vi.spyOn(URL, 'createObjectURL').mockImplementation((blob: Blob | MediaSource) => {
+      created.push(blob as Blob);
+      return `blob:miglab/${created.length}`;
+    });
+    vi.spyOn(URL, 'revokeObjectURL').mockImplementation(() => {});
+    vi.spyOn(HTMLAnchorElement.prototype, 'click').mockImplementation(function (this: HTMLAnchorElement) {
+      clicked.push(this);
+    });
+  });
+
+  it('lists the migrations newest first, with route, state and times', () => {
+    const store = buildStore();
+    render(h(HistoryView, { tracks: tracks(store), current: NEW, onShow: () => {} }));
+    const region = screen.getByRole('region', { name: 'History' });
+    const rows = within(region).getAllByRole('row').slice(1); // the header row first
+    expect(rows).toHaveLength(2);
+    const [first, second] = rows as [HTMLElement, HTMLElement];
+    expect(within(first).getByText('web:1')).toBeTruthy();
+    expect(first.textContent).toContain('beta → alpha');
+    expect(first.textContent).toContain('monitor');
+    expect(first.textContent).toContain('(running)');
+    expect(within(second).getByText('db')).toBeTruthy();
+    expect(second.textContent).toContain('alpha → beta');
+    expect(second.textContent).toContain('completed');
+    expect(second.textContent).toContain('4.2 s'); // total time (QEMU)
+    expect(second.textContent).toContain('95 ms'); // downtime (QEMU)
+  });
+
+  it('marks the current migration and only that one', () => {
+    const store = buildStore();
+    render(h(HistoryView, { tracks: tracks(store), current: OLD, onShow: () => {} }));
+    const rows = within(screen.getByRole('region', { name: 'History' })).getAllByRole('row').slice(1);
+    expect(rows.map((r) => r.getAttribute('aria-current'))).toEqual([null, 'true']);
+    expect(within(rows[1]!).getByText('db')).toBeTruthy();
+  });
+
+  it('Show calls onShow with the migration id', () => {
+    const onShow = vi.fn();
+    render(h(HistoryView, { tracks: tracks(buildStore()), current: NEW, onShow }));
+    fireEvent.click(screen.getByRole('button', { name: 'Show migration db alpha to beta' }));
+    expect(onShow).toHaveBeenCalledExactlyOnceWith(OLD);
+    fireEvent.click(screen.getByRole('button', { name: 'Show migration web:1 beta to alpha' }));
+    expect(onShow).toHaveBeenLastCalledWith(NEW);
+  });
+
+  it('Export JSON downloads the JSON document of that row, then revokes the URL', async () => {
+    render(h(HistoryView, { tracks: tracks(buildStore()), current: NEW, onShow: () => {} }));
+    const oldRow = screen.getByRole('button', { name: 'Show migration db alpha to beta' }).closest('tr')!;
+    fireEvent.click(within(oldRow).getByRole('button', { name: 'Export JSON' }));
+    expect(clicked).toHaveLength(1);
+    expect(clicked[0]!.download).toBe('miglab-db-alpha-to-beta-aaaa1111.json');
+    expect(clicked[0]!.href).toBe('blob:miglab/1');
+    expect(clicked[0]!.isConnected).toBe(false); // the temporary <a> is gone again
+    expect(created[0]!.type).toBe('application/json');
+    const doc = JSON.parse(await created[0]!.text());
+    expect(doc.id).toBe(OLD);
+    expect(doc.result.downtimeMs).toBe(95);
+    await waitFor(() => expect(URL.revokeObjectURL).toHaveBeenCalledWith('blob:miglab/1'));
+  });
+
+  it('Export CSV and Export passes CSV download the samples and the passes', async () => {
+    render(h(HistoryView, { tracks: tracks(buildStore()), current: NEW, onShow: () => {} }));
+    const newRow = screen.getByRole('button', { name: 'Show migration web:1 beta to alpha' }).closest('tr')!;
+    fireEvent.click(within(newRow).getByRole('button', { name: 'Export CSV' }));
+    fireEvent.click(within(newRow).getByRole('button', { name: 'Export passes CSV' }));
+    expect(clicked.map((a) => a.download)).toEqual(['miglab-web_1-beta-to-alpha-bbbb2222.csv', 'miglab-web_1-beta-to-alpha-bbbb2222-passes.csv']);
+    const samples = (await created[0]!.text()).trimEnd().split('\n');
+    expect(samples[0]).toBe('at_ms,pass,remaining_bytes,transferred_bytes,dirty_rate_bps,throughput_bps');
+    expect(samples).toHaveLength(4);
+    expect(samples[2]).toBe('2400,2,200000000,200000000,60000000,40000000');
+    const passes = (await created[1]!.text()).trimEnd().split('\n');
+    expect(passes).toHaveLength(4);
+    expect(passes[3]).toBe('3,4300,2000,240000000,69997,3,60000000,40000000');
+  });
+
+  it('says so when there is no migration yet', () => {
+    render(h(HistoryView, { tracks: [], current: null, onShow: () => {} }));
+    const region = screen.getByRole('region', { name: 'History' });
+    expect(within(region).queryAllByRole('row')).toHaveLength(0);
+    expect(region.textContent).toContain('No migration yet');
+  });
+});
+
+describe('MigrationView', () => {
+  function fakeConn(): LabConnection & { call: ReturnType<typeof vi.fn> } {
+    return { role: 'teacher', call: vi.fn().mockResolvedValue({}), onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection & {
+      call: ReturnType<typeof vi.fn>;
+    };
+  }
+
+  function renderRunning() {
+    const t = buildStore().get().migrations.get(NEW)!;
+    const conn = fakeConn();
+    render(h(MigrationView, { t, conn }));
+    return { t, conn };
+  }
+
+  it('shows the Timeline, Rounds and Convergence regions', () => {
+    renderRunning();
+    const timeline = screen.getByRole('region', { name: 'Timeline' });
+    expect(timeline.textContent).toContain('(monitor)');
+    expect(within(timeline).getByRole('listitem', { name: 'Phase monitor' }).className).toContain('active');
+    expect(within(timeline).getByRole('listitem', { name: 'Phase configure' }).className).toContain('done');
+    expect(within(timeline).getByRole('listitem', { name: 'Phase switchover' }).className).toContain('todo');
+    expect(screen.getByRole('region', { name: 'Rounds' })).toBeTruthy();
+    const convergence = screen.getByRole('region', { name: 'Convergence' });
+    // 40 MB/s x 300 ms = 12 MB: the threshold comes from the parameters event.
+    expect(convergence.textContent).toContain('300 ms at 40 MB/s ≈ 12 MB');
+    // uPlot built its charts (on the stubbed canvas).
+    expect(document.querySelectorAll('.uplot')).toHaveLength(2);
+  });
+
+  it('has one row in the Rounds table per pass', () => {
+    renderRunning();
+    const rounds = screen.getByRole('region', { name: 'Rounds' });
+    // The pass table, not uPlot's legend (a table too).
+    const table = rounds.querySelector<HTMLTableElement>('table.passes')!;
+    expect(table).not.toBeNull();
+    const rows = within(table).getAllByRole('row').slice(1);
+    expect(rows).toHaveLength(3);
+    expect(rows.map((r) => r.querySelector('td')?.textContent)).toEqual(['1', '2', '3']);
+    expect(rows[0]!.textContent).toContain('280.0 MB');
+    expect(rounds.textContent).toContain('3 passes');
+  });
+
+  it('alerts that it will not converge, with the advice', () => {
+    renderRunning();
+    const alert = within(screen.getByRole('region', { name: 'Counters' })).getByRole('alert');
+    expect(alert.textContent).toContain('Will not converge:');
+    expect(alert.textContent).toContain('faster than the 40 MB/s link sends');
+    expect(within(alert).getAllByRole('listitem').map((li) => li.textContent)).toEqual(ADVICE);
+  });
+
+  it('Cancel asks the lab to cancel this migration', async () => {
+    const { conn } = renderRunning();
+    fireEvent.click(within(screen.getByRole('region', { name: 'Migration controls' })).getByRole('button', { name: 'Cancel' }));
+    expect(conn.call).toHaveBeenCalledExactlyOnceWith({ type: 'cancelMigration', id: NEW });
+    // The call resolved: no error shown.
+    await waitFor(() => expect(screen.queryByRole('region', { name: 'Migration controls' })?.querySelector('[role="alert"]')).toBeNull());
+  });
+
+  it('shows no controls and the result once the migration is over', () => {
+    const t = buildStore().get().migrations.get(OLD)!;
+    render(h(MigrationView, { t, conn: fakeConn() }));
+    expect(screen.queryByRole('button', { name: 'Cancel' })).toBeNull();
+    expect(screen.getByRole('status').textContent).toContain('Completed: db now runs on beta');
+  });
+});
