@@ -38,6 +38,15 @@ export function App({ conn }: { conn: LabConnection }) {
   // Follow the guest: a spectator who has chosen nothing watches what is migrating.
   const consoleGuest = selected ?? current?.guest ?? guests[0]?.name ?? null;
 
+  // History changes when a migration starts or ends, not with every sample.
+  const tracks = [...state.migrations.values()];
+  const historyKey = tracks.map((t) => `${t.id}:${t.state}:${t.result ? 1 : 0}`).join(',');
+  const history = useMemo(
+    () => <HistoryView tracks={tracks} current={currentId} onShow={setShown} />,
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [historyKey, currentId],
+  );
+
   if (!snapshot) return <p className="detail">Connecting to the lab…</p>;
   return (
     <div className="app">
@@ -84,7 +93,7 @@ export function App({ conn }: { conn: LabConnection }) {
         <div className="right">
           <NetworkView snapshot={snapshot} t={current} />
           <ConsoleView conn={conn} guest={consoleGuest} />
-          <HistoryView tracks={[...state.migrations.values()]} current={currentId} onShow={setShown} />
+          {history}
         </div>
       </main>
     </div>

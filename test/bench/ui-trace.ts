@@ -3,28 +3,32 @@
 // the minified bundle to the renderer's sources through the build's (hidden) source map.
 import { readFileSync } from 'node:fs';
 import { SourceMap, type SourceMapPayload } from 'node:module';
-import { join, relative } from 'node:path';
+import { dirname, join, relative, resolve as resolvePath } from 'node:path';
 
 export interface TraceEvent {
   name: string;
   cat: string;
   ph: string;
   ts: number; // microseconds
-  dur?: number; // microseconds, complete ('X') events
+  dur?: number; // microseconds, complete ('X') events: wall time
+  tdur?: number; // microseconds: the thread's CPU time
   pid: number;
   tid: number;
   args?: { data?: Record<string, unknown>; name?: string; [k: string]: unknown };
 }
 
 /**
- * What counts as scripting: the names DevTools' Performance panel puts in its "Scripting"
- * category, as far as the categories we record emit them. In the traces of this UI the ones that
- * actually occur on the main thread are EventDispatch (the WebSocket 'message' handler),
- * FireAnimationFrame (the store's one update per frame: React's render and commit, the charts'
- * setData), FunctionCall (callbacks that arrive outside those: timers' bodies, ResizeObserver,
- * the scheduler's MessageChannel tasks, uPlot's microtask), TimerFire and RunMicrotasks; the others
- * are here so that nothing scripting-like is silently dropped (e.g. GC, which DevTools counts as
- * scripting, and script evaluation during a load).
+ * What counts as scripting: the event names DevTools' Performance panel puts in its "Scripting"
+ * category, as far as the recorded categories emit them. On this UI's main thread, during a
+ * migration, the ones that occur at top level are:
+ *  - FunctionCall: a callback run as a task of its own: the WebSocket's onmessage (api.ts; in this
+ *    Chromium a WebSocket message is a FunctionCall, not an EventDispatch), React's scheduler
+ *    (performWorkUntilDeadline: passive effects, i.e. the charts' setData), timers' bodies;
+ *  - FireAnimationFrame: requestAnimationFrame callbacks: the store's flush (store.ts), and inside
+ *    the same event React's render and commit (a microtask), uPlot's redraw;
+ *  - MinorGC / MajorGC: DevTools counts garbage collection as scripting too.
+ * The rest (EventDispatch, TimerFire, RunMicrotasks, EvaluateScript, ...) are listed so that no
+ * scripting-like event is silently dropped. Nested events are never counted twice.
  */
 export const SCRIPTING = new Set([
   'FunctionCall', 'EvaluateScript', 'v8.evaluateModule', 'v8.compile', 'v8.compileModule', 'CompileScript', 'CompileCode',
@@ -34,59 +38,64 @@ export const SCRIPTING = new Set([
 
 /**
  * Rendering work that can run nested inside a script (a forced style recalc or layout when the
- * script reads a size: uPlot reads clientWidth, xterm measures its cells). DevTools counts it as
- * Rendering, not Scripting, so it is taken out of the script's time and reported on its own.
+ * script reads a size: uPlot and xterm measure their boxes). DevTools counts it as Rendering, not
+ * Scripting, so it is taken out of the script's time and counted as the frame's rendering.
  */
 export const RENDERING = new Set([
   'UpdateLayoutTree', 'RecalculateStyles', 'Layout', 'PrePaint', 'Paint', 'Layerize', 'UpdateLayer', 'UpdateLayerTree',
   'HitTest', 'ScrollLayer', 'ComputeIntersections', 'IntersectionObserverController::computeIntersections', 'PaintImage',
 ]);
 
-/** Where a script started: the first JS function the engine called (FunctionCall's data). */
+/** A JS function the engine entered (FunctionCall's data; 1-based line and column). */
 export interface EntryPoint {
   functionName: string;
   url: string;
-  lineNumber: number; // 1-based in trace events
-  columnNumber: number; // 1-based in trace events
+  lineNumber: number;
+  columnNumber: number;
 }
 
+/** One top-level scripting event. Times in ms; wall = the event's duration, cpu = its thread time. */
 export interface ScriptSlice {
   name: string;
-  start: number; // ms, trace clock
-  dur: number; // ms, whole event
-  /** ms of rendering work nested inside it (forced style/layout). */
+  start: number;
+  wall: number;
+  cpu: number;
+  /** Rendering nested inside it (forced style/layout), wall ms; taken out of self. */
   nestedRendering: number;
-  /** ms: dur - nestedRendering. */
-  self: number;
-  /** EventDispatch's event type, when it is one. */
-  eventType: string | null;
-  entry: EntryPoint | null;
+  selfWall: number;
+  selfCpu: number;
+  /** The JS functions it entered at its first level (itself, for a FunctionCall), with their self wall ms. */
+  calls: Array<{ entry: EntryPoint; wall: number }>;
 }
 
 export interface Frame {
-  start: number; // ms
-  end: number; // ms
+  /** Where this frame's share of the main thread starts: the end of the previous rendering update. */
+  start: number;
+  /** Chromium's AnimationFrame span: the first task after the previous update to the end of this update. */
+  spanStart: number;
+  end: number;
   scriptingMs: number;
-  /** Style, layout, paint: top-level in the frame plus the forced ones inside scripts. */
+  scriptingCpuMs: number;
+  /** Scripting inside the AnimationFrame span only (what the Long Animation Frames API would list). */
+  spanScriptingMs: number;
+  /** Style, layout, paint: top-level in the interval plus the forced ones inside scripts. */
   renderingMs: number;
-  scripts: number;
 }
 
 export interface FrameAnalysis {
-  /** How frames were delimited: Chromium's AnimationFrame spans, or BeginMainThreadFrame to BeginMainThreadFrame. */
   frameSource: 'AnimationFrame' | 'BeginMainThreadFrame';
   rendererPid: number;
   mainTid: number;
   /** The traced window, ms, from the main thread's first to last event. */
   windowMs: number;
   frames: Frame[];
-  /** Scripting that ran in no frame (a task that did not lead to a rendering update). */
-  outsideFramesMs: number;
+  /** Scripting before the first frame's span or after the last frame (no frame to give it to). */
+  unattributedMs: number;
   slices: ScriptSlice[];
-  /** Count of each scripting event name, top-level only. */
-  topLevelByName: Record<string, { count: number; selfMs: number }>;
-  /** WebSocket 'message' events the page dispatched. */
-  messageDispatches: number;
+  /** Top-level scripting by event name. */
+  byName: Record<string, { count: number; selfMs: number; selfCpuMs: number }>;
+  /** WebSocket messages the page received (WebSocketReceive events). */
+  webSocketMessages: number;
 }
 
 export function traceEvents(buf: Buffer | string): TraceEvent[] {
@@ -95,7 +104,7 @@ export function traceEvents(buf: Buffer | string): TraceEvent[] {
 }
 
 /**
- * The page's renderer main thread: the CrRendererMain whose scripts come from `origin` (the
+ * The page's renderer main thread: the CrRendererMain that runs scripts from `origin` (the
  * WebServer's), else the busiest CrRendererMain.
  */
 function findMainThread(events: TraceEvent[], origin: string): { pid: number; tid: number } {
@@ -117,9 +126,8 @@ function findMainThread(events: TraceEvent[], origin: string): { pid: number; ti
   return { pid, tid };
 }
 
-function entryOf(e: TraceEvent): EntryPoint | null {
-  const d = e.args?.data;
-  if (e.name !== 'FunctionCall' || !d) return null;
+function entryOf(e: TraceEvent): EntryPoint {
+  const d = e.args?.data ?? {};
   return {
     functionName: typeof d.functionName === 'string' ? d.functionName : '',
     url: typeof d.url === 'string' ? d.url : '',
@@ -131,15 +139,20 @@ function entryOf(e: TraceEvent): EntryPoint | null {
 /**
  * Scripting time per frame on the page's main thread.
  *
- * Frames: Chromium 12x+ records, in devtools.timeline, an async 'AnimationFrame' span per rendering
- * update of the main thread (the model behind the Long Animation Frames API): it opens at the start
- * of the first task after the previous update (the WebSocket message, the timer, ...) and closes
- * when this update's style, layout and paint are done. Everything the main thread did to produce
- * that frame lies inside it, so a scripting event is given to the span that contains its start.
- * Without such spans (an older Chromium), frames run from one 'BeginMainThreadFrame' to the next.
+ * Frames: Chromium records, in devtools.timeline, an async 'AnimationFrame' span per rendering
+ * update of the main thread (the model behind the Long Animation Frames API): from the first task
+ * after the previous update (here, the WebSocket message) to the end of this update's style and
+ * layout. A frame's share of the main thread is everything from the end of the previous update to
+ * the end of its own: the span, plus the tasks that ran after the previous update without being
+ * part of a span (React's scheduler flushing passive effects, i.e. the charts' setData, which
+ * Chromium does not open a span for). Each scripting event goes to the frame whose share contains
+ * its start. Without AnimationFrame spans (an older Chromium), BeginMainThreadFrame marks delimit
+ * the frames instead.
  *
- * Scripting: top-level events only (a FunctionCall inside an EventDispatch is not counted twice),
- * minus the rendering work nested in them (forced layouts), as DevTools counts it.
+ * Scripting: top-level events only (a FunctionCall inside a FireAnimationFrame is not counted
+ * twice), minus the rendering nested in them (forced layouts), as DevTools counts it. Wall time
+ * (the event's duration, what DevTools shows and what a frame budget is about) and the thread's
+ * CPU time (tdur: the same minus the time the thread waited for a core) are both kept.
  */
 export function analyzeFrames(events: TraceEvent[], origin: string): FrameAnalysis {
   const { pid, tid } = findMainThread(events, origin);
@@ -147,39 +160,50 @@ export function analyzeFrames(events: TraceEvent[], origin: string): FrameAnalys
   main.sort((a, b) => a.ts - b.ts || (b.dur ?? 0) - (a.dur ?? 0));
   const ms = (us: number) => us / 1000;
 
-  // Top-level scripting slices, their nested rendering, their entry point; top-level rendering.
+  // Top-level scripting slices, their nested rendering and the functions they entered; top-level rendering.
   const slices: ScriptSlice[] = [];
   const rendering: Array<{ start: number; dur: number }> = [];
-  let open: { slice: ScriptSlice; endUs: number; renderEndUs: number } | null = null;
+  interface Open { slice: ScriptSlice; endUs: number; renderEndUs: number; callEndUs: number; call: { entry: EntryPoint; wall: number } | null }
+  let open: Open | null = null;
   let renderOpenEndUs = -Infinity;
-  let messageDispatches = 0;
+  let webSocketMessages = 0;
   for (const e of main) {
+    if (e.name === 'WebSocketReceive') webSocketMessages++;
     if (e.ph !== 'X' || e.dur === undefined) continue;
-    if (e.name === 'EventDispatch' && e.args?.data?.type === 'message') messageDispatches++;
     if (open && e.ts >= open.endUs) open = null;
     if (open) {
-      // Inside a script: note its first FunctionCall and its forced rendering work.
-      if (!open.slice.entry) open.slice.entry = entryOf(e);
+      if (open.call && e.ts >= open.callEndUs) open.call = null;
+      if (e.name === 'FunctionCall' && !open.call) {
+        open.call = { entry: entryOf(e), wall: ms(e.dur) };
+        open.callEndUs = e.ts + e.dur;
+        open.slice.calls.push(open.call);
+      }
       if (RENDERING.has(e.name) && e.ts >= open.renderEndUs) {
         open.slice.nestedRendering += ms(e.dur);
+        open.slice.selfCpu -= ms(e.tdur ?? 0);
+        if (open.call) open.call.wall -= ms(e.dur);
         open.renderEndUs = e.ts + e.dur;
       }
       continue;
     }
     if (SCRIPTING.has(e.name)) {
-      const slice: ScriptSlice = {
-        name: e.name, start: ms(e.ts), dur: ms(e.dur), nestedRendering: 0, self: 0,
-        eventType: e.name === 'EventDispatch' && typeof e.args?.data?.type === 'string' ? e.args.data.type : null,
-        entry: entryOf(e),
-      };
+      const slice: ScriptSlice = { name: e.name, start: ms(e.ts), wall: ms(e.dur), cpu: ms(e.tdur ?? e.dur), nestedRendering: 0, selfWall: 0, selfCpu: ms(e.tdur ?? e.dur), calls: [] };
       slices.push(slice);
-      open = { slice, endUs: e.ts + e.dur, renderEndUs: -Infinity };
+      open = { slice, endUs: e.ts + e.dur, renderEndUs: -Infinity, callEndUs: -Infinity, call: null };
+      if (e.name === 'FunctionCall') {
+        open.call = { entry: entryOf(e), wall: ms(e.dur) };
+        open.callEndUs = e.ts + e.dur;
+        slice.calls.push(open.call);
+      }
     } else if (RENDERING.has(e.name) && e.ts >= renderOpenEndUs) {
       rendering.push({ start: ms(e.ts), dur: ms(e.dur) });
       renderOpenEndUs = e.ts + e.dur;
     }
   }
-  for (const s of slices) s.self = Math.max(0, s.dur - s.nestedRendering);
+  for (const s of slices) {
+    s.selfWall = Math.max(0, s.wall - s.nestedRendering);
+    s.selfCpu = Math.max(0, s.selfCpu);
+  }
 
   // Frames.
   let frameSource: FrameAnalysis['frameSource'] = 'AnimationFrame';
@@ -196,49 +220,51 @@ export function analyzeFrames(events: TraceEvent[], origin: string): FrameAnalys
   if (spans.length === 0) {
     frameSource = 'BeginMainThreadFrame';
     const marks = main.filter((e) => e.name === 'BeginMainThreadFrame').map((e) => ms(e.ts));
-    // A frame's work: what ran since the previous frame began, up to this one's own update (which
-    // follows its BeginMainThreadFrame, so each span ends where the next frame's begins).
     for (let i = 1; i < marks.length; i++) spans.push({ start: marks[i - 1]!, end: marks[i]! });
   }
-  const frames: Frame[] = spans.map((s) => ({ start: s.start, end: s.end, scriptingMs: 0, renderingMs: 0, scripts: 0 }));
+  const frames: Frame[] = spans.map((s, i) => ({
+    start: i === 0 ? s.start : spans[i - 1]!.end, spanStart: s.start, end: s.end,
+    scriptingMs: 0, scriptingCpuMs: 0, spanScriptingMs: 0, renderingMs: 0,
+  }));
+  /** The frame whose share (start, end] contains t (the first frame: [start, end]). */
   const frameAt = (t: number): Frame | undefined => {
-    // Binary search: the last frame starting at or before t, if t is inside it.
     let lo = 0;
     let hi = frames.length - 1;
-    let best = -1;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      if (frames[mid]!.start <= t) {
-        best = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
+      if (frames[mid]!.end < t) lo = mid + 1;
+      else hi = mid - 1;
     }
-    const f = best >= 0 ? frames[best] : undefined;
-    return f && t <= f.end ? f : undefined;
+    const f = frames[lo];
+    return f && t >= f.start ? f : undefined;
   };
-  let outsideFramesMs = 0;
+  let unattributedMs = 0;
   for (const s of slices) {
     const f = frameAt(s.start);
-    if (f) {
-      f.scriptingMs += s.self;
-      f.renderingMs += s.nestedRendering;
-      f.scripts++;
-    } else outsideFramesMs += s.self;
+    if (!f) {
+      unattributedMs += s.selfWall;
+      continue;
+    }
+    f.scriptingMs += s.selfWall;
+    f.scriptingCpuMs += s.selfCpu;
+    f.renderingMs += s.nestedRendering;
+    if (s.start >= f.spanStart) f.spanScriptingMs += s.selfWall;
   }
   for (const r of rendering) {
     const f = frameAt(r.start);
     if (f) f.renderingMs += r.dur;
   }
 
-  const topLevelByName: FrameAnalysis['topLevelByName'] = {};
+  const byName: FrameAnalysis['byName'] = {};
   for (const s of slices) {
-    const t = (topLevelByName[s.name] ??= { count: 0, selfMs: 0 });
+    const t = (byName[s.name] ??= { count: 0, selfMs: 0, selfCpuMs: 0 });
     t.count++;
-    t.selfMs += s.self;
+    t.selfMs += s.selfWall;
+    t.selfCpuMs += s.selfCpu;
   }
   const first = main[0]?.ts ?? 0;
   const last = main.reduce((m, e) => Math.max(m, e.ts + (e.dur ?? 0)), first);
-  return { frameSource, rendererPid: pid, mainTid: tid, windowMs: ms(last - first), frames, outsideFramesMs, slices, topLevelByName, messageDispatches };
+  return { frameSource, rendererPid: pid, mainTid: tid, windowMs: ms(last - first), frames, unattributedMs, slices, byName, webSocketMessages };
 }
 
 // ---- percentiles ---------------------------------------------------------------------------------
@@ -263,14 +289,21 @@ export function median(xs: number[]): number {
 export interface Origin {
   /** The original name where the source map has one, else the minified one. */
   name: string;
-  /** The source file, relative to the repository (node_modules/... for libraries). */
+  /** The source file, relative to the repository (node_modules/... for libraries); '(native)' for the browser's own. */
   file: string;
   line: number;
 }
 
+interface LoadedMap {
+  map: SourceMap;
+  /** The generated code, by line. */
+  lines: string[];
+  dir: string;
+}
+
 /** Maps positions in the served bundle (by URL) to the sources, with the build's .map files. */
 export class BundleMapper {
-  private readonly maps = new Map<string, { map: SourceMap; lines: string[] } | null>();
+  private readonly maps = new Map<string, LoadedMap | null>();
 
   constructor(
     private readonly uiDir: string,
@@ -278,14 +311,14 @@ export class BundleMapper {
     private readonly repoRoot: string,
   ) {}
 
-  private load(url: string): { map: SourceMap; lines: string[] } | null {
+  private load(url: string): LoadedMap | null {
     if (this.maps.has(url)) return this.maps.get(url)!;
-    let got: { map: SourceMap; lines: string[] } | null = null;
+    let got: LoadedMap | null = null;
     if (url.startsWith(this.origin)) {
       try {
         const file = join(this.uiDir, new URL(url).pathname);
         const payload = JSON.parse(readFileSync(`${file}.map`, 'utf8')) as SourceMapPayload;
-        got = { map: new SourceMap(payload), lines: readFileSync(file, 'utf8').split('\n') };
+        got = { map: new SourceMap(payload), lines: readFileSync(file, 'utf8').split('\n'), dir: dirname(file) };
       } catch {
         got = null;
       }
@@ -295,36 +328,37 @@ export class BundleMapper {
   }
 
   /**
-   * `line`/`column` 0-based, as in CPU profiles. The minified function name is looked for just
-   * before the position (V8 gives the position of a function's parameter list), and its own
+   * `line`/`column` 0-based, as in CPU profiles. The function's minified name is looked for just
+   * before the position (V8 gives the position of its parameter list), and that identifier's own
    * mapping gives the original name.
    */
   resolve(functionName: string, url: string, line: number, column: number): Origin {
-    const fallback: Origin = { name: functionName || '(anonymous)', file: url.startsWith(this.origin) ? url.slice(this.origin.length) : url || '(native)', line: line + 1 };
+    if (!url) return { name: functionName || '(anonymous)', file: '(native)', line: 0 };
+    const fallback: Origin = { name: functionName || '(anonymous)', file: url.startsWith(this.origin) ? url.slice(this.origin.length) : url, line: line + 1 };
     const m = this.load(url);
     if (!m) return fallback;
-    const at = m.map.findOrigin(line + 1, column + 1) as { fileName?: string; lineNumber?: number; name?: string };
+    const at = m.map.findOrigin(line + 1, column + 1) as { fileName?: string; lineNumber?: number };
     if (!at.fileName) return fallback;
     let name = functionName || '(anonymous)';
-    const text = m.lines[line] ?? '';
-    if (functionName && /^[\w$]+$/.test(functionName)) {
-      const before = text.slice(Math.max(0, column - 400), column + 1);
-      const re = new RegExp(`(?<![\\w$])${functionName.replace(/\$/g, '\\$')}(?![\\w$])`, 'g');
+    const ident = functionName.split('.').at(-1) ?? '';
+    if (/^[\w$]+$/.test(ident)) {
+      const text = m.lines[line] ?? '';
+      const from = Math.max(0, column - 400);
+      const before = text.slice(from, column + 1);
+      const re = new RegExp(`(?<![\\w$])${ident.replace(/\$/g, '\\$')}(?![\\w$])`, 'g');
       let idx = -1;
       for (let r = re.exec(before); r; r = re.exec(before)) idx = r.index;
       if (idx >= 0) {
-        const col = Math.max(0, column - 400) + idx;
-        const named = m.map.findOrigin(line + 1, col + 1) as { name?: string };
-        if (named.name) name = named.name;
+        const named = m.map.findOrigin(line + 1, from + idx + 1) as { name?: string };
+        if (named.name) name = functionName === ident ? named.name : `${functionName.slice(0, -ident.length)}${named.name}`;
       }
     }
-    return { name, file: this.shortFile(at.fileName), line: at.lineNumber ?? 0 };
+    return { name, file: this.shortFile(at.fileName, m.dir), line: at.lineNumber ?? 0 };
   }
 
-  private shortFile(f: string): string {
-    let p = f.replace(/^file:\/\//, '');
-    if (p.startsWith('/')) p = relative(this.repoRoot, p);
-    p = p.replace(/^(\.\.\/)+/, '');
+  private shortFile(f: string, mapDir: string): string {
+    const abs = f.startsWith('file://') ? new URL(f).pathname : resolvePath(mapDir, f);
+    const p = relative(this.repoRoot, abs);
     const nm = p.lastIndexOf('node_modules/');
     return nm >= 0 ? p.slice(nm) : p;
   }
@@ -335,7 +369,7 @@ export function packageOf(file: string): string {
   const m = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(file);
   if (m) return m[1]!;
   if (file.startsWith('renderer/')) return 'renderer (app code)';
-  if (file.startsWith('electron/')) return 'electron/engine (shared)';
+  if (file.startsWith('electron/')) return 'electron/engine (shared with the engine)';
   return file.startsWith('(') ? file : 'other';
 }
 
@@ -351,8 +385,9 @@ export interface CpuProfile {
 
 export interface ProfileRow {
   name: string;
-  file: string;
-  line: number;
+  /** Source file and line; for a browser built-in (canvas, DOM), the JS function that called it. */
+  where: string;
+  /** The package its time counts to (a built-in's: its caller's). */
   pkg: string;
   selfMs: number;
   totalMs: number;
@@ -360,18 +395,22 @@ export interface ProfileRow {
 
 export interface ProfileSummary {
   durationMs: number;
-  /** Time in JS and GC (not idle, not "(program)", i.e. the browser's own native work). */
+  /** Time in JS, in the built-ins it called, and in GC (not idle, not "(program)"). */
   jsMs: number;
   gcMs: number;
   idleMs: number;
+  /** "(program)": the renderer's own native work outside JS (style, layout, paint, IPC). */
   programMs: number;
   functions: ProfileRow[];
   packages: Array<{ pkg: string; selfMs: number }>;
 }
 
+const SPECIAL = new Set(['(root)', '(idle)', '(program)', '(garbage collector)']);
+
 /**
- * Self and total time per function (mapped to the sources), and self time per package. A sample
- * stands for the time until the next one.
+ * Self and total time per function (mapped to the sources), and self time per package, a
+ * built-in's time going to the package of the JS that called it (uPlot's canvas calls count to
+ * uPlot). A sample stands for the time until the next one.
  */
 export function summarizeProfile(p: CpuProfile, mapper: BundleMapper): ProfileSummary {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
@@ -379,62 +418,65 @@ export function summarizeProfile(p: CpuProfile, mapper: BundleMapper): ProfileSu
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const samples = p.samples ?? [];
   const deltas = p.timeDeltas ?? [];
-  const selfUs = new Map<number, number>();
-  const totalByKey = new Map<string, number>();
-  const originOf = new Map<number, { key: string; o: Origin }>();
-  const origin = (id: number) => {
-    let o = originOf.get(id);
-    if (!o) {
-      const cf = byId.get(id)!.callFrame;
-      const r = mapper.resolve(cf.functionName, cf.url, cf.lineNumber, cf.columnNumber);
-      o = { key: `${r.name}|${r.file}|${r.line}`, o: r };
-      originOf.set(id, o);
+
+  interface Info { key: string; name: string; where: string; pkg: string }
+  const infoOf = new Map<number, Info>();
+  const info = (id: number): Info => {
+    let i = infoOf.get(id);
+    if (i) return i;
+    const cf = byId.get(id)!.callFrame;
+    if (SPECIAL.has(cf.functionName)) {
+      i = { key: cf.functionName, name: cf.functionName, where: '', pkg: cf.functionName === '(garbage collector)' ? '(gc)' : cf.functionName };
+    } else if (!cf.url) {
+      // A built-in: named after the JS function that called it.
+      const up = parent.get(id);
+      const caller = up !== undefined && !SPECIAL.has(byId.get(up)!.callFrame.functionName) ? info(up) : null;
+      const where = caller ? `built-in, called from ${caller.name} (${caller.where.replace(/^built-in, called from /, '')})` : 'built-in';
+      i = { key: `${cf.functionName}|${where}`, name: cf.functionName || '(anonymous)', where, pkg: caller?.pkg ?? '(browser built-ins)' };
+    } else {
+      const o = mapper.resolve(cf.functionName, cf.url, cf.lineNumber, cf.columnNumber);
+      const where = `${o.file}:${o.line}`;
+      i = { key: `${o.name}|${where}`, name: o.name, where, pkg: packageOf(o.file) };
     }
-    return o;
+    infoOf.set(id, i);
+    return i;
   };
-  for (let i = 0; i < samples.length; i++) {
-    const dt = deltas[i + 1] ?? 0;
-    const id = samples[i]!;
-    selfUs.set(id, (selfUs.get(id) ?? 0) + dt);
-    // Total time: each function once per sample, however deep it recurses.
-    const seen = new Set<string>();
-    for (let n: number | undefined = id; n !== undefined; n = parent.get(n)) {
-      const cf = byId.get(n)!.callFrame;
-      if (cf.functionName === '(root)') continue;
-      const { key } = origin(n);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      totalByKey.set(key, (totalByKey.get(key) ?? 0) + dt);
-    }
-  }
+
   const rows = new Map<string, ProfileRow>();
+  const row = (i: Info) => {
+    let r = rows.get(i.key);
+    if (!r) rows.set(i.key, (r = { name: i.name, where: i.where, pkg: i.pkg, selfMs: 0, totalMs: 0 }));
+    return r;
+  };
   let idle = 0;
   let program = 0;
   let gc = 0;
-  for (const [id, us] of selfUs) {
-    const cf = byId.get(id)!.callFrame;
-    if (cf.functionName === '(idle)') idle += us;
-    else if (cf.functionName === '(program)') program += us;
-    else if (cf.functionName === '(garbage collector)') gc += us;
-    if (['(idle)', '(program)', '(root)'].includes(cf.functionName)) continue;
-    const { key, o } = origin(id);
-    const row = rows.get(key) ?? { name: o.name, file: o.file, line: o.line, pkg: cf.functionName === '(garbage collector)' ? '(gc)' : packageOf(o.file), selfMs: 0, totalMs: (totalByKey.get(key) ?? 0) / 1000 };
-    row.selfMs += us / 1000;
-    rows.set(key, row);
-  }
-  // Functions that only ever appear as callers.
-  for (const [key, us] of totalByKey) {
-    if (rows.has(key)) continue;
-    const [name, file, line] = key.split('|') as [string, string, string];
-    rows.set(key, { name, file, line: Number(line), pkg: packageOf(file), selfMs: 0, totalMs: us / 1000 });
+  for (let i = 0; i < samples.length; i++) {
+    const us = deltas[i + 1] ?? 0;
+    const id = samples[i]!;
+    const fn = byId.get(id)!.callFrame.functionName;
+    if (fn === '(idle)') idle += us;
+    else if (fn === '(program)') program += us;
+    else if (fn === '(garbage collector)') gc += us;
+    if (fn === '(idle)' || fn === '(program)' || fn === '(root)') continue;
+    row(info(id)).selfMs += us / 1000;
+    // Total time: each function once per sample, however deep it recurses.
+    const seen = new Set<string>();
+    for (let n: number | undefined = id; n !== undefined; n = parent.get(n)) {
+      if (byId.get(n)!.callFrame.functionName === '(root)') continue;
+      const inf = info(n);
+      if (seen.has(inf.key)) continue;
+      seen.add(inf.key);
+      row(inf).totalMs += us / 1000;
+    }
   }
   const functions = [...rows.values()];
   const pk = new Map<string, number>();
   for (const r of functions) pk.set(r.pkg, (pk.get(r.pkg) ?? 0) + r.selfMs);
-  const durationMs = (p.endTime - p.startTime) / 1000;
-  const jsMs = functions.reduce((s, r) => s + r.selfMs, 0);
   return {
-    durationMs, jsMs, gcMs: gc / 1000, idleMs: idle / 1000, programMs: program / 1000,
+    durationMs: (p.endTime - p.startTime) / 1000,
+    jsMs: functions.reduce((s, r) => s + r.selfMs, 0),
+    gcMs: gc / 1000, idleMs: idle / 1000, programMs: program / 1000,
     functions,
     packages: [...pk.entries()].map(([pkg, selfMs]) => ({ pkg, selfMs })).filter((x) => x.selfMs > 0).sort((a, b) => b.selfMs - a.selfMs),
   };

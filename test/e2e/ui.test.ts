@@ -95,6 +95,11 @@ describe('the UI in Chromium, browser mode, real guests', () => {
       await page.getByRole('button', { name: 'Migrate' }).click();
       const dialog = page.getByRole('dialog', { name: 'Migrate ui1' });
       expect(await dialog.getByLabel('Destination host').inputValue()).toBe('host-b');
+      // the pre-flight checks for host-b, run before anything starts, and the capabilities offered
+      const checks = dialog.getByRole('region', { name: 'Pre-flight checks' });
+      await expect.poll(() => checks.locator('li').count(), { timeout: 20_000 }).toBeGreaterThanOrEqual(5);
+      expect(await checks.innerText()).toContain('ui1 has finished booting and said it is ready.');
+      expect(await dialog.getByLabel('auto-converge').count()).toBe(1);
       await shot('03-migrate-dialog');
       await dialog.getByRole('button', { name: 'Start migration' }).click();
       const result = page.getByRole('region', { name: 'Counters' }).getByRole('status');

@@ -209,6 +209,15 @@ describe('miglab web: driving a real lab', () => {
         // the prompt may have come in one chunk with the boot text
         expect(teacher.consoleText('web1')).toContain('web1:/#');
       });
+      // the dialog's look ahead: every check, nothing reserved or started
+      const pre = await teacher.ok<{ checks: Array<{ name: string; status: string }>; capabilities: string[] }>({ type: 'preflight', guest: 'web1', to: 'host-b' });
+      expect(pre.checks.find((c) => c.name === 'guest-ready')?.status).toBe('pass');
+      expect(pre.capabilities).toContain('auto-converge');
+      expect(lab.host('host-b').guests()).toEqual([]);
+      const refused = await teacher.ok<{ checks: Array<{ name: string; status: string }> }>({ type: 'preflight', guest: 'web1', to: 'host-a' });
+      expect(refused.checks.find((c) => c.name === 'destination')?.status).toBe('fail');
+      expect(await teacher.call({ type: 'startGuest', host: 'host-a', guest: { name: 'rel', boot: { kind: 'disk', path: 'disk.qcow2' } } }))
+        .toMatchObject({ ok: false, error: { code: 'invalid', message: expect.stringContaining('give an absolute path on the host') } });
       await teacher.ok({ type: 'consoleInput', guest: 'web1', data: 'echo typed-$((40+2))\n' });
       await teacher.waitEvent(() => teacher.consoleText('web1').includes('typed-42'));
       await spectator.waitEvent(() => spectator.consoleText('web1').includes('typed-42'));

@@ -4,13 +4,29 @@ import { z } from 'zod';
 import type { ApiCommand, ApiErrorCode } from './contract';
 
 const name = z.string().min(1).max(64);
+/** A file on the host that runs the guest: absolute, so nothing depends on the engine's folder. */
+const path = z.string().min(2).max(1024).refine((p) => p.startsWith('/') && !p.includes('\0'), 'give an absolute path on the host');
 
 export const CommandSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('snapshot') }).strict(),
   z.object({
     type: z.literal('startGuest'),
     host: name,
-    guest: z.object({ name, memoryMiB: z.number().int().min(64).max(65536).optional() }).strict(),
+    guest: z.object({
+      name,
+      memoryMiB: z.number().int().min(64).max(65536).optional(),
+      boot: z.discriminatedUnion('kind', [
+        z.object({ kind: z.literal('lab') }).strict(),
+        z.object({ kind: z.literal('kernel'), kernel: path, initrd: path.optional(), append: z.string().max(2048).optional(), readyPattern: z.string().min(1).max(200).optional() }).strict(),
+        z.object({ kind: z.literal('disk'), path, readyPattern: z.string().min(1).max(200).optional() }).strict(),
+      ]).optional(),
+    }).strict(),
+  }).strict(),
+  z.object({
+    type: z.literal('preflight'),
+    guest: name,
+    to: name,
+    capabilities: z.record(z.string().max(64), z.boolean()).optional(),
   }).strict(),
   z.object({ type: z.literal('stopGuest'), host: name, guest: name }).strict(),
   z.object({

@@ -2,7 +2,7 @@
 // IPC or a WebSocket in browser mode) and the CLI. Types only, so the renderer can import it
 // without pulling in Node: the engine validates what arrives with the schemas in ./commands.
 import type { GuestState } from '../hosts/host';
-import type { JobState, MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
+import type { JobState, MigrationEvent, MigrationOptions, MigrationResult, PreflightCheck } from '../migration/types';
 import type { PortInfo } from '../network/switch';
 
 export const API_VERSION = 1;
@@ -58,7 +58,8 @@ export interface LabSnapshot {
 /** What a front end may ask. Each command has one result type (ApiResults). */
 export type ApiCommand =
   | { type: 'snapshot' }
-  | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number } }
+  | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number; boot?: GuestBootInput } }
+  | { type: 'preflight'; guest: string; to: string; capabilities?: Record<string, boolean> }
   | { type: 'stopGuest'; host: string; guest: string }
   | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs'>> }
   | { type: 'cancelMigration'; id: string }
@@ -70,8 +71,16 @@ export type ApiCommand =
   | { type: 'removeHost'; name: string }
   | { type: 'exportLab' };
 
+/** A guest to boot: the lab guest, or a custom kernel or disk image on the host. */
+export type GuestBootInput =
+  | { kind: 'lab' }
+  | { kind: 'kernel'; kernel: string; initrd?: string; append?: string; readyPattern?: string }
+  | { kind: 'disk'; path: string; readyPattern?: string };
+
 export interface ApiResults {
   snapshot: LabSnapshot;
+  /** The checks a migration would run now, and the capabilities both QEMUs offer. Nothing starts. */
+  preflight: { checks: PreflightCheck[]; capabilities: string[] };
   startGuest: GuestView;
   stopGuest: { guest: string; host: string };
   migrate: { id: string };

@@ -8,6 +8,7 @@ import type { Lab } from '../lab/lab';
 import { labFileText, type LabFile } from '../lab/lab-file';
 import { MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
+import { runPreflight } from '../migration/preflight';
 import type { MigrationResult } from '../migration/types';
 import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
@@ -160,8 +161,19 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return this.snapshot();
       case 'startGuest': {
         this.host(cmd.host);
-        const g = await this.lab.startGuest(cmd.host, { name: cmd.guest.name, ...(cmd.guest.memoryMiB ? { memoryMiB: cmd.guest.memoryMiB } : {}) });
+        const g = await this.lab.startGuest(cmd.host, {
+          name: cmd.guest.name,
+          ...(cmd.guest.memoryMiB ? { memoryMiB: cmd.guest.memoryMiB } : {}),
+          ...(cmd.guest.boot ? { boot: cmd.guest.boot } : {}),
+        });
         return this.guestView(g);
+      }
+      case 'preflight': {
+        const guest = this.findGuest(cmd.guest);
+        const to = this.host(cmd.to);
+        const pre = await runPreflight({ guest, from: this.host(guest.hostName), to, capabilities: cmd.capabilities ?? {} });
+        if (pre.port !== null) to.releaseMigrationPort(pre.port); // a look, not a reservation
+        return { checks: pre.checks, capabilities: pre.capabilities };
       }
       case 'stopGuest': {
         await this.host(cmd.host).stopGuest(cmd.guest).catch((err: Error) => {

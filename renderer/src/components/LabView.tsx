@@ -1,6 +1,6 @@
 // The lab: hosts with their guests, the switch between them. Select a guest, then Migrate.
-import { useState } from 'react';
-import type { GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
+import { memo, useState } from 'react';
+import type { GuestBootInput, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 
 export interface LabViewProps {
@@ -43,10 +43,15 @@ function GuestCard({ g, selected, onSelect, role }: { g: GuestView; selected: bo
   );
 }
 
-export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError }: LabViewProps) {
+/** Re-rendered only when the lab changes (snapshots come with lab events, not with every sample). */
+export const LabView = memo(function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError }: LabViewProps) {
   const [name, setName] = useState('guest1');
   const [host, setHost] = useState(snapshot.hosts[0]?.name ?? '');
   const [busy, setBusy] = useState(false);
+  const [memory, setMemory] = useState(256);
+  const [image, setImage] = useState<'lab' | 'kernel' | 'disk'>('lab');
+  const [imagePath, setImagePath] = useState('');
+  const [readyPattern, setReadyPattern] = useState('');
   const [newHost, setNewHost] = useState(`host-${String.fromCharCode(97 + snapshot.hosts.length)}`);
   const teacher = conn.role === 'teacher';
   const all = snapshot.hosts.flatMap((h) => h.guests);
@@ -55,7 +60,10 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
   const start = async () => {
     setBusy(true);
     try {
-      await conn.call({ type: 'startGuest', host, guest: { name } });
+      const ready = readyPattern ? { readyPattern } : {};
+      const boot: GuestBootInput =
+        image === 'kernel' ? { kind: 'kernel', kernel: imagePath, ...ready } : image === 'disk' ? { kind: 'disk', path: imagePath, ...ready } : { kind: 'lab' };
+      await conn.call({ type: 'startGuest', host, guest: { name, memoryMiB: memory, boot } });
       onSelect(name);
     } catch (err) {
       onError((err as Error).message);
@@ -127,6 +135,20 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
               ))}
             </select>
           </label>
+          <label>
+            memory (MiB) <input type="number" min={64} step={64} value={memory} onChange={(e) => setMemory(Number(e.target.value))} aria-label="Guest memory" />
+          </label>
+          <select value={image} onChange={(e) => setImage(e.target.value as typeof image)} aria-label="Guest image">
+            <option value="lab">lab guest</option>
+            <option value="kernel">kernel image</option>
+            <option value="disk">disk image</option>
+          </select>
+          {image !== 'lab' && (
+            <>
+              <input value={imagePath} placeholder="/path/on/the/host" onChange={(e) => setImagePath(e.target.value)} aria-label="Image path" />
+              <input value={readyPattern} placeholder="ready pattern, e.g. login:" onChange={(e) => setReadyPattern(e.target.value)} aria-label="Ready pattern" />
+            </>
+          )}
           <button type="button" onClick={() => void start()} disabled={busy}>
             {busy ? 'Starting…' : 'Start guest'}
           </button>
@@ -147,4 +169,4 @@ export function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError
       )}
     </section>
   );
-}
+});

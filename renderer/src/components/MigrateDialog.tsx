@@ -1,7 +1,18 @@
-// The migration dialog: where to, and the two knobs QEMU's convergence depends on.
-import { useState } from 'react';
-import type { GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
+// The migration dialog: where to, the pre-flight checks for that destination (run now, nothing
+// started), the two knobs QEMU's convergence depends on, and the capabilities both QEMUs offer.
+import { useEffect, useState } from 'react';
+import type { ApiResults, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
+
+/** Capabilities worth offering in a lab: what each shows. `events` is always on. */
+const CAPABILITY_HINTS: Record<string, string> = {
+  'auto-converge': 'throttles the guest CPU when it dirties memory faster than the link',
+  xbzrle: 'sends only the changed bytes of re-sent pages',
+  multifd: 'several streams in parallel',
+  compress: 'compresses pages (slow under TCG)',
+  'zero-blocks': 'skips zeroed disk blocks',
+  'postcopy-ram': 'allows switching to post-copy (not started from here)',
+};
 
 export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
   guest: GuestView;
@@ -14,15 +25,33 @@ export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
   const [to, setTo] = useState(others[0]?.name ?? '');
   const [bandwidth, setBandwidth] = useState(1000);
   const [downtime, setDowntime] = useState(300);
+  const [caps, setCaps] = useState<Record<string, boolean>>({});
+  const [pre, setPre] = useState<ApiResults['preflight'] | null>(null);
   const [error, setError] = useState<string | null>(null);
+
+  useEffect(() => {
+    if (!to) return;
+    let live = true;
+    setPre(null);
+    conn.call({ type: 'preflight', guest: guest.name, to, capabilities: caps }).then(
+      (r) => live && setPre(r),
+      (e: Error) => live && setError(e.message),
+    );
+    return () => {
+      live = false;
+    };
+  }, [conn, guest.name, to, caps]);
+
+  const failed = pre?.checks.filter((c) => c.status === 'fail') ?? [];
   const go = async () => {
     try {
-      const { id } = await conn.call({ type: 'migrate', guest: guest.name, to, options: { bandwidthMBps: bandwidth, downtimeLimitMs: downtime } });
+      const { id } = await conn.call({ type: 'migrate', guest: guest.name, to, options: { bandwidthMBps: bandwidth, downtimeLimitMs: downtime, capabilities: caps } });
       onStarted(id);
     } catch (err) {
       setError((err as Error).message);
     }
   };
+  const offered = (pre?.capabilities ?? []).filter((c) => c in CAPABILITY_HINTS);
   return (
     <div className="dialog" role="dialog" aria-label={`Migrate ${guest.name}`}>
       <h2>Migrate {guest.name} from {guest.host}</h2>
@@ -40,10 +69,31 @@ export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
       <label>
         Downtime limit (ms) <input type="number" min={1} value={downtime} onChange={(e) => setDowntime(Number(e.target.value))} aria-label="Downtime limit" />
       </label>
-      <p className="detail">Pre-flight checks run first; a failed check stops the migration before anything starts.</p>
+      {offered.length > 0 && (
+        <fieldset>
+          <legend>Capabilities both QEMUs offer</legend>
+          {offered.map((c) => (
+            <label key={c} className="cap">
+              <input type="checkbox" checked={caps[c] ?? false} onChange={(e) => setCaps({ ...caps, [c]: e.target.checked })} aria-label={c} /> {c}{' '}
+              <span className="detail">{CAPABILITY_HINTS[c]}</span>
+            </label>
+          ))}
+        </fieldset>
+      )}
+      <section aria-label="Pre-flight checks">
+        <h3>Pre-flight checks</h3>
+        {!pre && !error && <p className="detail">checking…</p>}
+        <ul className="checks">
+          {pre?.checks.map((c) => (
+            <li key={c.name} className={`check ${c.status}`}>
+              <strong>{c.status}</strong> {c.message}
+            </li>
+          ))}
+        </ul>
+      </section>
       {error && <p role="alert" className="error">{error}</p>}
       <div className="toolbar">
-        <button type="button" onClick={() => void go()} disabled={!to}>
+        <button type="button" onClick={() => void go()} disabled={!to || !pre || failed.length > 0}>
           Start migration
         </button>
         <button type="button" onClick={onClose}>
