@@ -47,9 +47,15 @@ function Timeline({ t }: { t: MigrationTrack }) {
 
 function Rounds({ t }: { t: MigrationTrack }) {
   const data = useMemo<uPlot.AlignedData>(
-    () => [t.passes.map((p) => p.pass), t.passes.map((p) => p.bytes / MB), t.passes.map((p) => p.dirtyRateBps / MB), t.passes.map((p) => p.throughputBps / MB)],
+    () => [
+      t.passes.map((p) => p.pass),
+      t.passes.map((p) => p.bytes / MB),
+      t.passes.map((p) => p.dirtyRateBps / MB),
+      t.passes.map((p) => p.throughputBps / MB),
+      t.passes.map(() => t.params?.bandwidthMBps ?? null),
+    ],
     // eslint-disable-next-line react-hooks/exhaustive-deps
-    [t.passes.length],
+    [t.passes.length, t.params?.bandwidthMBps],
   );
   const options = (width: number): Omit<uPlot.Options, 'width' | 'height'> => ({
     title: undefined,
@@ -60,6 +66,7 @@ function Rounds({ t }: { t: MigrationTrack }) {
       { label: 'sent (MB)', scale: 'mb', stroke: '#4a90d9', fill: 'rgba(74,144,217,0.4)', paths: uPlot.paths.bars!({ size: [0.6, width / 8] }) },
       { label: 'dirty rate (MB/s)', scale: 'rate', stroke: '#d9534f', width: 2 },
       { label: 'link (MB/s)', scale: 'rate', stroke: '#5cb85c', width: 2 },
+      { label: 'bandwidth limit (MB/s)', scale: 'rate', stroke: '#f0ad4e', dash: [6, 4], width: 1.5 },
     ],
   });
   return (
