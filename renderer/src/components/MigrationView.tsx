@@ -1,6 +1,6 @@
 // One migration as it happens: the phase timeline, every pre-copy round, the remaining data
 // converging (or not) towards what fits in the downtime budget, and the controls that act on it.
-import { useMemo, useState } from 'react';
+import { memo, useMemo, useState } from 'react';
 import uPlot from 'uplot';
 import { formatBytes, formatBytesRate, formatMs } from '../../../electron/engine/migration/prediction';
 import { MIGRATION_PHASES } from '../../../electron/engine/migration/types';
@@ -134,23 +134,33 @@ function MemoryStrip({ t }: { t: MigrationTrack }) {
   return (
     <section aria-label="Memory" className="panel">
       <h3>Memory <span className="detail">{formatBytes(total)} of RAM; each row is one pass, as a share of RAM sent (QEMU counts bytes, not which pages)</span></h3>
-      {rows.map((r, i) => {
-        const cells = Math.min(STRIP_CELLS, Math.round((r.bytes / total) * STRIP_CELLS));
-        return (
-          <div key={r.pass} className="strip" aria-label={`Pass ${r.pass}: ${formatBytes(r.bytes)}`}>
-            <span className="detail">pass {r.pass}</span>
-            <span className="cells">
-              {Array.from({ length: STRIP_CELLS }, (_, c) => (
-                <i key={c} style={c < cells ? { background: PASS_COLOURS[i % PASS_COLOURS.length] } : undefined} />
-              ))}
-            </span>
-            <span className="detail">{formatBytes(r.bytes)}</span>
-          </div>
-        );
-      })}
+      {rows.map((r, i) => (
+        <StripRow
+          key={r.pass}
+          pass={r.pass}
+          cells={Math.min(STRIP_CELLS, Math.round((r.bytes / total) * STRIP_CELLS))}
+          colour={PASS_COLOURS[i % PASS_COLOURS.length]!}
+          label={formatBytes(r.bytes)}
+        />
+      ))}
     </section>
   );
 }
+
+/** One pass's row of cells: redrawn only when its numbers change, not with every sample. */
+const StripRow = memo(function StripRow({ pass, cells, colour, label }: { pass: number; cells: number; colour: string; label: string }) {
+  return (
+    <div className="strip" aria-label={`Pass ${pass}: ${label}`}>
+      <span className="detail">pass {pass}</span>
+      <span className="cells">
+        {Array.from({ length: STRIP_CELLS }, (_, c) => (
+          <i key={c} style={c < cells ? { background: colour } : undefined} />
+        ))}
+      </span>
+      <span className="detail">{label}</span>
+    </div>
+  );
+});
 
 function Counters({ t }: { t: MigrationTrack }) {
   const i = t.samples.t.length - 1;
