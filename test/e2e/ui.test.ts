@@ -35,6 +35,7 @@ beforeAll(async () => {
   const ui = findBuiltUi();
   if (!ui) throw new Error('The UI is not built: run "npm test" (its set-up builds it) or "npm run build:ui"');
   if (!existsSync(CHROMIUM)) throw new Error(`No Chromium at ${CHROMIUM}: run "npm test" as root (its set-up installs it) or "sudo apt-get install chromium"`);
+  await removeDir(SHOTS); // this run's screenshots only
   await mkdir(SHOTS, { recursive: true });
   work = await makeTempDir('e2e');
   lab = await defaultLocalLab({ runtimeDir: join(work, 'run') });
