@@ -76,6 +76,27 @@ interface OpenPass {
  * (or to the completion); its figures are the differences between the query-migrate answers
  * fetched at those two moments.
  */
+/**
+ * The rate the guest dirtied memory during a pass, from QEMU's answer right after the sync that
+ * ended it. QEMU 7.2 updates dirty-pages-rate only when a sync comes at least a second after its
+ * last update, so for a shorter pass (the rule under TCG) it shows an older period's rate, or 0.
+ * The sync's dirty set does not lie: right after it, `remaining` is what the guest dirtied while
+ * the pass ran (less the little sent since), so remaining / duration is that pass's rate.
+ * Passes under MIN_PASS_FOR_RATE_MS keep QEMU's figure.
+ */
+export function passDirtyRate(info: MigrationInfo | null, durationMs: number): number {
+  const ram = info?.ram;
+  if (!ram) return 0;
+  const qemu = dirtyRateOf(ram);
+  if (durationMs >= 1000 && qemu > 0) return qemu;
+  // Syncs a few ms apart (QEMU's last rounds before the switchover) make a rate of noise.
+  if (durationMs < MIN_PASS_FOR_RATE_MS) return qemu;
+  return Math.max(0, num(ram.remaining)) / (durationMs / 1000);
+}
+
+/** Below this, a pass is too short for its dirty set to say anything about a rate. */
+const MIN_PASS_FOR_RATE_MS = 100;
+
 export class PassTracker {
   private open: OpenPass | null = null;
   private highest: number | null = null;
@@ -129,9 +150,7 @@ export class PassTracker {
       bytes,
       normalPages: known ? delta(end.normal, start.normal) : 0,
       zeroPages: known ? delta(end.duplicate, start.duplicate) : 0,
-      // QEMU recomputes dirty-pages-rate at a sync (at most once a second), i.e. for the pass
-      // that just ended, so the answer at the end of a pass describes that pass.
-      dirtyRateBps: info?.ram ? dirtyRateOf(info.ram) : 0,
+      dirtyRateBps: passDirtyRate(info, durationMs),
       throughputBps: durationMs > 0 ? bytes / (durationMs / 1000) : 0,
     };
     this.closed.push(record);
