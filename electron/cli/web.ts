@@ -1,13 +1,12 @@
 // `miglab web`: the lab in a browser. Serves the built UI and the API on a local address with an
 // access token, plus a read-only spectator address, until Ctrl-C.
-import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile, type LabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
 import { WebServer } from '../engine/web/server';
+import { findBuiltUi } from '../engine/web/ui-files';
 import { printJson, UsageError } from './output';
 
 export interface WebArgs {
@@ -16,22 +15,6 @@ export interface WebArgs {
   host?: string | undefined;
   /** A lab file to open instead of the default lab (host-a, host-b). */
   labFile?: string | undefined;
-}
-
-/** The renderer as Forge's Vite plugin builds it, found from this module or the cwd. */
-export function findBuiltUi(): string | null {
-  const starts = [dirname(fileURLToPath(import.meta.url)), process.cwd()];
-  for (const start of starts) {
-    let d = start;
-    for (let i = 0; i < 6; i++) {
-      const cand = join(d, '.vite', 'renderer', 'main_window');
-      if (existsSync(join(cand, 'index.html'))) return cand;
-      const up = dirname(d);
-      if (up === d) break;
-      d = up;
-    }
-  }
-  return null;
 }
 
 export async function webCommand(args: WebArgs): Promise<number> {

@@ -10,6 +10,3 @@ export const CHANNELS = {
 export const APP_SCHEME = 'miglab';
 export const APP_ORIGIN = `${APP_SCHEME}://app`;
 
-/** The window's content security policy: our scripts, our styles, nothing from the network. */
-export const APP_CSP =
-  "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";

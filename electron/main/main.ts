@@ -7,6 +7,7 @@ import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { labFromFile, readLabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
+import { findBuiltUi } from '../engine/web/ui-files';
 import { appProtocolHandler } from './app-protocol';
 import { APP_ORIGIN, APP_SCHEME, CHANNELS } from './channels';
 import { registerLabIpc } from './ipc';
@@ -36,7 +37,7 @@ export const WINDOW_OPTIONS: Electron.BrowserWindowConstructorOptions = {
 export function uiDir(): string {
   const name = typeof MAIN_WINDOW_VITE_NAME === 'string' ? MAIN_WINDOW_VITE_NAME : 'main_window';
   const packaged = join(__dirname, '..', 'renderer', name);
-  return existsSync(packaged) ? packaged : join(process.cwd(), '.vite', 'renderer', name);
+  return existsSync(packaged) ? packaged : (findBuiltUi() ?? packaged);
 }
 
 /** No navigation away from the app, no new windows, whatever the page asks for. */

@@ -7,7 +7,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findBuiltUi } from '../../electron/cli/web';
+import { findBuiltUi } from '../../electron/engine/web/ui-files';
 import { LabService } from '../../electron/engine/api/service';
 import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
 import { parseLabFile } from '../../electron/engine/lab/lab-file';

@@ -13,6 +13,7 @@ import {
   LabSwitch, PortOpenError, type AnnounceFrame, type MacMove, type PortCounters, type PortInfo, type SwitchOptions,
   type SwitchPortHandle,
 } from '../../electron/engine/network/switch';
+import { pidAlive } from '../helpers/leaks';
 import { Rng } from '../helpers/rng';
 import { FrameInbox, sleep, switchdChildren, until, useSwitchScope } from '../helpers/switch-scope';
 
@@ -33,15 +34,6 @@ function within<T>(p: Promise<T>, ms: number): Promise<{ value: T } | { error: u
       (error: unknown) => resolve({ error }),
     ).finally(() => clearTimeout(timer));
   });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const scope = useSwitchScope();
@@ -286,7 +278,7 @@ describe('LabSwitch ports', () => {
     await sw.close();
     expect(sw.portInfo()).toEqual([]);
     expect(sw.pid).toBeUndefined();
-    expect(alive(pid)).toBe(false);
+    expect(pidAlive(pid)).toBe(false);
     for (const h of handles) expect(await udpPortFree(h.port)).toBe(true);
   });
 });
@@ -542,12 +534,12 @@ describe('LabSwitch retiring ports', () => {
     await nics[0]!.send(f);
     await nics[1]!.waitForFrame(f);
     const pid = sw.pid!;
-    expect(alive(pid)).toBe(true);
+    expect(pidAlive(pid)).toBe(true);
     await sw.close();
     expect(closed.map((p) => p.id).sort()).toEqual(ports.map((p) => p.id).sort());
     expect(sw.portInfo()).toEqual([]);
     expect(sw.pid).toBeUndefined();
-    expect(alive(pid)).toBe(false);
+    expect(pidAlive(pid)).toBe(false);
     for (const h of ports) expect(await udpPortFree(h.port)).toBe(true);
     expect(await sw.stats()).toEqual({ ports: [], macs: [], tableFull: 0, eventsDropped: 0 });
     await sw.close(); // twice is fine

@@ -6,19 +6,18 @@ import { parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
 import { LocalHost } from '../hosts/local';
 import { DEFAULT_LAB_SUBNET, LabNetwork, parseSubnet } from '../network/lab-network';
-import { BootSchema } from '../qemu/spec';
+import { BootSchema, labName } from '../qemu/spec';
 import { makeTempDir } from '../util/fs';
 import { Lab, localPortRange } from './lab';
 
-const hostName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'use 1-32 lower-case letters, digits or "-", starting with a letter');
 
 export const LabFileSchema = z.object({
   name: z.string().max(200).optional(),
   network: z.object({ subnet: z.string().default(DEFAULT_LAB_SUBNET) }).strict().nullable().default({ subnet: DEFAULT_LAB_SUBNET }),
-  hosts: z.array(z.object({ name: hostName }).strict()).min(1, 'a lab needs at least one host').max(16),
+  hosts: z.array(z.object({ name: labName }).strict()).min(1, 'a lab needs at least one host').max(16),
   guests: z.array(z.object({
-    name: hostName,
-    host: hostName,
+    name: labName,
+    host: labName,
     memoryMiB: z.number().int().min(64).max(65536).default(256),
     boot: BootSchema.default({ kind: 'lab' }),
     workload: z.object({ rateMBps: z.number().min(0).max(100_000), workingSetMiB: z.number().int().min(1).max(65536) }).strict().optional(),

@@ -3,7 +3,7 @@ import type { Guest, Host } from '../hosts/host';
 import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
 import type { PortRange } from '../hosts/ports';
 import { LabNetwork, type LabNetworkOptions } from '../network/lab-network';
-import type { GuestSpecInput } from '../qemu/spec';
+import { labName, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
@@ -65,7 +65,8 @@ export class Lab {
   /** A new simulated host on this machine, on the lab network, with its own ports. */
   addLocalHost(name: string): Host {
     if (this.disposed) throw new Error('This lab has been shut down');
-    if (!/^[a-z][a-z0-9-]{0,31}$/.test(name)) throw new Error(`"${name}" is not a usable host name: use 1-32 lower-case letters, digits or "-", starting with a letter`);
+    const ok = labName.safeParse(name);
+    if (!ok.success) throw new Error(`"${name}" is not a usable host name: ${ok.error.issues[0]!.message}`);
     if (this.byName.has(name)) throw new Error(`There is a host "${name}" already: pick another name`);
     if (this.localCount >= 16) throw new Error('A lab on one machine has at most 16 hosts');
     const host = new LocalHost({

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 
-/** Lab guest names end up in QEMU options and file names: keep them boring. */
-const guestName = z
+/** Guest and host names end up in QEMU options and file names: keep them boring. */
+export const labName = z
   .string()
   .regex(/^[a-z][a-z0-9-]{0,31}$/, 'use 1-32 lower-case letters, digits or "-", starting with a letter');
 
@@ -52,7 +52,7 @@ export const BootSchema = z.discriminatedUnion('kind', [
 ]);
 
 export const GuestSpecSchema = z.object({
-  name: guestName,
+  name: labName,
   memoryMiB: z.number().int().min(64).max(64 * 1024).default(256),
   /** 1 vCPU by default: under TCG more vCPUs make boot several times slower. */
   vcpus: z.number().int().min(1).max(64).default(1),

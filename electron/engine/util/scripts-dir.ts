@@ -2,10 +2,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /**
- * scripts/<sub> (C sources and guest files the engine builds from): found by walking up from this
- * module (works from the source tree and from a bundle next to it), else from the cwd.
+ * `rel` (a folder of the source tree, e.g. scripts/guest or .vite/renderer/main_window) found by
+ * walking up from this module (works from the source tree and from a bundle next to it), else
+ * from the cwd; null when no candidate passes `ok`.
  */
-export function findScriptsSubdir(sub: string, ok: (dir: string) => boolean): string | null {
+export function findUpwards(rel: string, ok: (dir: string) => boolean): string | null {
   const starts: string[] = [];
   try {
     starts.push(dirname(fileURLToPath(import.meta.url)));
@@ -16,7 +17,7 @@ export function findScriptsSubdir(sub: string, ok: (dir: string) => boolean): st
   for (const start of starts) {
     let d = start;
     for (let i = 0; i < 8; i++) {
-      const cand = join(d, 'scripts', sub);
+      const cand = join(d, rel);
       if (ok(cand)) return cand;
       const up = dirname(d);
       if (up === d) break;
@@ -24,4 +25,9 @@ export function findScriptsSubdir(sub: string, ok: (dir: string) => boolean): st
     }
   }
   return null;
+}
+
+/** scripts/<sub> (C sources and guest files the engine builds from). */
+export function findScriptsSubdir(sub: string, ok: (dir: string) => boolean): string | null {
+  return findUpwards(join('scripts', sub), ok);
 }

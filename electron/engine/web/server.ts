@@ -3,15 +3,14 @@
 // can follow a migration from their own laptops. Without a valid token: 401 and nothing else.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { extname, join, normalize, resolve, sep } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError } from '../api/commands';
 import { API_VERSION, READ_ONLY_COMMANDS, type ApiEvent, type ApiRole, type ServerMessage } from '../api/contract';
 import type { LabService } from '../api/service';
+import { contentType, existingUiFile, UI_CSP } from './ui-files';
 
 export interface WebServerOptions {
   /** Where to listen; 127.0.0.1 unless the teacher opens it to the room on purpose. */
@@ -28,20 +27,6 @@ const COOKIE = 'miglab_token';
 const MAX_MESSAGE_BYTES = 64 * 1024;
 /** A client this far behind gets no more events until it catches up (never unbounded memory). */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
-
-const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.json': 'application/json',
-  '.svg': 'image/svg+xml',
-  '.png': 'image/png',
-  '.woff2': 'font/woff2',
-  '.map': 'application/json',
-};
-
-/** The same policy as the Electron window: our own scripts and our own WebSocket only. */
-const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 function newToken(): string {
   return randomBytes(24).toString('base64url');
@@ -125,7 +110,7 @@ export class WebServer {
       return;
     }
     const headers: Record<string, string> = {
-      'content-security-policy': CSP,
+      'content-security-policy': UI_CSP,
       'x-content-type-options': 'nosniff',
       'referrer-policy': 'no-referrer',
       'cache-control': 'no-store',
@@ -139,36 +124,17 @@ export class WebServer {
       res.end('The MigLab UI is not built here. The API answers on /api (WebSocket).\n');
       return;
     }
-    const file = await this.resolveFile(path === '/' ? '/index.html' : path);
+    const file = await existingUiFile(this.uiDir, path);
     if (!file) {
       res.writeHead(404, { ...headers, 'content-type': 'text/plain; charset=utf-8' }).end('Not found\n');
       return;
     }
-    res.writeHead(200, { ...headers, 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+    res.writeHead(200, { ...headers, 'content-type': contentType(file) });
     if (req.method === 'HEAD') {
       res.end();
       return;
     }
     createReadStream(file).pipe(res);
-  }
-
-  /** A file inside the UI dir, or null: no path from a request can leave it. */
-  private async resolveFile(urlPath: string): Promise<string | null> {
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(urlPath);
-    } catch {
-      return null;
-    }
-    if (decoded.includes('\0')) return null;
-    const root = resolve(this.uiDir!);
-    const file = resolve(join(root, normalize(decoded)));
-    if (file !== root && !file.startsWith(root + sep)) return null;
-    try {
-      return (await stat(file)).isFile() ? file : null;
-    } catch {
-      return null;
-    }
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
