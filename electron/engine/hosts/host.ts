@@ -5,6 +5,7 @@ import type { QmpClient } from '../qmp';
 import type { LabloadChannel } from '../guest/labload-channel';
 import type { PortLabel, SwitchPortHandle } from '../network/switch';
 import type { GuestConsole } from './console';
+import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
 
 /**
  * Where a host plugs its guests' NICs in: the lab switch. The host picks the UDP port QEMU sends
@@ -12,6 +13,8 @@ import type { GuestConsole } from './console';
  */
 export interface NetworkAttachment {
   openPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle>;
+  /** A handle for a port opened before a restart (a reattached guest's), so it can still be closed. */
+  portHandle?(port: { id: number; address: string; port: number }): SwitchPortHandle;
 }
 
 export interface HostInfo {
@@ -89,9 +92,30 @@ export interface HostEventMap {
   'guest-started': [guest: Guest];
   'guest-state': [guest: Guest, state: GuestState, previous: GuestState];
   'guest-exited': [guest: Guest, exit: ExitInfo];
+  /** A remote host's link to its agent: lost (reconnecting), back (connected), or closed. */
+  connection: [state: 'connected' | 'reconnecting' | 'closed', reason: string];
 }
 
-/** Where QEMU runs: this machine (LocalHost) or a LAN machine's agent (a later RemoteHost). */
+/** A link-emulation relay in a migration's path, on the destination host. */
+export interface LinkRelayControl {
+  /** Where the source connects instead of the destination QEMU's own port. */
+  readonly port: number;
+  setProfile(profile: Partial<LinkProfile>): Promise<LinkRelayStats>;
+  /** The pulled cable: every connection through the relay is reset, new ones too. */
+  cut(): Promise<LinkRelayStats>;
+  restore(): Promise<LinkRelayStats>;
+  stats(): Promise<LinkRelayStats>;
+  close(): Promise<void>;
+}
+
+/** The files QEMU's tls-creds-x509 needs: the lab CA and this host's certificate and key. */
+export interface MigrationTlsCreds {
+  caCertPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+/** Where QEMU runs: this machine (LocalHost) or a LAN machine's agent (RemoteHost). */
 export interface Host {
   readonly name: string;
   readonly kind: 'local' | 'remote';
@@ -109,6 +133,12 @@ export interface Host {
   /** A TCP port on `address` for an incoming migration; an occupied port is skipped. */
   allocateMigrationPort(): Promise<number>;
   releaseMigrationPort(port: number): void;
+  /** A relay in front of `targetPort` that shapes the migration stream (link emulation). */
+  openLinkRelay(targetPort: number, profile?: Partial<LinkProfile>): Promise<LinkRelayControl>;
+  /** Installs the lab CA's credentials for encrypted migration (QEMU TLS). */
+  installMigrationTls(creds: MigrationTlsCreds): Promise<void>;
+  /** Adds the TLS credentials object to a guest's QEMU; returns its id for tls-creds. */
+  addMigrationTls(guest: Guest, endpoint: 'server' | 'client'): Promise<string>;
   /** Stops every guest and removes the host's runtime dir. */
   dispose(): Promise<void>;
 }

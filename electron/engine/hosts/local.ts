@@ -1,16 +1,16 @@
 import { EventEmitter } from 'node:events';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { cpus, freemem, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { QmpClient, cont, quit } from '../qmp';
+import { QmpClient, cont, queryStatus, quit } from '../qmp';
 import { LabloadChannel } from '../guest/labload-channel';
 import { findLabGuest, labGuestAppend } from '../guest/image';
 import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
 import { chooseAccelerator, findQemu, type Accelerator } from '../qemu/binary';
-import { QemuProcess, QemuStartError, describeExit, type ExitInfo } from '../qemu/process';
+import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, qemuPidAlive, type ExitInfo, type QemuHandle } from '../qemu/process';
 import { probeQemu } from '../qemu/probe';
 import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
@@ -18,6 +18,11 @@ import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
 import { GuestConsole } from './console';
 import type { SwitchPortHandle } from '../network/switch';
+import type { Duplex } from 'node:stream';
+import { LinkRelay, type LinkProfile } from '../network/link-relay';
+import { writeQemuTlsDir } from '../agent/certs';
+import { addTlsCredsObject } from '../qemu/tls';
+import type { LinkRelayControl, MigrationTlsCreds } from './host';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 import { PortAllocator, type PortRange } from './ports';
 
@@ -53,6 +58,8 @@ export interface LocalHostOptions {
   nicPorts?: PortRange;
   /** Where to look for the built lab guest (tests use a private cache). */
   cacheRoot?: string;
+  /** Where this host keeps the QEMU TLS credentials (default: in its runtime dir). */
+  tlsDir?: string;
 }
 
 async function fileMustExist(path: string, what: string, hint: string): Promise<void> {
@@ -81,6 +88,21 @@ async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
   }
 }
 
+
+/**
+ * What a host writes next to each guest's sockets, so that a host object made after a restart
+ * (an agent restarted under its running guests) can find and reattach them.
+ */
+interface GuestRecord {
+  version: 1;
+  spec: GuestSpec;
+  pid: number;
+  qmpSocket: string;
+  labload: boolean;
+  nic: { localPort: number; switchPort: { id: number; address: string; port: number } } | null;
+}
+
+const RECORD_FILE = 'guest.json';
 
 /** Every LocalHost not yet disposed, so a process that is told to stop can stop their guests. */
 const liveHosts = new Set<LocalHost>();
@@ -216,7 +238,7 @@ export class LocalHost extends EventEmitter implements Host {
    * A guest with a MAC gets a NIC on the lab switch: a UDP port here for QEMU to send from, and a
    * switch port that accepts frames from it. A migration destination gets its own new port.
    */
-  private async plugNic(spec: GuestSpec, incoming: boolean): Promise<{ config: NonNullable<LaunchConfig['nic']>; port: SwitchPortHandle; unplug: () => void } | null> {
+  private async plugNic(spec: GuestSpec): Promise<PluggedNic | null> {
     if (!spec.mac || !this.opts.network) return null;
     const localPort = await this.nicPorts.allocate();
     let port: SwitchPortHandle;
@@ -229,10 +251,15 @@ export class LocalHost extends EventEmitter implements Host {
       this.nicPorts.release(localPort);
       throw err;
     }
+    return this.nicFor(spec.mac, localPort, port);
+  }
+
+  private nicFor(mac: string, localPort: number, port: SwitchPortHandle): PluggedNic {
     let plugged = true;
     return {
-      config: { mac: spec.mac, local: { address: this.address, port: localPort }, remote: { address: port.address, port: port.port } },
+      config: { mac, local: { address: this.address, port: localPort }, remote: { address: port.address, port: port.port } },
       port,
+      localPort,
       unplug: () => {
         if (!plugged) return;
         plugged = false;
@@ -258,7 +285,7 @@ export class LocalHost extends EventEmitter implements Host {
       control: join(guestDir, 'control.sock'),
     };
     const incoming = opts.incoming ?? false;
-    const nic = await this.plugNic(spec, incoming);
+    const nic = await this.plugNic(spec);
     const cfg: LaunchConfig = {
       spec,
       accel: accel.accel,
@@ -277,6 +304,7 @@ export class LocalHost extends EventEmitter implements Host {
     const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
     const console = new GuestConsole();
     let labload: LabloadChannel | null = null;
+    let control: Duplex | null = null;
     const died = proc.exited.then((exit) => {
       throw new QemuStartError(spec.name, exit, describeExit(exit));
     });
@@ -285,7 +313,8 @@ export class LocalHost extends EventEmitter implements Host {
       await Promise.race([qmp.connect(sockets.qmp, { retryUntilMs: 15_000 }), died]);
       await Promise.race([console.attach(sockets.console), died]);
       if (boot.labload) {
-        labload = new LabloadChannel(await Promise.race([connectUnix(sockets.control), died]));
+        control = await Promise.race([connectUnix(sockets.control), died]);
+        labload = new LabloadChannel(control);
       }
       if (!incoming) await cont(qmp);
       if (this.disposed) throw new Error(`Host ${this.name} was shut down while the guest was starting`);
@@ -302,20 +331,158 @@ export class LocalHost extends EventEmitter implements Host {
       throw new QemuStartError(spec.name, exit, exit ? describeExit(exit) : (err as Error).message);
     }
     this.starting.delete(proc);
-    const guest = new LocalGuest({
-      spec, hostName: this.name, proc, qmp, console, labload, dir: guestDir, startedAt,
+    await writeRecord(guestDir, {
+      version: 1, spec, pid: proc.pid!, qmpSocket: sockets.qmp, labload: boot.labload,
+      nic: nic ? { localPort: nic.localPort, switchPort: { id: nic.port.id, address: nic.port.address, port: nic.port.port } } : null,
+    });
+    return this.track(new LocalGuest({
+      spec, hostName: this.name, proc, qmp, console, labload, control, dir: guestDir, startedAt,
       initialState: incoming ? 'incoming' : 'booting',
       switchPort: nic ? { id: nic.port.id, address: nic.port.address, port: nic.port.port } : null,
+      adopted: false,
       onGone: () => {
         nic?.unplug(); // the old switch port is retired the moment its QEMU is gone
         this.running.delete(spec.name);
       },
-    });
-    this.running.set(spec.name, guest);
+    }));
+  }
+
+  private track(guest: LocalGuest): LocalGuest {
+    this.running.set(guest.name, guest);
     guest.on('state', (state, prev) => this.emit('guest-state', guest, state, prev));
     guest.on('exit', (exit) => this.emit('guest-exited', guest, exit));
     this.emit('guest-started', guest);
     return guest;
+  }
+
+  /**
+   * Finds the guests a previous host object left running in this host's runtime dir (an agent
+   * that restarted) and reattaches them: QMP, console, labload, NIC. A record whose QEMU is gone
+   * is removed. Returns what it did, by guest name.
+   */
+  async adoptGuests(): Promise<{ adopted: string[]; removed: string[] }> {
+    const dir = await this.dir();
+    const adopted: string[] = [];
+    const removed: string[] = [];
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      if (!entry.isDirectory() || this.running.has(entry.name)) continue;
+      const guestDir = join(dir, entry.name);
+      const record = await readRecord(guestDir);
+      if (!record || !(await isQemuOf(record))) {
+        await removeDir(guestDir);
+        removed.push(entry.name);
+        continue;
+      }
+      try {
+        this.track(await this.reattach(record, guestDir));
+        adopted.push(record.spec.name);
+      } catch {
+        // QEMU is there but will not talk to us: stop it rather than leave a guest nobody controls.
+        try {
+          process.kill(record.pid, 'SIGKILL');
+        } catch {
+          /* gone meanwhile */
+        }
+        await removeDir(guestDir);
+        removed.push(entry.name);
+      }
+    }
+    return { adopted, removed };
+  }
+
+  private async reattach(record: GuestRecord, guestDir: string): Promise<LocalGuest> {
+    const { spec } = record;
+    const proc = new AdoptedQemu(record.pid);
+    const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
+    const console = new GuestConsole();
+    let control: Duplex | null = null;
+    let labload: LabloadChannel | null = null;
+    try {
+      await qmp.connect(record.qmpSocket, { retryUntilMs: 3000 });
+      await console.attach(join(guestDir, 'console.sock'));
+      if (record.labload) {
+        control = await connectUnix(join(guestDir, 'control.sock'));
+        labload = new LabloadChannel(control);
+      }
+    } catch (err) {
+      proc.forget();
+      labload?.close();
+      console.close();
+      await qmp.disconnect();
+      throw err;
+    }
+    const status = await queryStatus(qmp).catch(() => null);
+    let nic: PluggedNic | null = null;
+    if (record.nic && spec.mac) {
+      this.nicPorts.reserve(record.nic.localPort);
+      const sp = record.nic.switchPort;
+      const handle = this.opts.network?.portHandle?.(sp) ?? { ...sp, close: () => {} };
+      nic = this.nicFor(spec.mac, record.nic.localPort, handle);
+    }
+    return new LocalGuest({
+      spec, hostName: this.name, proc, qmp, console, labload, control, dir: guestDir, startedAt: performance.now(),
+      initialState: status?.status === 'inmigrate' ? 'incoming' : 'booting',
+      switchPort: record.nic?.switchPort ?? null,
+      adopted: true,
+      onGone: () => {
+        nic?.unplug();
+        this.running.delete(spec.name);
+      },
+    });
+  }
+
+  async openLinkRelay(targetPort: number, profile?: Partial<LinkProfile>): Promise<LinkRelayControl> {
+    const port = await this.ports.allocate();
+    let relay: LinkRelay;
+    try {
+      relay = await LinkRelay.open({ listen: { address: this.address, port }, target: { address: this.address, port: targetPort }, ...(profile ? { profile } : {}) });
+    } catch (err) {
+      this.ports.release(port);
+      throw err;
+    }
+    return {
+      port: relay.port,
+      setProfile: async (p) => (relay.setProfile(p), relay.stats()),
+      cut: async () => (relay.cut(), relay.stats()),
+      restore: async () => (relay.restore(), relay.stats()),
+      stats: async () => relay.stats(),
+      close: async () => {
+        await relay.close();
+        this.ports.release(port);
+      },
+    };
+  }
+
+  private async tlsDir(): Promise<string> {
+    return this.opts.tlsDir ?? join(await this.dir(), '.qemu-tls');
+  }
+
+  async installMigrationTls(creds: MigrationTlsCreds): Promise<void> {
+    await writeQemuTlsDir(await this.tlsDir(), creds);
+  }
+
+  async addMigrationTls(guest: Guest, endpoint: 'server' | 'client'): Promise<string> {
+    const g = this.running.get(guest.name);
+    if (!g || g !== guest) throw new Error(`Guest "${guest.name}" does not run on host ${this.name}`);
+    const dir = await this.tlsDir();
+    try {
+      await stat(join(dir, 'ca-cert.pem'));
+    } catch {
+      throw new Error(`Host ${this.name} has no TLS credentials for migration: the lab installs them when a TLS migration is asked for (Lab.prepareMigrationTls)`);
+    }
+    return addTlsCredsObject(g.qmpClient, dir, endpoint);
+  }
+
+  /**
+   * Lets go of every guest without stopping it: channels closed, QEMU left running with its
+   * record, for the next host object (after a restart) to adopt. Ends this host object.
+   */
+  async detach(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await Promise.all([...this.running.values()].map((g) => g.detach()));
+    this.running.clear();
+    liveHosts.delete(this);
   }
 
   async dispose(): Promise<void> {
@@ -337,21 +504,56 @@ function readyPatternOf(spec: GuestSpec): string | undefined {
   return spec.boot.kind === 'lab' ? undefined : spec.boot.readyPattern;
 }
 
+interface PluggedNic {
+  config: NonNullable<LaunchConfig['nic']>;
+  port: SwitchPortHandle;
+  localPort: number;
+  unplug: () => void;
+}
+
+async function writeRecord(dir: string, record: GuestRecord): Promise<void> {
+  const tmp = join(dir, `${RECORD_FILE}.tmp`);
+  await writeFile(tmp, JSON.stringify(record));
+  await rename(tmp, join(dir, RECORD_FILE));
+}
+
+async function readRecord(dir: string): Promise<GuestRecord | null> {
+  try {
+    const r = JSON.parse(await readFile(join(dir, RECORD_FILE), 'utf8')) as GuestRecord;
+    return r.version === 1 && typeof r.pid === 'number' && r.spec?.name ? r : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The pid still runs the QEMU of that record (and not a process that reused the pid). */
+async function isQemuOf(record: GuestRecord): Promise<boolean> {
+  if (!qemuPidAlive(record.pid)) return false;
+  try {
+    return (await readFile(`/proc/${record.pid}/cmdline`, 'utf8')).includes(record.qmpSocket);
+  } catch {
+    return false;
+  }
+}
+
 interface LocalGuestParts {
   spec: GuestSpec;
   hostName: string;
-  proc: QemuProcess;
+  proc: QemuHandle & { forget?: () => void };
   qmp: QmpClient;
   console: GuestConsole;
   labload: LabloadChannel | null;
+  /** labload's socket, for an agent that relays its bytes to the engine. */
+  control: Duplex | null;
   dir: string;
   startedAt: number;
   initialState: GuestState;
   switchPort: Guest['switchPort'];
+  adopted: boolean;
   onGone: () => void;
 }
 
-class LocalGuest extends EventEmitter implements Guest {
+export class LocalGuest extends EventEmitter implements Guest {
   readonly id = randomUUID();
   readonly name: string;
   readonly hostName: string;
@@ -360,8 +562,9 @@ class LocalGuest extends EventEmitter implements Guest {
   readonly labload: LabloadChannel | null;
   readonly startedAt: number;
   readonly switchPort: Guest['switchPort'];
+  readonly adopted: boolean;
   private readonly client: QmpClient;
-  private readonly proc: QemuProcess;
+  private readonly proc: LocalGuestParts['proc'];
   private current: GuestState;
   private stopPromise: Promise<ExitInfo> | null = null;
 
@@ -374,6 +577,7 @@ class LocalGuest extends EventEmitter implements Guest {
     this.labload = parts.labload;
     this.startedAt = parts.startedAt;
     this.switchPort = parts.switchPort;
+    this.adopted = parts.adopted;
     this.client = parts.qmp;
     this.proc = parts.proc;
     this.current = parts.initialState;
@@ -410,6 +614,37 @@ class LocalGuest extends EventEmitter implements Guest {
   get state(): GuestState {
     return this.current;
   }
+
+  /** The full QMP client (an agent uses commands a peer may not send, like object-add). */
+  get qmpClient(): QmpClient {
+    return this.client;
+  }
+
+  /** labload's raw bytes as they arrive, for an agent to relay; returns the unsubscribe. */
+  tapControl(listener: (data: Buffer) => void): () => void {
+    const c = this.parts.control;
+    if (!c) return () => {};
+    c.on('data', listener);
+    return () => c.off('data', listener);
+  }
+
+  /** Bytes to labload from elsewhere (the engine, through an agent). */
+  writeControl(data: Buffer): void {
+    const c = this.parts.control;
+    if (!c || c.destroyed) throw new Error(`Guest "${this.name}" has no labload channel open`);
+    c.write(data);
+  }
+
+  /** Closes our channels and leaves QEMU running (see LocalHost.detach). */
+  async detach(): Promise<void> {
+    this.detached = true;
+    this.parts.proc.forget?.();
+    this.labload?.close();
+    this.console.close();
+    await this.client.disconnect();
+  }
+
+  private detached = false;
 
   get qmp(): GuestQmp {
     return this.client;
@@ -495,6 +730,7 @@ class LocalGuest extends EventEmitter implements Guest {
   }
 
   private async onExit(exit: ExitInfo): Promise<void> {
+    if (this.detached) return;
     await this.release();
     this.setState(exit.expected ? 'stopped' : 'failed');
     this.emit('exit', exit);

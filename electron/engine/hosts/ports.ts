@@ -71,6 +71,11 @@ export class PortAllocator {
     throw new NoFreePortError(this.address, this.range, this.protocol);
   }
 
+  /** Marks a port as ours without probing it: one a guest we reattached already holds. */
+  reserve(port: number): void {
+    this.reserved.add(port);
+  }
+
   release(port: number): void {
     this.reserved.delete(port);
   }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { TailBuffer } from '../util/tail-buffer';
 import { delay } from '../util/time';
@@ -100,30 +101,107 @@ export class QemuProcess {
   }
 
   /** Always resolves with the exit: a clean quit if QEMU listens, a signal if it does not. */
-  async stop(opts: StopOptions = {}): Promise<ExitInfo> {
-    if (this.exitInfo) return this.exitInfo;
+  stop(opts: StopOptions = {}): Promise<ExitInfo> {
+    if (this.exitInfo) return Promise.resolve(this.exitInfo);
     this.stopping = true;
-    const { quitTimeoutMs = 3000, termTimeoutMs = 3000 } = opts;
-    if (opts.quit) {
-      const started = performance.now();
-      // A wedged QMP may never answer: the quit request gets the same budget as the exit.
-      await Promise.race([opts.quit().catch(() => {}), this.exitsWithin(quitTimeoutMs)]);
-      const left = Math.max(0, quitTimeoutMs - (performance.now() - started));
-      if (await this.exitsWithin(left)) return this.exited;
-    }
-    this.signal('SIGTERM');
-    if (await this.exitsWithin(termTimeoutMs)) return this.exited;
-    this.signal('SIGKILL');
-    return this.exited;
+    return stopEscalating(this, opts);
   }
 
-  private async exitsWithin(ms: number): Promise<boolean> {
-    const ac = new AbortController();
-    const r = await Promise.race([
-      this.exited.then(() => true),
-      delay(ms, false, { signal: ac.signal }).catch(() => false),
-    ]);
-    ac.abort();
-    return r;
+}
+
+/** What stopping needs of a QEMU, spawned by us or adopted after a restart. */
+interface Stoppable {
+  readonly exited: Promise<ExitInfo>;
+  signal(sig: NodeJS.Signals): void;
+}
+
+async function exitsWithin(q: Stoppable, ms: number): Promise<boolean> {
+  const ac = new AbortController();
+  const r = await Promise.race([q.exited.then(() => true), delay(ms, false, { signal: ac.signal }).catch(() => false)]);
+  ac.abort();
+  return r;
+}
+
+/** quit (if given) -> SIGTERM -> SIGKILL, each with its budget: QEMU is gone after. */
+async function stopEscalating(q: Stoppable, opts: StopOptions): Promise<ExitInfo> {
+  const { quitTimeoutMs = 3000, termTimeoutMs = 3000 } = opts;
+  if (opts.quit) {
+    const started = performance.now();
+    // A wedged QMP may never answer: the quit request gets the same budget as the exit.
+    await Promise.race([opts.quit().catch(() => {}), exitsWithin(q, quitTimeoutMs)]);
+    const left = Math.max(0, quitTimeoutMs - (performance.now() - started));
+    if (await exitsWithin(q, left)) return q.exited;
+  }
+  q.signal('SIGTERM');
+  if (await exitsWithin(q, termTimeoutMs)) return q.exited;
+  q.signal('SIGKILL');
+  return q.exited;
+}
+
+/** The surface of a running QEMU that a guest needs: ours (QemuProcess) or adopted (AdoptedQemu). */
+export type QemuHandle = Pick<QemuProcess, 'exited' | 'pid' | 'running' | 'exit' | 'stop'>;
+
+/**
+ * A QEMU another process of ours started (an agent before its restart): not our child, so its
+ * exit is noticed by polling, and its exit status and stderr are lost.
+ */
+export class AdoptedQemu implements QemuHandle {
+  readonly exited: Promise<ExitInfo>;
+  private exitInfo: ExitInfo | null = null;
+  private stopping = false;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(readonly pid: number) {
+    let finish!: (e: ExitInfo) => void;
+    this.exited = new Promise<ExitInfo>((resolve) => (finish = resolve));
+    this.timer = setInterval(() => {
+      if (qemuPidAlive(this.pid)) return;
+      clearInterval(this.timer);
+      this.exitInfo = {
+        code: null,
+        signal: null,
+        stderrTail: 'QEMU was reattached after an agent restart, so its exit status is not known',
+        expected: this.stopping,
+      };
+      finish(this.exitInfo);
+    }, 100);
+  }
+
+  get running(): boolean {
+    return this.exitInfo === null;
+  }
+
+  get exit(): ExitInfo | null {
+    return this.exitInfo;
+  }
+
+  /** Stops watching without touching QEMU: the agent is going away and QEMU stays. */
+  forget(): void {
+    clearInterval(this.timer);
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.exitInfo) return;
+    try {
+      process.kill(this.pid, sig);
+    } catch {
+      // already gone
+    }
+  }
+
+  stop(opts: StopOptions = {}): Promise<ExitInfo> {
+    if (this.exitInfo) return Promise.resolve(this.exitInfo);
+    this.stopping = true;
+    return stopEscalating(this, opts);
+  }
+}
+
+/** Alive and not a zombie: a reparented QEMU may wait unreaped under a pid 1 that never reaps. */
+export function qemuPidAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
