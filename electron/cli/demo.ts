@@ -20,6 +20,7 @@ export interface DemoArgs {
   capability?: string[] | undefined;
   subnet?: string | undefined;
   'probe-interval'?: string | undefined;
+  netns?: boolean | undefined;
 }
 
 function num(name: string, value: string | undefined, min: number, max: number, fallback: number): number {
@@ -46,6 +47,8 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
     capabilities: Object.fromEntries((a.capability ?? []).map((c) => [c, true])),
     probeIntervalMs: num('probe-interval', a['probe-interval'], 5, 1000, 20),
   };
+  if (a.netns && (a.kernel || a.disk)) throw new UsageError('--netns runs the lab guest: a custom --kernel or --disk would have to be in each agent\'s image library');
+  if (a.netns && process.getuid?.() !== 0) throw new UsageError('--netns makes network namespaces, which needs root: run it with sudo, or drop --netns for hosts on this machine');
   if (a.subnet !== undefined) {
     try {
       parseSubnet(a.subnet);
@@ -61,6 +64,7 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
     migration,
     ...(custom ? { custom } : {}),
     ...(a.subnet !== undefined ? { subnet: a.subnet } : {}),
+    ...(a.netns ? { netns: true } : {}),
   };
 }
 
@@ -69,7 +73,7 @@ function causeText(cause: 'rarp' | 'gratuitous-arp' | 'traffic'): string {
 }
 
 /** Live lines on stderr: one per phase, check and pass; a status line redrawn on a terminal. */
-function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string) => void } {
+export function liveDisplay(scope = 'demo'): { onEvent: (ev: MigrationEvent) => void; say: (m: string) => void } {
   const tty = process.stderr.isTTY;
   let statusShown = false;
   let lastPrinted = 0;
@@ -85,7 +89,7 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
   let lastVerdict = '';
   let verdictAt = -Infinity;
   return {
-    say: (m) => line(`[demo] ${m}`),
+    say: (m) => line(`[${scope}] ${m}`),
     onEvent: (ev) => {
       switch (ev.type) {
         case 'phase':
@@ -131,6 +135,12 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
         case 'announce':
           line(`  switch: announce frame ${ev.count} (RARP) from ${ev.mac} on ${ev.host} at ${formatMs(ev.atMs)}`);
           break;
+        case 'link': {
+          const l = ev.stats;
+          const p = l.profile;
+          line(`  link: ${l.cut ? 'CUT' : `${p.bandwidthMBps === null ? 'unlimited' : `${p.bandwidthMBps} MB/s`}, +${p.latencyMs} ms, ${p.lossPercent}% loss`}; ${formatBytes(l.bytesForward)} through, ${l.lossStalls} retransmission stalls`);
+          break;
+        }
         default:
           break;
       }
@@ -142,6 +152,7 @@ function liveDisplay(): { onEvent: (ev: MigrationEvent) => void; say: (m: string
 export function demoJson(r: DemoReport) {
   const m = r.result;
   return {
+    hosts: r.hosts,
     status: m.status,
     reason: m.reason,
     failure: m.failure,
@@ -167,6 +178,7 @@ export function demoJson(r: DemoReport) {
 
 function printReport(r: DemoReport): void {
   const m = r.result;
+  console.log(`\nhosts: ${r.hosts.map((h) => `${h.name} ${h.address} (${h.transport === 'local' ? 'this machine' : 'agent over TLS, in a network namespace'})`).join('; ')}`);
   const head = m.status === 'completed' ? `Migration completed: ${m.guest} moved from ${m.from} to ${m.to}` : `Migration ${m.status}: ${m.reason}`;
   console.log(`\n${head}`);
   if (m.qemuMessage) console.log(`  QEMU said: ${m.qemuMessage}`);

@@ -7,6 +7,8 @@ import { webCommand } from './web';
 import { doctorCommand } from './doctor';
 import { guestBootCommand, guestBuildCommand } from './guest';
 import { showcaseCommand } from './showcase';
+import { agentCommand, agentTokenCommand } from './agent';
+import { migrateCommand, recoverCommand } from './lab-session';
 import { UsageError } from './output';
 import { disposeAllLabs } from '../engine/lab/lab';
 
@@ -21,15 +23,31 @@ Usage:
   miglab demo [--json] [--memory MiB] [--dirty-rate MBps] [--working-set MiB]
               [--bandwidth MBps] [--downtime-limit ms] [--capability NAME]...
               [--kernel K [--initrd I] [--append A] | --disk IMG] [--ready-pattern TEXT]
-              [--subnet CIDR] [--probe-interval ms]
+              [--subnet CIDR] [--probe-interval ms] [--netns]
                                     boot a guest on host-a, migrate it live to host-b, check it there;
                                     its NIC is on the lab switch (default subnet 10.80.0.0/24), and a
-                                    probe pings it through the move (every 20 ms by default)
+                                    probe pings it through the move (every 20 ms by default);
+                                    --netns (root): host-a and host-b are network namespaces, each
+                                    driven through its agent, the migration crossing a veth
   miglab start [lab.yaml] [--port N] the app (what "npm start" runs): the desktop window, or, where it
                                     cannot open, the same UI in browser mode
   miglab web [lab.yaml] [--port N] [--host 127.0.0.1] [--json]
                                     the lab in a browser: serves the UI and its API with an access
                                     token, and a read-only address for spectators (default port 5199)
+  miglab agent [--listen ADDR:PORT] [--data-dir DIR] [--images DIR] [--name NAME]
+               [--max-guests N] [--max-memory MiB] [--ports FIRST-LAST] [--json]
+                                    run this machine as a lab host: QEMU driven by the app over TLS
+                                    (default 127.0.0.1:7800); prints its pairing token and fingerprint
+  miglab agent token new|list|revoke [ID] [--data-dir DIR] [--label L]
+                                    manage the agent's access tokens
+  miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--tls]
+                 [--link-bandwidth MBps] [--link-latency ms] [--link-loss %] [--json]
+                                    migrate a guest between hosts that run "miglab agent" (their lab
+                                    file lists each agent's url, token and fingerprint); --tls
+                                    encrypts the stream with the lab CA; --link-* put an emulated
+                                    link (bandwidth, latency, loss) in its path
+  miglab recover LAB.yaml [--json]  settle migrations a stopped engine left in flight between the
+                                    lab's agents: exactly one copy of each guest keeps running
   miglab showcase                   what works so far, run live (what "npm start" shows)
   miglab help                       this text
 `;
@@ -58,6 +76,20 @@ async function main(argv: string[]): Promise<number> {
       'probe-interval': { type: 'string' },
       port: { type: 'string' },
       host: { type: 'string' },
+      listen: { type: 'string' },
+      'data-dir': { type: 'string' },
+      images: { type: 'string' },
+      name: { type: 'string' },
+      'max-guests': { type: 'string' },
+      'max-memory': { type: 'string' },
+      ports: { type: 'string' },
+      label: { type: 'string' },
+      netns: { type: 'boolean', default: false },
+      to: { type: 'string' },
+      tls: { type: 'boolean', default: false },
+      'link-bandwidth': { type: 'string' },
+      'link-latency': { type: 'string' },
+      'link-loss': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -65,6 +97,11 @@ async function main(argv: string[]): Promise<number> {
   if (values.help || cmd === undefined || cmd === 'help') {
     process.stdout.write(USAGE);
     return 0;
+  }
+  if (cmd === 'agent' && sub === 'token') return agentTokenCommand(rest[0], rest[1], values);
+  if (cmd === 'migrate') {
+    if (rest.length > 1) throw new UsageError(`Unexpected arguments: ${rest.slice(1).join(' ')}`);
+    return migrateCommand(sub, rest[0], values);
   }
   if (rest.length) throw new UsageError(`Unexpected arguments: ${rest.join(' ')}`);
   switch (cmd) {
@@ -84,6 +121,11 @@ async function main(argv: string[]): Promise<number> {
       return webCommand({ json: values.json, port: values.port, host: values.host, labFile: sub });
     case 'showcase':
       return showcaseCommand();
+    case 'recover':
+      return recoverCommand(sub, values);
+    case 'agent':
+      if (sub) throw new UsageError(`Unknown agent command "${sub}": use "miglab agent" or "miglab agent token ..."`);
+      return agentCommand(values);
     default:
       throw new UsageError(`Unknown command "${cmd}"`);
   }

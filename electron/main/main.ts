@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { labFromFile, readLabFile } from '../engine/lab/lab-file';
+import { recoverInterruptedMigrations } from '../engine/migration/recovery';
 import { MigrationJournal } from '../engine/migration/journal';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { appProtocolHandler } from './app-protocol';
@@ -76,10 +77,19 @@ export async function openLab(file: string | null): Promise<void> {
   const old = lab;
   lab = null;
   await old?.dispose();
-  lab = spec ? await labFromFile(spec) : await defaultLocalLab();
-  service = new LabService(lab, new MigrationJournal());
+  lab = spec ? await labFromFile(spec, { source: file! }) : await defaultLocalLab();
+  const journal = new MigrationJournal();
+  // Migrations a previous run left in flight between this lab's agents: settled, then reported.
+  const recovered = await recoverInterruptedMigrations(lab.hosts(), journal);
+  service = new LabService(lab, journal);
   unregister = registerLabIpc(ipcMain, service, windowContents);
   windowContents()?.send(CHANNELS.event, { type: 'lab', snapshot: service.snapshot() });
+  if (recovered.length) {
+    dialog.showErrorBox(
+      'MigLab: migrations that were in flight',
+      recovered.map((r) => `${r.guest} (${r.from} -> ${r.to}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}. ${r.actions.join('; ')}`).join('\n'),
+    );
+  }
   if (spec) {
     const s = service;
     void s.startGuests(spec.guests, (m) => dialog.showErrorBox('MigLab', m));

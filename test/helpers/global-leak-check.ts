@@ -2,8 +2,9 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { leakedSince, snapshot, type Snapshot } from './leaks';
+import { netnsRunTag, removeNetnsLeftovers } from '../../electron/engine/hosts/netns';
 
-// The whole run must leave no QEMU process, no lab switch process and no MigLab temp dir behind. Individual tests
+// The whole run must leave no QEMU process, no lab switch or agent process, no namespace and no MigLab temp dir behind. Individual tests
 // check their own resources; this catches anything they missed, cleans it up, and fails the run.
 let before: Snapshot;
 
@@ -13,7 +14,7 @@ export async function setup(): Promise<void> {
 
 export async function teardown(): Promise<void> {
   const leaked = await leakedSince(before);
-  for (const pid of [...leaked.qemu, ...leaked.switchd]) {
+  for (const pid of [...leaked.agents, ...leaked.qemu, ...leaked.switchd]) {
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -21,9 +22,12 @@ export async function teardown(): Promise<void> {
     }
   }
   for (const d of leaked.tempDirs) await rm(join(tmpdir(), d), { recursive: true, force: true });
-  if (leaked.qemu.length || leaked.switchd.length || leaked.tempDirs.length) {
+  // Namespaces of this run carry its tag: remove them all.
+  if (leaked.netns.length) await removeNetnsLeftovers(netnsRunTag()).catch(() => {});
+  if (leaked.qemu.length || leaked.switchd.length || leaked.agents.length || leaked.tempDirs.length || leaked.netns.length) {
     throw new Error(
-      `The tests left things behind: QEMU pids [${leaked.qemu.join(', ')}], switchd pids [${leaked.switchd.join(', ')}], temp dirs [${leaked.tempDirs.join(', ')}]`,
+      `The tests left things behind: QEMU pids [${leaked.qemu.join(', ')}], switchd pids [${leaked.switchd.join(', ')}], ` +
+        `agent pids [${leaked.agents.join(', ')}], temp dirs [${leaked.tempDirs.join(', ')}], namespaces and links [${leaked.netns.join(', ')}]`,
     );
   }
 }

@@ -2,6 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEMP_PREFIX } from '../../electron/engine/util/fs';
+import { netnsLeftovers } from './netns-leaks';
 
 /**
  * PIDs of the QEMU processes MigLab started: those whose command line points into a MigLab
@@ -44,6 +45,26 @@ export async function switchdPids(): Promise<number[]> {
   return pids;
 }
 
+/** `miglab agent` processes started by runs that share our temp folder (as for switchd). */
+export async function agentPids(): Promise<number[]> {
+  const pids: number[] = [];
+  const ours = tmpdir();
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0');
+      const bin = argv.findIndex((a) => a.endsWith('miglab.mjs'));
+      if (bin < 0 || argv[bin + 1] !== 'agent' || argv[bin + 2] === 'token') continue;
+      const env = (await readFile(`/proc/${entry}/environ`, 'utf8')).split('\0');
+      const tmp = env.find((v) => v.startsWith('TMPDIR='))?.slice('TMPDIR='.length) ?? '/tmp';
+      if (tmp.replace(/\/+$/, '') === ours.replace(/\/+$/, '')) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
 export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -61,11 +82,14 @@ export async function miglabTempDirs(): Promise<string[]> {
 export interface Snapshot {
   qemu: number[];
   switchd: number[];
+  agents: number[];
   tempDirs: string[];
+  /** MigLab network namespaces and their links (ml* names). */
+  netns: string[];
 }
 
 export async function snapshot(): Promise<Snapshot> {
-  return { qemu: await qemuPids(), switchd: await switchdPids(), tempDirs: await miglabTempDirs() };
+  return { qemu: await qemuPids(), switchd: await switchdPids(), agents: await agentPids(), tempDirs: await miglabTempDirs(), netns: await netnsLeftovers() };
 }
 
 /** What exists now that did not exist at `before`. */
@@ -74,6 +98,8 @@ export async function leakedSince(before: Snapshot): Promise<Snapshot> {
   return {
     qemu: now.qemu.filter((p) => !before.qemu.includes(p)),
     switchd: now.switchd.filter((p) => !before.switchd.includes(p)),
+    agents: now.agents.filter((p) => !before.agents.includes(p)),
+    netns: now.netns.filter((x) => !before.netns.includes(x)),
     tempDirs: now.tempDirs.filter((d) => !before.tempDirs.includes(d)),
   };
 }

@@ -1,6 +1,6 @@
 // Lab files: what parses, what is refused and how the refusal reads, and the text a lab saves.
 import { describe, expect, it } from 'vitest';
-import { LabFileError, labFileText, parseLabFile } from '../../electron/engine/lab/lab-file';
+import { LabFileError, labFileText, labFromFile, parseLabFile } from '../../electron/engine/lab/lab-file';
 
 const GOOD = `
 name: two web servers
@@ -85,5 +85,73 @@ guests:
       'guests.2.workload: only the lab guest runs a workload (labload)',
       expect.stringMatching(/^network\.subnet: .*did you mean 10\.80\.0\.0\/24\?/),
     ]));
+  });
+});
+
+describe('lab files with LAN hosts (miglab agent)', () => {
+  const FP = 'AB:'.repeat(31) + 'CD';
+  const TOKEN = 'mlt_' + 'x'.repeat(32);
+
+  it('parse an agent host with its token, and without one (a shared file)', () => {
+    const lab = parseLabFile(`
+network: { subnet: 10.90.0.0/24, address: 192.168.1.10 }
+hosts:
+  - name: here
+  - name: lan-a
+    agent: { url: "wss://192.168.1.20:7800/v1/agent", token: ${TOKEN}, fingerprint: "${FP}" }
+  - name: lan-b
+    agent: { url: "wss://192.168.1.21:7800", fingerprint: "${FP.toLowerCase().replaceAll(':', '')}" }
+`);
+    expect(lab.network).toEqual({ subnet: '10.90.0.0/24', address: '192.168.1.10' });
+    expect(lab.hosts).toEqual([
+      { name: 'here' },
+      { name: 'lan-a', agent: { url: 'wss://192.168.1.20:7800/v1/agent', token: TOKEN, fingerprint: FP } },
+      { name: 'lan-b', agent: { url: 'wss://192.168.1.21:7800', fingerprint: FP.toLowerCase().replaceAll(':', '') } },
+    ]);
+    // what Save lab file writes (no token) parses back to the same lab
+    expect(parseLabFile(labFileText(lab))).toEqual(lab);
+  });
+
+  it('refuse a bad agent address, token and fingerprint, listing every problem', () => {
+    const p = problems(`
+network: { subnet: 10.90.0.0/24, address: not-an-ip }
+hosts:
+  - name: lan-a
+    agent: { url: "http://192.168.1.20:7800", token: mlt_short, fingerprint: "AB:CD" }
+  - name: lan-b
+    agent: { url: "wss://192.168.1.21:7800", fingerprint: "${FP}", password: x }
+  - name: lan-c
+    agent: { token: ${TOKEN}, fingerprint: "${FP}" }
+`);
+    expect(p).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^network\.address: /),
+      'hosts.0.agent.url: write the agent address as wss://HOST:PORT, as "miglab agent" prints it',
+      'hosts.0.agent.token: the token starts with mlt_, as "miglab agent" prints it',
+      'hosts.0.agent.fingerprint: the fingerprint is the SHA-256 of the agent certificate: 32 hex bytes, as "miglab agent" prints it',
+      expect.stringMatching(/^hosts\.1\.agent: Unrecognized key.*password/i),
+      expect.stringMatching(/^hosts\.2\.agent\.url: /),
+    ]));
+    expect(p).toHaveLength(6);
+  });
+});
+
+describe('opening a lab file with LAN hosts', () => {
+  it('refuses agent hosts without a token before anything starts, naming each one', async () => {
+    const FP = 'AB:'.repeat(31) + 'CD';
+    const file = parseLabFile(`
+hosts:
+  - name: here
+  - name: lan-a
+    agent: { url: "wss://192.0.2.1:7800", fingerprint: "${FP}" }
+  - name: lan-b
+    agent: { url: "wss://192.0.2.2:7800", fingerprint: "${FP}" }
+`);
+    const err = await labFromFile(file, { source: 'class.yaml' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LabFileError);
+    expect((err as LabFileError).problems).toEqual([
+      "host lan-a has no token: add the token its agent printed, or make one with 'miglab agent token new'",
+      "host lan-b has no token: add the token its agent printed, or make one with 'miglab agent token new'",
+    ]);
+    expect((err as Error).message).toMatch(/^The lab file class\.yaml cannot be used: host lan-a has no token/);
   });
 });

@@ -1,5 +1,5 @@
 // @vitest-environment happy-dom
-// The History view and the Migration view, rendered in happy-dom with tracks the LabStore built
+// The History view, the Migration view and the Lab view's LAN host form, rendered in happy-dom with tracks the LabStore built
 // from the engine's events. JSX-free (React.createElement), so vitest's test/unit/**/*.test.ts
 // include picks it up without a config change.
 import { cleanup, fireEvent, render, screen, waitFor, within } from '@testing-library/react';
@@ -9,6 +9,7 @@ import type { ApiEvent, LabSnapshot, MigrationView as MigrationViewInfo } from '
 import type { MigrationEvent, MigrationPass, MigrationResult } from '../../electron/engine/migration/types';
 import type { LabConnection } from '../../renderer/src/api';
 import { HistoryView } from '../../renderer/src/components/HistoryView';
+import { LabView } from '../../renderer/src/components/LabView';
 import { MigrationView } from '../../renderer/src/components/MigrationView';
 import { LabStore, type MigrationTrack } from '../../renderer/src/store';
 
@@ -60,7 +61,7 @@ function completed(id: string): MigrationResult {
     id, status: 'completed', guest: 'db', from: 'alpha', to: 'beta', reason: null, qemuMessage: null, ramBytes: 268_435_456,
     totalTimeMs: 4200, setupTimeMs: 10, downtimeMs: 95, guestDowntimeMs: 120, transferredBytes: 300e6, passes: [pass(1, 300)],
     phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', destinationRunningAtMs: 4300, resumedAtMs: 4320,
-    failure: null, network: null,
+    failure: null, network: null, tls: false, link: null,
   };
 }
 
@@ -267,5 +268,79 @@ describe('MigrationView', () => {
     render(h(MigrationView, { t, conn: fakeConn() }));
     expect(screen.queryByRole('button', { name: 'Cancel' })).toBeNull();
     expect(screen.getByRole('status').textContent).toContain('Completed: db now runs on beta');
+  });
+});
+
+describe('LabView: LAN hosts', () => {
+  const FP = 'AB:'.repeat(31) + 'CD';
+  const TOKEN = 'mlt_' + 'k'.repeat(43);
+  const snapshot: LabSnapshot = {
+    apiVersion: 1,
+    migrations: [],
+    network: null,
+    hosts: [
+      { name: 'host-a', kind: 'local', address: '127.0.0.1', guests: [] },
+      { name: 'lan-a', kind: 'remote', address: '192.168.1.20', guests: [], agentUrl: 'wss://192.168.1.20:7800/v1/agent', connection: 'reconnecting' },
+      { name: 'lan-b', kind: 'remote', address: '192.168.1.21', guests: [], agentUrl: 'wss://192.168.1.21:7800/v1/agent', connection: 'connected' },
+    ],
+  };
+
+  function renderLab(call: ReturnType<typeof vi.fn>, role: 'teacher' | 'spectator' = 'teacher') {
+    const conn = { role, call, onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection;
+    const onError = vi.fn();
+    render(h(LabView, { snapshot, conn, selected: null, onSelect: () => {}, onMigrate: () => {}, onError }));
+    return { onError };
+  }
+
+  function fillForm(url: string) {
+    fireEvent.click(screen.getByRole('button', { name: 'LAN host (agent)…' }));
+    const form = screen.getByRole('form', { name: 'Add a LAN host' });
+    // the name proposed is the first lan-X the lab does not have yet
+    expect((within(form).getByLabelText('LAN host name') as HTMLInputElement).value).toBe('lan-c');
+    expect((within(form).getByLabelText('Agent address') as HTMLInputElement).placeholder).toBe('wss://192.168.1.20:7800');
+    fireEvent.change(within(form).getByLabelText('Agent address'), { target: { value: ` ${url} ` } });
+    fireEvent.change(within(form).getByLabelText('Token'), { target: { value: TOKEN } });
+    fireEvent.change(within(form).getByLabelText('Fingerprint (SHA-256)'), { target: { value: FP } });
+    return form;
+  }
+
+  it('shows a remote host\'s agent address, and a badge while its connection is down', () => {
+    renderLab(vi.fn());
+    const lanA = screen.getByRole('article', { name: 'Host lan-a' });
+    expect(lanA.textContent).toContain('agent wss://192.168.1.20:7800/v1/agent');
+    expect(within(lanA).getByLabelText('Host lan-a connection').textContent).toBe('reconnecting');
+    const lanB = screen.getByRole('article', { name: 'Host lan-b' });
+    expect(lanB.textContent).toContain('agent wss://192.168.1.21:7800/v1/agent');
+    expect(within(lanB).queryByLabelText('Host lan-b connection')).toBeNull();
+    expect(screen.getByRole('article', { name: 'Host host-a' }).textContent).not.toContain('agent');
+  });
+
+  it('sends addHost with the agent\'s address, token and fingerprint, then closes the form', async () => {
+    const call = vi.fn().mockResolvedValue({ name: 'lan-c', kind: 'remote', address: '192.168.1.22', guests: [] });
+    const { onError } = renderLab(call);
+    const form = fillForm('wss://192.168.1.22:7800');
+    const add = within(form).getByRole('button', { name: 'Add LAN host' }) as HTMLButtonElement;
+    expect(add.disabled).toBe(false);
+    fireEvent.click(add);
+    expect(call).toHaveBeenCalledExactlyOnceWith({ type: 'addHost', name: 'lan-c', agent: { url: 'wss://192.168.1.22:7800', token: TOKEN, fingerprint: FP } });
+    await waitFor(() => expect(screen.queryByRole('form', { name: 'Add a LAN host' })).toBeNull());
+    expect(onError).not.toHaveBeenCalled();
+  });
+
+  it('shows the engine\'s refusal the way the view shows errors, and keeps the form', async () => {
+    const refusal = 'The agent at 192.168.1.22:7800 refused the token (401): it is wrong or was revoked.';
+    const call = vi.fn().mockRejectedValue(new Error(refusal));
+    const { onError } = renderLab(call);
+    const form = fillForm('wss://192.168.1.22:7800');
+    fireEvent.click(within(form).getByRole('button', { name: 'Add LAN host' }));
+    await waitFor(() => expect(onError).toHaveBeenCalledExactlyOnceWith(refusal));
+    expect(screen.getByRole('form', { name: 'Add a LAN host' })).toBeTruthy();
+    expect((within(form).getByRole('button', { name: 'Add LAN host' }) as HTMLButtonElement).disabled).toBe(false);
+  });
+
+  it('offers no LAN host form to a spectator', () => {
+    renderLab(vi.fn(), 'spectator');
+    expect(screen.queryByRole('button', { name: 'LAN host (agent)…' })).toBeNull();
+    expect(screen.getByRole('article', { name: 'Host lan-a' }).textContent).toContain('wss://192.168.1.20:7800');
   });
 });

@@ -1,6 +1,7 @@
 // Validation of what front ends send: a browser, a renderer, a spectator's laptop. Nothing
 // reaches the engine unless it parses here; an error names the field and what is wrong.
 import { z } from 'zod';
+import { AgentFingerprintSchema, AgentTokenSchema, AgentUrlSchema } from '../lab/lab-file';
 import type { ApiCommand, ApiErrorCode } from './contract';
 
 const name = z.string().min(1).max(64);
@@ -55,7 +56,12 @@ export const CommandSchema = z.discriminatedUnion('type', [
   }).strict(),
   z.object({ type: z.literal('consoleInput'), guest: name, data: z.string().max(4096) }).strict(),
   z.object({ type: z.literal('consoleHistory'), guest: name }).strict(),
-  z.object({ type: z.literal('addHost'), name }).strict(),
+  z.object({
+    type: z.literal('addHost'),
+    name,
+    /** A LAN host: its agent's address, token and certificate fingerprint. Without it, a local host. */
+    agent: z.object({ url: AgentUrlSchema, token: AgentTokenSchema, fingerprint: AgentFingerprintSchema }).strict().optional(),
+  }).strict(),
   z.object({ type: z.literal('removeHost'), name }).strict(),
   z.object({ type: z.literal('exportLab') }).strict(),
 ]);

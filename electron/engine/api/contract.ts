@@ -29,6 +29,20 @@ export interface HostView {
   kind: 'local' | 'remote';
   address: string;
   guests: GuestView[];
+  /** A remote host's agent address (wss://...); never its token. */
+  agentUrl?: string;
+  /** A remote host's link to its agent: its guests keep running while it is 'reconnecting'. */
+  connection?: 'connected' | 'reconnecting' | 'closed';
+}
+
+/** How to reach a LAN host's `miglab agent`: the three things it printed when it started. */
+export interface AgentRef {
+  /** wss://ADDRESS:PORT/v1/agent */
+  url: string;
+  /** The pairing token, mlt_... */
+  token: string;
+  /** SHA-256 of the agent's certificate: a different certificate is refused. */
+  fingerprint: string;
 }
 
 export interface MigrationView {
@@ -67,7 +81,7 @@ export type ApiCommand =
   | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
   | { type: 'consoleInput'; guest: string; data: string }
   | { type: 'consoleHistory'; guest: string }
-  | { type: 'addHost'; name: string }
+  | { type: 'addHost'; name: string; agent?: AgentRef }
   | { type: 'removeHost'; name: string }
   | { type: 'exportLab' };
 

@@ -4,6 +4,9 @@
 import { EventEmitter } from 'node:events';
 import { StringDecoder } from 'node:string_decoder';
 import type { Guest, Host } from '../hosts/host';
+import { RemoteHost } from '../hosts/remote';
+import { AgentConnectError } from '../agent/connect';
+import { AgentRpcError } from '../agent/rpc';
 import type { Lab } from '../lab/lab';
 import { labFileText, type LabFile } from '../lab/lab-file';
 import { MigrationJournal } from '../migration/journal';
@@ -13,7 +16,7 @@ import type { MigrationResult } from '../migration/types';
 import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
 import {
-  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type GuestView, type LabSnapshot, type MigrationView,
+  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type GuestView, type HostView, type LabSnapshot, type MigrationView,
 } from './contract';
 
 /** A guest's console as the user sees it: one scrollback that follows the guest across hosts. */
@@ -54,11 +57,14 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     host.on('guest-started', onStarted);
     host.on('guest-state', onChanged);
     host.on('guest-exited', onChanged);
+    // A LAN host's link to its agent drops and comes back: the lab view shows it reconnecting.
+    host.on('connection', onChanged);
     for (const g of host.guests()) this.followConsole(g);
     this.hostOffs.set(host.name, () => {
       host.off('guest-started', onStarted);
       host.off('guest-state', onChanged);
       host.off('guest-exited', onChanged);
+      host.off('connection', onChanged);
     });
   }
 
@@ -108,11 +114,20 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     };
   }
 
+  private hostView(h: Host): HostView {
+    const view: HostView = { name: h.name, kind: h.kind, address: h.address, guests: h.guests().map((g) => this.guestView(g)) };
+    if (h instanceof RemoteHost) {
+      view.agentUrl = h.agentUrl;
+      view.connection = h.connection;
+    }
+    return view;
+  }
+
   snapshot(): LabSnapshot {
     const net = this.lab.network;
     return {
       apiVersion: API_VERSION,
-      hosts: this.lab.hosts().map((h) => ({ name: h.name, kind: h.kind, address: h.address, guests: h.guests().map((g) => this.guestView(g)) })),
+      hosts: this.lab.hosts().map((h) => this.hostView(h)),
       migrations: [...this.migrations.values()].map((m) => structuredClone(m.view)),
       network: net
         ? { subnet: net.subnetText, probe: { ip: net.probeAddress.ip, mac: net.probeAddress.mac }, ports: net.switch.portInfo() }
@@ -206,13 +221,16 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
       case 'addHost': {
         let host: Host;
         try {
-          host = this.lab.addLocalHost(cmd.name);
+          host = cmd.agent ? await this.lab.addRemoteHost(cmd.name, cmd.agent) : this.lab.addLocalHost(cmd.name);
         } catch (err) {
-          throw new ApiError('invalid', (err as Error).message);
+          // The agent said no or could not be reached: its message says what to fix. Anything
+          // else is about the request (the name taken, the lab full).
+          const agentProblem = err instanceof AgentConnectError || err instanceof AgentRpcError;
+          throw new ApiError(agentProblem ? 'failed' : 'invalid', (err as Error).message);
         }
         this.watchHost(host);
         this.labChanged();
-        return { name: host.name, kind: host.kind, address: host.address, guests: [] };
+        return this.hostView(host);
       }
       case 'removeHost': {
         this.host(cmd.name);
@@ -231,12 +249,19 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     }
   }
 
-  /** The lab as it is now, as a lab file: hosts, network, the guests that run and their workloads. */
+  /**
+   * The lab as it is now, as a lab file: hosts, network, the guests that run and their workloads.
+   * LAN hosts keep their agent's address and fingerprint but not the token: spectators may export
+   * the lab, and a token is a secret (whoever opens the file adds it again).
+   */
   labFile(): LabFile {
     const guests = this.lab.hosts().flatMap((h) => h.guests().filter((g) => g.state !== 'incoming' && !g.exit));
+    const net = this.lab.network;
+    // Agents on other machines reach the switch at its own address; 127.0.0.1 is the default.
+    const switchAddress = net && net.switch.address !== '127.0.0.1' ? { address: net.switch.address } : {};
     return {
-      hosts: this.lab.hosts().map((h) => ({ name: h.name })),
-      network: this.lab.network ? { subnet: this.lab.network.subnetText } : null,
+      hosts: this.lab.hosts().map((h) => (h instanceof RemoteHost ? { name: h.name, agent: { url: h.agentUrl, fingerprint: h.fingerprint } } : { name: h.name })),
+      network: net ? { subnet: net.subnetText, ...switchAddress } : null,
       guests: guests.map((g) => {
         const w = this.workloads.get(g.name);
         return { name: g.name, host: g.hostName, memoryMiB: g.spec.memoryMiB, boot: g.spec.boot, start: true, ...(w ? { workload: w } : {}) };

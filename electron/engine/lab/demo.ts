@@ -7,7 +7,8 @@ import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import { UNREADY_GRACE_MS } from '../migration/preflight';
 import type { MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
 import { delay } from '../util/time';
-import { defaultLocalLab } from './lab';
+import { defaultLocalLab, type Lab } from './lab';
+import { netnsAgentLab } from './netns-lab';
 
 export interface DemoOptions {
   memoryMiB: number;
@@ -17,6 +18,8 @@ export interface DemoOptions {
   migration: Partial<MigrationOptions>;
   /** The lab subnet (default 10.80.0.0/24). */
   subnet?: string;
+  /** host-a and host-b as network namespaces, each reached through its agent (root only). */
+  netns?: boolean;
   /** A custom guest instead of the lab guest. */
   custom?: { kind: 'kernel'; kernel: string; initrd?: string; append?: string; readyPattern?: string } | { kind: 'disk'; path: string; readyPattern?: string };
   onProgress?: (message: string) => void;
@@ -32,7 +35,15 @@ export interface DemoIntegrity {
   heartbeatsContinue: boolean;
 }
 
+export interface DemoHost {
+  name: string;
+  address: string;
+  /** How the engine reaches it: QEMU spawned here, or an agent over TLS (in a namespace). */
+  transport: 'local' | 'agent-tls-netns';
+}
+
 export interface DemoReport {
+  hosts: DemoHost[];
   result: MigrationResult;
   integrity: DemoIntegrity | null;
   /** The workload as labload measured it inside the guest; null when idle or custom. */
@@ -53,7 +64,19 @@ async function waitUntilMigratable(guest: Guest, say: (m: string) => void): Prom
 
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const say = opts.onProgress ?? (() => {});
-  const lab = await defaultLocalLab(opts.subnet ? { network: { subnet: opts.subnet } } : {});
+  let lab: Lab;
+  let dispose: () => Promise<void>;
+  if (opts.netns) {
+    say('making host-a and host-b as network namespaces, each with its agent');
+    const n = await netnsAgentLab(opts.subnet ? { subnet: opts.subnet } : {});
+    lab = n.lab;
+    dispose = n.dispose;
+    for (const a of n.agents.values()) say(`${a.name}: agent at ${a.info.url} (in namespace ${a.netns}), fingerprint pinned`);
+  } else {
+    lab = await defaultLocalLab(opts.subnet ? { network: { subnet: opts.subnet } } : {});
+    dispose = () => lab.dispose();
+  }
+  const hosts: DemoHost[] = lab.hosts().map((h) => ({ name: h.name, address: h.address, transport: h.kind === 'remote' ? 'agent-tls-netns' : 'local' }));
   try {
     const from = lab.host('host-a');
     const to = lab.host('host-b');
@@ -107,9 +130,9 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       const heartbeatsContinue = where.labload.heartbeats.count > beats;
       integrity = { ok: v.bad === 0 && v.sweepOk !== false && heartbeatsContinue, pages: v.pages, bad: v.bad, heartbeatsContinue };
     }
-    return { result, integrity, workload };
+    return { hosts, result, integrity, workload };
   } finally {
     say('tearing the lab down');
-    await lab.dispose();
+    await dispose();
   }
 }

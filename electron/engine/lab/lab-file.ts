@@ -7,14 +7,43 @@ import { z } from 'zod';
 import { LocalHost } from '../hosts/local';
 import { DEFAULT_LAB_SUBNET, LabNetwork, parseSubnet } from '../network/lab-network';
 import { BootSchema, labName } from '../qemu/spec';
-import { makeTempDir } from '../util/fs';
+import { makeTempDir, removeDir } from '../util/fs';
+import { RemoteHost } from '../hosts/remote';
+import type { Host } from '../hosts/host';
+import { normalizeFingerprint } from '../agent/certs';
 import { Lab, localPortRange } from './lab';
 
 
+export const AgentUrlSchema = z.string().max(300).regex(/^wss:\/\/[^/\s]+(\/.*)?$/, 'write the agent address as wss://HOST:PORT, as "miglab agent" prints it');
+export const AgentTokenSchema = z.string().regex(/^mlt_[A-Za-z0-9_-]{20,100}$/, 'the token starts with mlt_, as "miglab agent" prints it');
+export const AgentFingerprintSchema = z.string().max(200).refine((f) => {
+  try {
+    normalizeFingerprint(f);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'the fingerprint is the SHA-256 of the agent certificate: 32 hex bytes, as "miglab agent" prints it');
+
+/**
+ * How the engine reaches a host that runs `miglab agent`: what the agent printed when it started.
+ * The token may be left out of a file that is shared (a saved lab never holds one); such a file
+ * opens only once each agent host has its token again.
+ */
+export const AgentRefSchema = z.object({
+  url: AgentUrlSchema,
+  token: AgentTokenSchema.optional(),
+  fingerprint: AgentFingerprintSchema,
+}).strict();
+
 export const LabFileSchema = z.object({
   name: z.string().max(200).optional(),
-  network: z.object({ subnet: z.string().default(DEFAULT_LAB_SUBNET) }).strict().nullable().default({ subnet: DEFAULT_LAB_SUBNET }),
-  hosts: z.array(z.object({ name: labName }).strict()).min(1, 'a lab needs at least one host').max(16),
+  network: z.object({
+    subnet: z.string().default(DEFAULT_LAB_SUBNET),
+    /** The switch's address: one every host reaches (default 127.0.0.1, right for local hosts only). */
+    address: z.ipv4().optional(),
+  }).strict().nullable().default({ subnet: DEFAULT_LAB_SUBNET }),
+  hosts: z.array(z.object({ name: labName, agent: AgentRefSchema.optional() }).strict()).min(1, 'a lab needs at least one host').max(16),
   guests: z.array(z.object({
     name: labName,
     host: labName,
@@ -85,14 +114,41 @@ export function labFileText(lab: LabFile): string {
 }
 
 /**
- * The lab a file describes: its hosts on this machine and its network. Its guests are started
- * by LabService.startGuests, which also sets their workloads.
+ * The lab a file describes: its hosts (on this machine, or reached through their agents) and its
+ * network. Its guests are started by LabService.startGuests, which also sets their workloads.
+ * An agent host without a token is refused before anything starts or connects.
  */
-export async function labFromFile(file: LabFile, opts: { runtimeDir?: string } = {}): Promise<Lab> {
-  const network = file.network ? new LabNetwork({ subnet: file.network.subnet }) : null;
-  const dir = opts.runtimeDir ?? (await makeTempDir('lab'));
-  const hosts = file.hosts.map(
-    (h, i) => new LocalHost({ name: h.name, runtimeDir: join(dir, h.name), migrationPorts: localPortRange(i), ...(network ? { network } : {}) }),
-  );
-  return new Lab(hosts, { runtimeDir: dir, ownsDir: !opts.runtimeDir, network });
+export async function labFromFile(file: LabFile, opts: { runtimeDir?: string; source?: string } = {}): Promise<Lab> {
+  const tokenless = file.hosts.filter((h) => h.agent && !h.agent.token).map((h) => h.name);
+  if (tokenless.length) {
+    throw new LabFileError(
+      opts.source ?? 'lab file',
+      tokenless.map((name) => `host ${name} has no token: add the token its agent printed, or make one with 'miglab agent token new'`),
+    );
+  }
+  const network = file.network
+    ? new LabNetwork({ subnet: file.network.subnet, ...(file.network.address ? { address: file.network.address } : {}) })
+    : null;
+  // Only local hosts keep sockets here: a lab of agents has no runtime dir to leave behind (an
+  // engine run that is killed, say).
+  const dir = opts.runtimeDir ?? (file.hosts.some((h) => !h.agent) ? await makeTempDir('lab') : null);
+  const connected: RemoteHost[] = [];
+  try {
+    const hosts: Host[] = [];
+    for (const [i, h] of file.hosts.entries()) {
+      if (h.agent) {
+        const remote = await RemoteHost.connect({ name: h.name, ...h.agent, token: h.agent.token!, ...(network ? { network } : {}) });
+        connected.push(remote);
+        hosts.push(remote);
+      } else {
+        hosts.push(new LocalHost({ name: h.name, runtimeDir: join(dir!, h.name), migrationPorts: localPortRange(i), ...(network ? { network } : {}) }));
+      }
+    }
+    return new Lab(hosts, { ...(dir ? { runtimeDir: dir } : {}), ownsDir: !opts.runtimeDir, network });
+  } catch (err) {
+    await Promise.all(connected.map((h) => h.disconnect()));
+    await network?.close();
+    if (!opts.runtimeDir && dir) await removeDir(dir);
+    throw err;
+  }
 }

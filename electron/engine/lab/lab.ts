@@ -1,10 +1,14 @@
 import { join } from 'node:path';
 import type { Guest, Host } from '../hosts/host';
 import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
+import { RemoteHost } from '../hosts/remote';
+import type { AgentAddress } from '../agent/connect';
 import type { PortRange } from '../hosts/ports';
 import { LabNetwork, type LabNetworkOptions } from '../network/lab-network';
 import { labName, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
+import { LabCa } from '../agent/certs';
+import { defaultStateDir } from '../migration/journal';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
 export const DEFAULT_LOCAL_HOSTS: readonly string[] = ['host-a', 'host-b'];
@@ -79,6 +83,31 @@ export class Lab {
     return host;
   }
 
+  /**
+   * A host that runs `miglab agent` (on the LAN), on the lab network. The name is checked before
+   * anything connects; a connection that fails (wrong token, certificate not the pinned one,
+   * agent unreachable) adds nothing and its error is passed on as it is.
+   */
+  async addRemoteHost(name: string, agent: AgentAddress): Promise<Host> {
+    const check = () => {
+      if (this.disposed) throw new Error('This lab has been shut down');
+      const ok = labName.safeParse(name);
+      if (!ok.success) throw new Error(`"${name}" is not a usable host name: ${ok.error.issues[0]!.message}`);
+      if (this.byName.has(name)) throw new Error(`There is a host "${name}" already: pick another name`);
+      if (this.byName.size >= 16) throw new Error('A lab has at most 16 hosts');
+    };
+    check();
+    const host = await RemoteHost.connect({ name, ...agent, ...(this.network ? { network: this.network } : {}) });
+    try {
+      check(); // the lab may have changed while we connected (the same name added twice at once)
+    } catch (err) {
+      await host.disconnect();
+      throw err;
+    }
+    this.byName.set(name, host);
+    return host;
+  }
+
   /** Removes a host that runs no guests. */
   async removeHost(name: string): Promise<void> {
     const host = this.host(name);
@@ -100,6 +129,34 @@ export class Lab {
       spec = { ...spec, mac: a.mac, ip: spec.ip ?? a.ip };
     }
     return host.startGuest(spec);
+  }
+
+  /**
+   * Gives every host the lab CA's certificate and one of its own (naming its address), so
+   * migrations can be encrypted with QEMU's TLS. The CA lives in the state dir and is reused.
+   */
+  async prepareMigrationTls(stateDir = defaultStateDir()): Promise<{ caFingerprint: string }> {
+    const ca = await LabCa.loadOrCreate(join(stateDir, 'lab-ca'));
+    await Promise.all(
+      this.hosts().map(async (h) => {
+        const leaf = await ca.issue({ commonName: `miglab host ${h.name}`, ipAddresses: [h.address] });
+        await h.installMigrationTls({ caCertPem: ca.certPem, ...leaf });
+      }),
+    );
+    return { caFingerprint: ca.fingerprint };
+  }
+
+  /**
+   * Ends this engine's hold on the lab without stopping the guests of its agents (they outlive
+   * a CLI run); local hosts, the switch and the lab's runtime dir go as with dispose().
+   */
+  async leave(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await Promise.all(this.hosts().map((h) => (h instanceof RemoteHost ? h.disconnect() : h.dispose())));
+    await this.network?.close();
+    if (this.ownsDir && this.runtimeDir) await removeDir(this.runtimeDir);
+    liveLabs.delete(this);
   }
 
   async dispose(): Promise<void> {

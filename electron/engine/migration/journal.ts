@@ -15,6 +15,8 @@ export interface JournalEntry {
   startedAt: string;
   updatedAt: string;
   result: MigrationResult | null;
+  /** Set by an engine that restarted and settled this job (see recovery.ts). */
+  recovery?: import('./recovery').RecoveryReport;
 }
 
 /** $MIGLAB_STATE_DIR, else $XDG_STATE_HOME/miglab, else ~/.local/state/miglab. */

@@ -4,7 +4,8 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { z } from 'zod';
-import type { Guest, Host } from '../hosts/host';
+import type { Guest, Host, LinkRelayControl } from '../hosts/host';
+import { LinkProfileSchema, type LinkProfile, type LinkRelayStats } from '../network/link-relay';
 import type { Heartbeat } from '../guest/labload-channel';
 import {
   cont,
@@ -50,6 +51,8 @@ const OptionsSchema = z.object({
   acceptWarnings: z.boolean().optional(),
   confirmWatchMs: z.number().int().min(0).max(60_000, 'watch the destination for at most 60000 ms').optional(),
   probeIntervalMs: z.number().int().min(5, 'probe at most every 5 ms').max(1000, 'probe at least every 1000 ms').optional(),
+  tls: z.boolean().optional(),
+  link: LinkProfileSchema.partial().nullable().optional(),
 });
 
 export class InvalidMigrationOptionsError extends Error {
@@ -111,6 +114,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private state: JobState | null = null;
   private readonly spans: PhaseSpan[] = [];
   private dst: Guest | null = null;
+  private relay: LinkRelayControl | null = null;
+  private lastLinkStats: LinkRelayStats | null = null;
   private port: number | null = null;
   private checks: PreflightCheck[] = [];
   private readonly tracker = new PassTracker();
@@ -219,6 +224,15 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
   }
 
+  /** The emulated link: change its profile, pull the cable, or plug it back (with `link` on). */
+  async link(action: { profile: Partial<LinkProfile> } | 'cut' | 'restore'): Promise<LinkRelayStats> {
+    if (!this.relay) throw new Error('This migration has no emulated link: start it with the link option');
+    const stats = action === 'cut' ? await this.relay.cut() : action === 'restore' ? await this.relay.restore() : await this.relay.setProfile(action.profile);
+    this.lastLinkStats = stats;
+    this.send({ type: 'link', atMs: this.now(), stats });
+    return stats;
+  }
+
   /** Runs the whole job. Never throws for a migration that fails: the result says why. */
   async run(): Promise<MigrationResult> {
     if (this.started) throw new Error('A migration job runs once: make a new job to migrate again');
@@ -261,11 +275,17 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       await this.transition('listen');
       const uri = `tcp:${to.address}:${this.port}`;
       await migrateIncoming(this.dst.qmp, uri);
+      let sourceUri = uri;
+      if (this.options.link) {
+        this.relay = await to.openLinkRelay(this.port!, this.options.link);
+        sourceUri = `tcp:${to.address}:${this.relay.port}`;
+        this.send({ type: 'link', atMs: this.now(), stats: await this.relay.stats() });
+      }
       this.checkCancel();
 
       await this.transition('migrate');
       this.watchHeartbeats();
-      await this.migrateAndMonitor(uri);
+      await this.migrateAndMonitor(sourceUri);
 
       await this.transition('confirm');
       await this.confirm();
@@ -285,6 +305,21 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       migrateSetCapabilities(this.req.guest.qmp, caps),
       migrateSetCapabilities(this.dst!.qmp, caps),
     ]);
+    if (this.options.tls) {
+      // The destination is the TLS server; the source checks its certificate names the address
+      // it connects to (the lab CA put it in the certificate's IP SANs).
+      const [client, server] = await Promise.all([
+        this.req.from.addMigrationTls(this.req.guest, 'client'),
+        this.req.to.addMigrationTls(this.dst!, 'server'),
+      ]);
+      await Promise.all([
+        migrateSetParameters(this.req.guest.qmp, { 'tls-creds': client, 'tls-hostname': this.req.to.address }),
+        migrateSetParameters(this.dst!.qmp, { 'tls-creds': server }),
+      ]);
+    } else {
+      // A guest that arrived by a TLS migration keeps its destination's tls-creds: clear them.
+      await migrateSetParameters(this.req.guest.qmp, { 'tls-creds': '', 'tls-hostname': '' });
+    }
     await migrateSetParameters(this.req.guest.qmp, {
       'max-bandwidth': Math.round(this.bandwidthMBps * 1e6),
       'downtime-limit': this.downtimeLimitMs,
@@ -594,6 +629,11 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   private async finish(outcome: MigrationOutcome, reason: string | null, qemuMessage: string | null): Promise<MigrationResult> {
     for (const off of this.unwatchBeats.splice(0)) off();
+    if (this.relay) {
+      this.lastLinkStats = await this.relay.stats().catch(() => this.lastLinkStats);
+      await this.relay.close().catch(() => {});
+      this.relay = null;
+    }
     const network = this.net?.finish() ?? null;
     if (this.port !== null) this.req.to.releaseMigrationPort(this.port);
     const info = this.finalInfo;
@@ -627,6 +667,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
       failure: outcome === 'completed' ? null : this.failureKind,
       network,
+      tls: this.options.tls,
+      link: this.lastLinkStats,
     };
     await this.req.journal?.write({
       id: this.id, guest: result.guest, from: result.from, to: result.to, state: outcome, port: this.port,

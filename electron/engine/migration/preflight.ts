@@ -102,6 +102,7 @@ async function disksCheck(guest: Guest, to: Host): Promise<PreflightCheck> {
   const boot = guest.spec.boot;
   const files =
     boot.kind === 'disk' ? [boot.path] : boot.kind === 'kernel' ? [boot.kernel, ...(boot.initrd ? [boot.initrd] : [])] : [];
+  if (files.length === 0) return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
   if (to.kind !== 'local') {
     return check('disks', 'warn', `MigLab cannot yet look at ${to.name}'s files: make sure the guest's images are there at the same paths.`);
   }

@@ -1,3 +1,4 @@
+import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
 // The migration's typed event stream and result: one contract for the CLI, the app and the web
 // front end. Every figure says where it came from (QEMU, the guest, the wire).
 import type { MigrationStatus } from '../qmp';
@@ -49,6 +50,13 @@ export interface MigrationOptions {
   confirmWatchMs: number;
   /** How often the lab network's probe pings the guest during the migration, ms. */
   probeIntervalMs: number;
+  /** Encrypt the stream with QEMU's TLS, with certificates from the lab CA. */
+  tls: boolean;
+  /**
+   * Link emulation: a relay on the destination shapes the stream (bandwidth, latency, loss) and
+   * can be cut mid-migration. null: the source connects to the destination QEMU directly.
+   */
+  link: Partial<LinkProfile> | null;
 }
 
 export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
@@ -59,6 +67,8 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   acceptWarnings: true,
   confirmWatchMs: 1000,
   probeIntervalMs: 20,
+  tls: false,
+  link: null,
 };
 
 /** One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. */
@@ -179,6 +189,10 @@ export interface MigrationResult {
   failure: FailureKind | null;
   /** The network remap; null for a guest without a NIC on the lab switch. */
   network: MigrationNetworkReport | null;
+  /** The stream was encrypted with QEMU's TLS. */
+  tls: boolean;
+  /** The emulated link's last counters; null without link emulation. */
+  link: LinkRelayStats | null;
 }
 
 export type MigrationEvent =
@@ -189,6 +203,8 @@ export type MigrationEvent =
   | { type: 'status'; atMs: number; status: MigrationStatus }
   | { type: 'prediction'; atMs: number; prediction: Prediction }
   | { type: 'parameters'; atMs: number; bandwidthMBps: number; downtimeLimitMs: number }
+  /** The link-emulation relay: its profile, its counters, whether the cable is cut. */
+  | { type: 'link'; atMs: number; stats: LinkRelayStats }
   | { type: 'heartbeat-gap'; atMs: number; gapMs: number }
   | { type: 'mac-move'; atMs: number; move: NetworkMacMove }
   | { type: 'announce'; atMs: number; mac: string; host: string; port: number; count: number }

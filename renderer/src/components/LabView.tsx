@@ -1,6 +1,6 @@
 // The lab: hosts with their guests, the switch between them. Select a guest, then Migrate.
 import { memo, useState } from 'react';
-import type { GuestBootInput, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
+import type { GuestBootInput, GuestView, HostView, LabSnapshot } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 
 export interface LabViewProps {
@@ -43,6 +43,62 @@ function GuestCard({ g, selected, onSelect, role }: { g: GuestView; selected: bo
   );
 }
 
+/**
+ * A LAN host: the three things its `miglab agent` printed (address, token, certificate
+ * fingerprint). The engine connects before the host joins the lab; a refusal says why.
+ */
+function LanHostForm({ hosts, conn, onError, onDone }: { hosts: HostView[]; conn: LabConnection; onError: (m: string) => void; onDone: () => void }) {
+  const [name, setName] = useState(() => {
+    for (let c = 97; c < 123; c++) if (!hosts.some((h) => h.name === `lan-${String.fromCharCode(c)}`)) return `lan-${String.fromCharCode(c)}`;
+    return 'lan';
+  });
+  const [url, setUrl] = useState('');
+  const [token, setToken] = useState('');
+  const [fingerprint, setFingerprint] = useState('');
+  const [busy, setBusy] = useState(false);
+  const add = async () => {
+    setBusy(true);
+    try {
+      await conn.call({ type: 'addHost', name: name.trim(), agent: { url: url.trim(), token: token.trim(), fingerprint: fingerprint.trim() } });
+      onDone();
+    } catch (err) {
+      onError((err as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form
+      className="toolbar lan-host"
+      aria-label="Add a LAN host"
+      onSubmit={(e) => {
+        e.preventDefault();
+        void add();
+      }}
+    >
+      <label>
+        LAN host name <input value={name} onChange={(e) => setName(e.target.value)} aria-label="LAN host name" />
+      </label>
+      <label>
+        Agent address{' '}
+        <input className="wide" value={url} placeholder="wss://192.168.1.20:7800" onChange={(e) => setUrl(e.target.value)} aria-label="Agent address" />
+      </label>
+      <label>
+        Token{' '}
+        <input type="password" autoComplete="off" value={token} placeholder="mlt_…" onChange={(e) => setToken(e.target.value)} aria-label="Token" />
+      </label>
+      <label>
+        Fingerprint (SHA-256){' '}
+        <input className="wide" value={fingerprint} placeholder="AB:CD:…" onChange={(e) => setFingerprint(e.target.value)} aria-label="Fingerprint (SHA-256)" />
+      </label>
+      <button type="submit" disabled={busy || !url || !token || !fingerprint}>
+        {busy ? 'Connecting…' : 'Add LAN host'}
+      </button>
+      <span className="detail">what "miglab agent" printed on that host</span>
+    </form>
+  );
+}
+
 /** Re-rendered only when the lab changes (snapshots come with lab events, not with every sample). */
 export const LabView = memo(function LabView({ snapshot, conn, selected, onSelect, onMigrate, onError }: LabViewProps) {
   const [name, setName] = useState('guest1');
@@ -53,6 +109,7 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
   const [imagePath, setImagePath] = useState('');
   const [readyPattern, setReadyPattern] = useState('');
   const [newHost, setNewHost] = useState(`host-${String.fromCharCode(97 + snapshot.hosts.length)}`);
+  const [lanForm, setLanForm] = useState(false);
   const teacher = conn.role === 'teacher';
   const all = snapshot.hosts.flatMap((h) => h.guests);
   const chosen = all.find((g) => g.name === selected && g.state !== 'incoming') ?? null;
@@ -99,12 +156,18 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
               <h2>{h.name}</h2>
               <p className="detail">
                 {h.kind} · {h.address}
+                {h.connection && h.connection !== 'connected' && (
+                  <span className="badge warn" aria-label={`Host ${h.name} connection`}>
+                    {h.connection}
+                  </span>
+                )}
                 {teacher && h.guests.length === 0 && snapshot.hosts.length > 1 && (
                   <button type="button" className="small" aria-label={`Remove host ${h.name}`} onClick={() => void act(conn.call({ type: 'removeHost', name: h.name }))}>
                     remove
                   </button>
                 )}
               </p>
+              {h.agentUrl && <p className="detail agent-url">agent {h.agentUrl}</p>}
               <ul className="guests">
                 {h.guests.map((g) => (
                   <GuestCard key={`${g.host}/${g.name}`} g={g} selected={g.name === selected} onSelect={() => onSelect(g.name)} role={roleInMigration(g, snapshot.migrations)} />
@@ -158,6 +221,9 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
           <button type="button" onClick={() => void act(conn.call({ type: 'addHost', name: newHost }).then(() => setNewHost(`host-${String.fromCharCode(98 + snapshot.hosts.length)}`)))}>
             Add host
           </button>
+          <button type="button" aria-expanded={lanForm} onClick={() => setLanForm(!lanForm)}>
+            LAN host (agent)…
+          </button>
           <span className="spacer" />
           <button type="button" disabled={!chosen || chosen.state !== 'ready'} onClick={() => chosen && onMigrate(chosen)}>
             Migrate
@@ -167,6 +233,7 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
           </button>
         </div>
       )}
+      {teacher && lanForm && <LanHostForm hosts={snapshot.hosts} conn={conn} onError={onError} onDone={() => setLanForm(false)} />}
     </section>
   );
 });
