@@ -25,19 +25,19 @@ export async function qemuPids(marker = join(tmpdir(), TEMP_PREFIX)): Promise<nu
 }
 
 /**
- * PIDs of lab switch data planes (miglab-switchd) started by runs that share our temp folder
- * (switchd inherits TMPDIR): another run on the machine with its own TMPDIR is not ours to judge.
+ * PIDs of processes that `isOurs(pid)` picks and that share our temp folder (they inherit
+ * TMPDIR): another run on the machine with its own TMPDIR is not ours to judge.
  */
-export async function switchdPids(): Promise<number[]> {
+async function pidsOfThisRun(isOurs: (pid: string) => Promise<boolean>): Promise<number[]> {
   const pids: number[] = [];
-  const ours = tmpdir();
+  const ours = tmpdir().replace(/\/+$/, '');
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if ((await readFile(`/proc/${entry}/comm`, 'utf8')).trim() !== 'miglab-switchd') continue;
+      if (!(await isOurs(entry))) continue;
       const env = (await readFile(`/proc/${entry}/environ`, 'utf8')).split('\0');
       const tmp = env.find((v) => v.startsWith('TMPDIR='))?.slice('TMPDIR='.length) ?? '/tmp';
-      if (tmp.replace(/\/+$/, '') === ours.replace(/\/+$/, '')) pids.push(Number(entry));
+      if (tmp.replace(/\/+$/, '') === ours) pids.push(Number(entry));
     } catch {
       // the process ended while we looked
     }
@@ -45,24 +45,18 @@ export async function switchdPids(): Promise<number[]> {
   return pids;
 }
 
-/** `miglab agent` processes started by runs that share our temp folder (as for switchd). */
-export async function agentPids(): Promise<number[]> {
-  const pids: number[] = [];
-  const ours = tmpdir();
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0');
-      const bin = argv.findIndex((a) => a.endsWith('miglab.mjs'));
-      if (bin < 0 || argv[bin + 1] !== 'agent' || argv[bin + 2] === 'token') continue;
-      const env = (await readFile(`/proc/${entry}/environ`, 'utf8')).split('\0');
-      const tmp = env.find((v) => v.startsWith('TMPDIR='))?.slice('TMPDIR='.length) ?? '/tmp';
-      if (tmp.replace(/\/+$/, '') === ours.replace(/\/+$/, '')) pids.push(Number(entry));
-    } catch {
-      // the process ended while we looked
-    }
-  }
-  return pids;
+/** Lab switch data planes (miglab-switchd) of this run. */
+export function switchdPids(): Promise<number[]> {
+  return pidsOfThisRun(async (pid) => (await readFile(`/proc/${pid}/comm`, 'utf8')).trim() === 'miglab-switchd');
+}
+
+/** `miglab agent` processes of this run. */
+export function agentPids(): Promise<number[]> {
+  return pidsOfThisRun(async (pid) => {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    const bin = argv.findIndex((a) => a.endsWith('miglab.mjs'));
+    return bin >= 0 && argv[bin + 1] === 'agent' && argv[bin + 2] !== 'token';
+  });
 }
 
 export function pidAlive(pid: number): boolean {

@@ -121,7 +121,7 @@ export class RpcPeer extends EventEmitter<RpcPeerEvents> {
 
   private reply(id: number, result: { ok: true; value: unknown } | { ok: false; error: WireError }): void {
     if (result.ok) this.send({ t: 'res', id, ok: true, result: result.value ?? null });
-    else this.send({ t: 'res', id, ok: false, error: result.error });
+    else this.send({ t: 'res', id, ok: false, error: { code: result.error.code, message: capMessage(result.error.message) } });
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
@@ -155,7 +155,7 @@ export class RpcPeer extends EventEmitter<RpcPeerEvents> {
       const message = `A malformed message was refused: ${msg.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).slice(0, 3).join('; ')}`;
       this.emit('invalid', message);
       if (id !== null) this.reply(id, { ok: false, error: { code: 'invalid', message } });
-      else this.send({ t: 'evt', event: 'error', data: { code: 'invalid', message } });
+      else this.send({ t: 'evt', event: 'error', data: { code: 'invalid', message: capMessage(message) } });
       return;
     }
     const m = msg.data as WireMessage;
@@ -193,6 +193,11 @@ export class RpcPeer extends EventEmitter<RpcPeerEvents> {
     this.pending.clear();
     this.emit('close', reason);
   }
+}
+
+/** Error messages may quote what the peer sent: kept well under the protocol's 8 KiB limit. */
+export function capMessage(message: string, max = 2000): string {
+  return message.length <= max ? message : `${message.slice(0, max)}... (${message.length - max} more characters cut)`;
 }
 
 /** The id of a request that failed validation, so the refusal can still be matched to it. */

@@ -11,7 +11,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { LocalHost, type LocalGuest } from '../hosts/local';
 import type { Guest, NetworkAttachment } from '../hosts/host';
 import type { PortLabel, SwitchPortHandle } from '../network/switch';
-import { LinkRelay } from '../network/link-relay';
+import { LinkRelay, parseLinkProfile } from '../network/link-relay';
 import { parseGuestSpec, type GuestSpec } from '../qemu/spec';
 import { loadOrCreateAgentIdentity, writeQemuTlsDir, type TlsIdentity } from './certs';
 import { resolveLibraryPath } from './images';
@@ -90,6 +90,8 @@ export class AgentServer {
   private stopWatching: (() => void) | null = null;
   private closed = false;
   private readonly failedAuth = new Map<string, RateLimit>();
+  /** Guests whose start is under way, by name, with their memory: counted against the limits. */
+  private readonly startingNow = new Map<string, number>();
   /** The connection whose engine owns the lab switch: the last one that said hello. */
   private controller: Conn | null = null;
 
@@ -176,7 +178,8 @@ export class AgentServer {
     const ip = req.socket.remoteAddress ?? '?';
     let bucket = this.failedAuth.get(ip);
     if (!bucket) {
-      if (this.failedAuth.size > 1000) this.failedAuth.clear();
+      // Bounded memory: forget the oldest addresses, not all of them (that would reset the throttle).
+      if (this.failedAuth.size >= 1000) for (const old of [...this.failedAuth.keys()].slice(0, 100)) this.failedAuth.delete(old);
       bucket = new RateLimit(5, 50);
       this.failedAuth.set(ip, bucket);
     }
@@ -319,20 +322,29 @@ export class AgentServer {
     return g;
   }
 
-  private checkLimits(spec: GuestSpec): void {
+  /**
+   * Checks the limits counting the guests still starting too, and holds the new guest's place
+   * until its start ends (the returned release): two requests at once cannot both slip under.
+   */
+  private reserveLimits(spec: GuestSpec): () => void {
     const maxGuests = this.opts.maxGuests ?? 8;
     const maxMemory = this.opts.maxMemoryMiB ?? Math.floor((totalmem() / 2 ** 20) * 0.75);
-    const guests = this.host.guests();
-    if (guests.length >= maxGuests) {
-      throw new AgentRpcError('limit', `Agent ${this.opts.name} runs ${guests.length} guests, its limit (--max-guests ${maxGuests}): stop one first`);
+    const running = this.host.guests().filter((g) => !this.startingNow.has(g.name));
+    const count = running.length + this.startingNow.size;
+    if (count >= maxGuests) {
+      throw new AgentRpcError('limit', `Agent ${this.opts.name} runs or is starting ${count} guests, its limit (--max-guests ${maxGuests}): stop one first`);
     }
-    const used = guests.reduce((sum, g) => sum + g.spec.memoryMiB, 0);
+    const used = running.reduce((sum, g) => sum + g.spec.memoryMiB, 0) + [...this.startingNow.values()].reduce((a, b) => a + b, 0);
     if (used + spec.memoryMiB > maxMemory) {
       throw new AgentRpcError(
         'limit',
         `Guest "${spec.name}" needs ${spec.memoryMiB} MiB, but agent ${this.opts.name} has ${maxMemory - used} MiB of its ${maxMemory} MiB guest memory left (--max-memory): give it less memory or stop a guest`,
       );
     }
+    const key = spec.name;
+    if (this.startingNow.has(key)) throw new AgentRpcError('invalid', `A guest named "${key}" is starting on agent ${this.opts.name} already: pick another name`);
+    this.startingNow.set(key, spec.memoryMiB);
+    return () => this.startingNow.delete(key);
   }
 
   private checkQmp(command: string, args: Record<string, unknown> | undefined): void {
@@ -395,10 +407,17 @@ export class AgentServer {
         } catch (err) {
           throw new AgentRpcError('invalid', (err as Error).message);
         }
-        this.checkLimits(spec);
-        spec = await resolveSpecPaths(spec, this.opts.imagesDir);
-        const g = (await this.host.startGuest(spec, { incoming: p.incoming ?? false })) as LocalGuest;
-        return this.describe(g);
+        const release = this.reserveLimits(spec);
+        try {
+          spec = await resolveSpecPaths(spec, this.opts.imagesDir);
+          const g = (await this.host.startGuest(spec, { incoming: p.incoming ?? false })) as LocalGuest;
+          return this.describe(g);
+        } catch (err) {
+          // QEMU's last words name the process that signalled it, with its path: not the peer's business.
+          throw err instanceof AgentRpcError ? err : new AgentRpcError('failed', (err as Error).message.replace(/ from pid \d+ \([^)]*\)/g, ''));
+        } finally {
+          release();
+        }
       }
       case 'stopGuest': {
         const p = this.parse('stopGuest', params);
@@ -425,13 +444,21 @@ export class AgentServer {
         return null;
       case 'openLinkRelay': {
         const p = this.parse('openLinkRelay', params);
-        const relay = await LinkRelay.open({
-          listen: { address: this.opts.address, port: await this.host.allocateMigrationPort() },
-          target: { address: this.opts.address, port: p.targetPort },
-          ...(p.profile ? { profile: p.profile } : {}),
-        });
-        this.relays.set(relay.port, relay);
-        return { port: relay.port, stats: relay.stats() };
+        let profile;
+        try {
+          profile = parseLinkProfile(p.profile ?? {});
+        } catch (err) {
+          throw new AgentRpcError('invalid', (err as Error).message);
+        }
+        const port = await this.host.allocateMigrationPort();
+        try {
+          const relay = await LinkRelay.open({ listen: { address: this.opts.address, port }, target: { address: this.opts.address, port: p.targetPort }, profile });
+          this.relays.set(relay.port, relay);
+          return { port: relay.port, stats: relay.stats() };
+        } catch (err) {
+          this.host.releaseMigrationPort(port);
+          throw err;
+        }
       }
       case 'linkRelay': {
         const p = this.parse('linkRelay', params);

@@ -128,6 +128,8 @@ export class LocalHost extends EventEmitter implements Host {
   private readonly running = new Map<string, LocalGuest>();
   /** QEMUs spawned whose start has not finished: dispose must stop these too. */
   private readonly starting = new Map<QemuProcess, string>();
+  /** Names of guests whose start is under way. */
+  private readonly startingNames = new Set<string>();
   private disposed = false;
 
   constructor(private readonly opts: LocalHostOptions) {
@@ -271,9 +273,19 @@ export class LocalHost extends EventEmitter implements Host {
 
   async startGuest(input: GuestSpecInput, opts: StartGuestOptions = {}): Promise<Guest> {
     const spec = parseGuestSpec(input);
-    if (this.running.has(spec.name)) {
+    if (this.running.has(spec.name) || this.startingNames.has(spec.name)) {
       throw new Error(`A guest named "${spec.name}" already runs on host ${this.name}: pick another name`);
     }
+    // Held from here on: a second start of the same name would remove this one's socket dir.
+    this.startingNames.add(spec.name);
+    try {
+      return await this.launch(spec, opts);
+    } finally {
+      this.startingNames.delete(spec.name);
+    }
+  }
+
+  private async launch(spec: GuestSpec, opts: StartGuestOptions): Promise<Guest> {
     const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
     const boot = await this.resolveBoot(spec, accel.accel);
     const guestDir = join(await this.dir(), spec.name);

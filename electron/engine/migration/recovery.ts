@@ -98,9 +98,12 @@ export async function recoverMigration(entry: JournalEntry, hosts: Host[], opts:
 /** Settles every migration between these hosts the journal says was in flight, and closes their entries. */
 export async function recoverInterruptedMigrations(hosts: Host[], journal: MigrationJournal, opts: { waitActiveMs?: number } = {}): Promise<RecoveryReport[]> {
   const reports: RecoveryReport[] = [];
+  // Only this lab's jobs (the journal is shared with every other lab of this user), and only
+  // those that touch an agent's host: a local host's guests do not outlive the engine's lab.
+  const remote = new Set(hosts.filter((h) => h.kind === 'remote').map((h) => h.name));
   const names = new Set(hosts.map((h) => h.name));
-  // Only this lab's jobs: the journal is shared with every other lab of this user.
-  for (const entry of (await journal.unfinished()).filter((e) => names.has(e.from) && names.has(e.to))) {
+  const ours = (e: JournalEntry) => names.has(e.from) && names.has(e.to) && (remote.has(e.from) || remote.has(e.to));
+  for (const entry of (await journal.unfinished()).filter(ours)) {
     const r = await recoverMigration(entry, hosts, opts);
     reports.push(r);
     await journal.write({
