@@ -2,6 +2,7 @@
 // arrive up to ~50 a second; listeners hear of them at most once per animation frame.
 import { useSyncExternalStore } from 'react';
 import type { ApiEvent, LabSnapshot } from '../../electron/engine/api/contract';
+import type { LinkProfile, LinkRelayStats } from '../../electron/engine/network/link-relay';
 import type {
   JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
 } from '../../electron/engine/migration/types';
@@ -9,6 +10,8 @@ import type {
 /** Samples kept per migration for the charts: at 10 a second, five minutes. */
 export const MAX_SAMPLES = 3000;
 const MAX_PROBE = 3000;
+/** Link counters kept per migration: at two a second, five minutes. */
+export const MAX_LINK_POINTS = 600;
 
 export interface SampleSeries {
   t: number[];
@@ -38,6 +41,14 @@ export interface MigrationTrack {
   probe: ProbeSample[];
   probeTotals: { sent: number; received: number };
   heartbeatGapMs: number | null;
+  /** The stream is encrypted with QEMU's TLS. */
+  tls: boolean;
+  /** The link profile asked for when it started; null: no link emulation (as far as the UI knows). */
+  linkRequested: Partial<LinkProfile> | null;
+  /** The emulated link's latest counters (the relay's, then the result's). */
+  link: LinkRelayStats | null;
+  /** Bytes the relay had delivered to the destination, over job time (s): for the rate through it. */
+  linkHistory: { t: number[]; bytesForward: number[] };
   result: MigrationResult | null;
   /** The job time of the latest event: where an unfinished phase has got to. */
   lastAtMs: number;
@@ -59,7 +70,8 @@ function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack
     id, guest, from, to, state: 'preflight', phases: [], checks: [],
     samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
     totalBytes: 0, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
-    probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, result: null, lastAtMs: 0, startedAt: null,
+    probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, tls: false, linkRequested: null, link: null,
+    linkHistory: { t: [], bytesForward: [] }, result: null, lastAtMs: 0, startedAt: null,
   };
 }
 
@@ -109,6 +121,8 @@ export class LabStore {
         t.from = m.from;
         t.to = m.to;
         t.startedAt = m.startedAt;
+        if (m.tls !== undefined) t.tls = m.tls;
+        if (m.link) t.linkRequested = m.link;
         // A migration this page only hears of from a snapshot (it was opened later) still shows
         // where it is and, once over, what its result says.
         if (t.phases.length === 0) t.state = m.state;
@@ -119,6 +133,8 @@ export class LabStore {
           if (t.phases.length === 0) t.phases = m.result.phases.map((p) => ({ ...p }));
           if (t.checks.length === 0) t.checks = [...m.result.checks];
           t.prediction ??= m.result.prediction;
+          t.tls = m.result.tls;
+          if (m.result.link) t.link = m.result.link;
           t.lastAtMs = Math.max(t.lastAtMs, m.result.wallTimeMs);
         }
       }
@@ -176,9 +192,16 @@ export class LabStore {
         for (const s of e.samples) push(t.probe, s, MAX_PROBE);
         t.probeTotals = { sent: e.sent, received: e.received };
         break;
+      case 'link':
+        t.link = e.stats;
+        push(t.linkHistory.t, e.atMs / 1000, MAX_LINK_POINTS);
+        push(t.linkHistory.bytesForward, e.stats.bytesForward, MAX_LINK_POINTS);
+        break;
       case 'result':
         t.result = e.result;
         t.state = e.result.status;
+        t.tls = e.result.tls;
+        if (e.result.link) t.link = e.result.link;
         t.from ||= e.result.from;
         t.to ||= e.result.to;
         break;

@@ -1,5 +1,5 @@
 // @vitest-environment happy-dom
-// The History view, the Migration view and the Lab view's LAN host form, rendered in happy-dom with tracks the LabStore built
+// The History view, the Migration view (with its Link panel), the Migrate dialog and the Lab view's LAN host form, rendered in happy-dom with tracks the LabStore built
 // from the engine's events. JSX-free (React.createElement), so vitest's test/unit/**/*.test.ts
 // include picks it up without a config change.
 import { cleanup, fireEvent, render, screen, waitFor, within } from '@testing-library/react';
@@ -7,9 +7,11 @@ import { createElement as h } from 'react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ApiEvent, LabSnapshot, MigrationView as MigrationViewInfo } from '../../electron/engine/api/contract';
 import type { MigrationEvent, MigrationPass, MigrationResult } from '../../electron/engine/migration/types';
+import type { LinkRelayStats } from '../../electron/engine/network/link-relay';
 import type { LabConnection } from '../../renderer/src/api';
 import { HistoryView } from '../../renderer/src/components/HistoryView';
 import { LabView } from '../../renderer/src/components/LabView';
+import { MigrateDialog } from '../../renderer/src/components/MigrateDialog';
 import { MigrationView } from '../../renderer/src/components/MigrationView';
 import { LabStore, type MigrationTrack } from '../../renderer/src/store';
 
@@ -342,5 +344,204 @@ describe('LabView: LAN hosts', () => {
     renderLab(vi.fn(), 'spectator');
     expect(screen.queryByRole('button', { name: 'LAN host (agent)…' })).toBeNull();
     expect(screen.getByRole('article', { name: 'Host lan-a' }).textContent).toContain('wss://192.168.1.20:7800');
+  });
+});
+
+describe('MigrateDialog: TLS and link emulation', () => {
+  const guest = { name: 'web1', host: 'host-a', state: 'ready', memoryMiB: 256, vcpus: 1, boot: 'lab', ip: null, mac: null, switchPort: null, labload: true, workload: null } as const;
+  const snapshot: LabSnapshot = {
+    apiVersion: 1, migrations: [], network: null,
+    hosts: [
+      { name: 'host-a', kind: 'local', address: '127.0.0.1', guests: [guest] },
+      { name: 'host-b', kind: 'local', address: '127.0.0.1', guests: [] },
+    ],
+  };
+
+  function renderDialog() {
+    const call = vi.fn(async (cmd: { type: string }) =>
+      cmd.type === 'preflight' ? { checks: [{ name: 'destination', status: 'pass', message: 'host-b is another host.' }], capabilities: [] } : { id: NEW });
+    const conn = { role: 'teacher', call, onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection;
+    const onStarted = vi.fn();
+    render(h(MigrateDialog, { guest, snapshot, conn, onClose: () => {}, onStarted }));
+    return { call, onStarted, dialog: screen.getByRole('dialog', { name: 'Migrate web1' }) };
+  }
+
+  async function start(dialog: HTMLElement) {
+    const go = within(dialog).getByRole('button', { name: 'Start migration' }) as HTMLButtonElement;
+    await waitFor(() => expect(go.disabled).toBe(false)); // once the pre-flight checks are in
+    fireEvent.click(go);
+  }
+
+  it('sends no TLS and no link unless asked, and keeps the link inputs off', async () => {
+    const { call, onStarted, dialog } = renderDialog();
+    expect((within(dialog).getByLabelText('Emulate a link') as HTMLInputElement).checked).toBe(false);
+    expect((within(dialog).getByLabelText('Link bandwidth') as HTMLInputElement).disabled).toBe(true);
+    expect(dialog.textContent).toContain('loss shows as TCP retransmission stalls');
+    await start(dialog);
+    await waitFor(() => expect(onStarted).toHaveBeenCalledWith(NEW));
+    expect(call).toHaveBeenLastCalledWith({
+      type: 'migrate', guest: 'web1', to: 'host-b',
+      options: { bandwidthMBps: 1000, downtimeLimitMs: 300, capabilities: {}, tls: false, link: null },
+    });
+  });
+
+  it('sends tls and the link a preset filled in', async () => {
+    const { call, onStarted, dialog } = renderDialog();
+    fireEvent.click(within(dialog).getByLabelText('Encrypt the stream (QEMU TLS, lab CA)'));
+    fireEvent.click(within(dialog).getByLabelText('Emulate a link'));
+    fireEvent.click(within(dialog).getByRole('button', { name: 'Across an ocean' }));
+    expect((within(dialog).getByLabelText('Link latency') as HTMLInputElement).value).toBe('80');
+    await start(dialog);
+    await waitFor(() => expect(onStarted).toHaveBeenCalledWith(NEW));
+    expect(call).toHaveBeenLastCalledWith({
+      type: 'migrate', guest: 'web1', to: 'host-b',
+      options: { bandwidthMBps: 1000, downtimeLimitMs: 300, capabilities: {}, tls: true, link: { bandwidthMBps: 20, latencyMs: 80, lossPercent: 0.5 } },
+    });
+  });
+
+  it('sends an empty bandwidth as no limit, and typed numbers as numbers', async () => {
+    const { call, dialog } = renderDialog();
+    fireEvent.click(within(dialog).getByLabelText('Emulate a link'));
+    fireEvent.change(within(dialog).getByLabelText('Link bandwidth'), { target: { value: '' } });
+    fireEvent.change(within(dialog).getByLabelText('Link latency'), { target: { value: '12.5' } });
+    fireEvent.change(within(dialog).getByLabelText('Link loss'), { target: { value: '2' } });
+    await start(dialog);
+    await waitFor(() => expect(call).toHaveBeenLastCalledWith(expect.objectContaining({ type: 'migrate' })));
+    expect(call.mock.lastCall![0]).toMatchObject({ options: { tls: false, link: { bandwidthMBps: null, latencyMs: 12.5, lossPercent: 2 } } });
+  });
+
+  it('shows the engine\'s refusal of a bad link in the dialog', async () => {
+    const { call, dialog } = renderDialog();
+    const refusal = 'The command is not valid: options.link.bandwidthMBps: Too small: expected number to be >=0.1';
+    call.mockImplementation(async (cmd: { type: string }) => {
+      if (cmd.type === 'preflight') return { checks: [], capabilities: [] };
+      throw new Error(refusal);
+    });
+    fireEvent.click(within(dialog).getByLabelText('Emulate a link'));
+    fireEvent.change(within(dialog).getByLabelText('Link bandwidth'), { target: { value: '0' } });
+    await start(dialog);
+    await waitFor(() => expect(within(dialog).getByRole('alert').textContent).toBe(refusal));
+  });
+});
+
+describe('MigrationView: the Link panel', () => {
+  const LINKED = 'cccc3333-0000-4000-8000-000000000003';
+  const PROFILE = { bandwidthMBps: 30, latencyMs: 5, lossPercent: 0.5 };
+
+  function stats(over: Partial<LinkRelayStats> = {}): LinkRelayStats {
+    return { connections: 1, totalConnections: 1, bytesForward: 0, bytesBackward: 0, lossStalls: 0, queuedBytes: 0, cut: false, profile: PROFILE, ...over };
+  }
+
+  /** A TLS migration over a 30 MB/s link, in its copy phase, the relay's counters twice. */
+  function linkedStore(): LabStore {
+    const store = new LabStore();
+    store.apply(lab([{ ...view(LINKED, 'web1', 'host-a', 'host-b'), tls: true, link: PROFILE }]));
+    const events: MigrationEvent[] = [
+      { type: 'phase', atMs: 0, phase: 'preflight', previous: null },
+      { type: 'phase', atMs: 230, phase: 'listen', previous: 'configure' },
+      { type: 'link', atMs: 235, stats: stats({ connections: 0, totalConnections: 0 }) },
+      { type: 'phase', atMs: 240, phase: 'migrate', previous: 'listen' },
+      { type: 'phase', atMs: 250, phase: 'monitor', previous: 'migrate' },
+      { type: 'link', atMs: 1000, stats: stats({ bytesForward: 15e6, bytesBackward: 2048 }) },
+      { type: 'link', atMs: 1500, stats: stats({ bytesForward: 30e6, bytesBackward: 4096, lossStalls: 3, queuedBytes: 65536 }) },
+    ];
+    for (const event of events) store.apply({ type: 'migration', id: LINKED, guest: 'web1', event });
+    return store;
+  }
+
+  function conn(role: 'teacher' | 'spectator' = 'teacher') {
+    return { role, call: vi.fn().mockResolvedValue(stats()), onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection & { call: ReturnType<typeof vi.fn> };
+  }
+
+  it('keeps the link counters, their history and TLS in the track', () => {
+    const t = linkedStore().get().migrations.get(LINKED)!;
+    expect(t.tls).toBe(true);
+    expect(t.linkRequested).toEqual(PROFILE);
+    expect(t.link).toMatchObject({ bytesForward: 30e6, lossStalls: 3 });
+    expect(t.linkHistory).toEqual({ t: [0.235, 1, 1.5], bytesForward: [0, 15e6, 30e6] });
+  });
+
+  it('shows the profile, bytes through, stalls, connections and state, and TLS in the header', () => {
+    render(h(MigrationView, { t: linkedStore().get().migrations.get(LINKED)!, conn: conn() }));
+    expect(screen.getByRole('heading', { level: 2 }).textContent).toContain('TLS');
+    const panel = screen.getByRole('region', { name: 'Link' });
+    expect(within(panel).getByLabelText('Link state').textContent).toBe('up');
+    expect(panel.textContent).toContain('30 MB/s, 5 ms one way, 0.5% loss');
+    expect(panel.textContent).toContain('30.0 MB to host-b');
+    expect(panel.textContent).toContain('now 23.7 MB/s'); // 30 MB in the 1.265 s of readings (the last 2 s)
+    expect(panel.textContent).toContain('3 (each one a TCP retransmission wait)');
+    expect(panel.textContent).toContain('1 open, 1 in all');
+  });
+
+  it('pulls the cable, plugs it back and changes the profile through linkControl', async () => {
+    const store = linkedStore();
+    const c = conn();
+    const { rerender } = render(h(MigrationView, { t: store.get().migrations.get(LINKED)!, conn: c }));
+    const panel = () => screen.getByRole('region', { name: 'Link' });
+    const button = (name: string) => within(panel()).getByRole('button', { name }) as HTMLButtonElement;
+    expect(button('Plug it back').disabled).toBe(true);
+    fireEvent.click(button('Pull the cable'));
+    expect(c.call).toHaveBeenLastCalledWith({ type: 'linkControl', id: LINKED, action: 'cut' });
+
+    // The engine's event says the cable is out: the state shows it and the other button wakes.
+    store.apply({ type: 'migration', id: LINKED, guest: 'web1', event: { type: 'link', atMs: 1600, stats: stats({ cut: true, connections: 0, bytesForward: 31e6 }) } });
+    rerender(h(MigrationView, { t: store.get().migrations.get(LINKED)!, conn: c }));
+    expect(within(panel()).getByLabelText('Link state').textContent).toBe('CUT');
+    expect(button('Pull the cable').disabled).toBe(true);
+    fireEvent.click(button('Plug it back'));
+    expect(c.call).toHaveBeenLastCalledWith({ type: 'linkControl', id: LINKED, action: 'restore' });
+
+    const dials = within(panel()).getByRole('group', { name: 'Change the link' });
+    expect((within(dials).getByLabelText('Live link bandwidth') as HTMLInputElement).value).toBe('30');
+    fireEvent.change(within(dials).getByLabelText('Live link latency'), { target: { value: '120' } });
+    fireEvent.click(within(dials).getByRole('button', { name: 'Apply to the link' }));
+    expect(c.call).toHaveBeenLastCalledWith({ type: 'linkControl', id: LINKED, action: 'set', profile: { bandwidthMBps: 30, latencyMs: 120, lossPercent: 0.5 } });
+    fireEvent.click(within(dials).getByRole('button', { name: 'LAN' }));
+    fireEvent.click(within(dials).getByRole('button', { name: 'Apply to the link' }));
+    expect(c.call).toHaveBeenLastCalledWith({ type: 'linkControl', id: LINKED, action: 'set', profile: { bandwidthMBps: null, latencyMs: 0, lossPercent: 0 } });
+    await waitFor(() => expect(within(panel()).queryByRole('alert')).toBeNull());
+  });
+
+  it('shows the engine\'s refusal in the panel', async () => {
+    const c = conn();
+    c.call.mockRejectedValue(new Error('The migration of web1 is over (completed): its emulated link closed with it'));
+    render(h(MigrationView, { t: linkedStore().get().migrations.get(LINKED)!, conn: c }));
+    fireEvent.click(screen.getByRole('button', { name: 'Pull the cable' }));
+    await waitFor(() => expect(within(screen.getByRole('region', { name: 'Link' })).getByRole('alert').textContent).toContain('is over'));
+  });
+
+  it('gives a spectator the counters but no cable and no dials', () => {
+    render(h(MigrationView, { t: linkedStore().get().migrations.get(LINKED)!, conn: conn('spectator') }));
+    const panel = screen.getByRole('region', { name: 'Link' });
+    expect(panel.textContent).toContain('30.0 MB to host-b');
+    expect(within(panel).queryAllByRole('button')).toEqual([]);
+    expect(within(panel).queryAllByRole('spinbutton')).toEqual([]);
+  });
+
+  it('disables the cable once the migration is over, and the result shows the link and TLS', () => {
+    const store = linkedStore();
+    const result: MigrationResult = {
+      ...completed(LINKED), guest: 'web1', from: 'host-a', to: 'host-b', status: 'failed', runningOn: 'host-a', failure: 'migration',
+      reason: 'The migration failed: Unable to write to socket: Connection reset by peer.', tls: true,
+      link: stats({ cut: true, connections: 0, totalConnections: 1, bytesForward: 31e6, lossStalls: 4 }),
+    };
+    store.apply({ type: 'migration', id: LINKED, guest: 'web1', event: { type: 'result', atMs: 1700, result } });
+    render(h(MigrationView, { t: store.get().migrations.get(LINKED)!, conn: conn() }));
+    const panel = screen.getByRole('region', { name: 'Link' });
+    expect((within(panel).getByRole('button', { name: 'Pull the cable' }) as HTMLButtonElement).disabled).toBe(true);
+    expect((within(panel).getByRole('button', { name: 'Plug it back' }) as HTMLButtonElement).disabled).toBe(true);
+    expect(within(panel).queryByRole('group', { name: 'Change the link' })).toBeNull();
+    expect(within(panel).getByLabelText('Link state').textContent).toBe('CUT');
+    const status = screen.getByRole('status');
+    expect(status.textContent).toContain('failed: The migration failed');
+    expect(status.textContent).toContain('encrypted (QEMU TLS, lab CA)');
+    expect(status.textContent).toContain('30 MB/s, 5 ms one way, 0.5% loss; the cable was pulled');
+    expect(status.textContent).toContain('31.0 MB to host-b, 4 loss stalls, 1 connection');
+  });
+
+  it('shows no Link panel and no TLS badge for a plain migration', () => {
+    render(h(MigrationView, { t: buildStore().get().migrations.get(NEW)!, conn: conn() }));
+    expect(screen.queryByRole('region', { name: 'Link' })).toBeNull();
+    expect(screen.getByRole('heading', { level: 2 }).textContent).not.toContain('TLS');
   });
 });

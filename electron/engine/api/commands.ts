@@ -2,11 +2,24 @@
 // reaches the engine unless it parses here; an error names the field and what is wrong.
 import { z } from 'zod';
 import { AgentFingerprintSchema, AgentTokenSchema, AgentUrlSchema } from '../lab/lab-file';
+import { LinkProfileSchema } from '../network/link-relay';
 import type { ApiCommand, ApiErrorCode } from './contract';
 
 const name = z.string().min(1).max(64);
 /** A file on the host that runs the guest: absolute, so nothing depends on the engine's folder. */
 const path = z.string().min(2).max(1024).refine((p) => p.startsWith('/') && !p.includes('\0'), 'give an absolute path on the host');
+
+/**
+ * A link profile's fields, each optional, with the relay's own ranges. Not LinkProfileSchema.partial():
+ * zod 4 fills a left-out field with its default there, and a 'set' of the latency alone would
+ * then also lift the bandwidth limit.
+ */
+const link = LinkProfileSchema.shape;
+const LinkPatchSchema = z.object({
+  bandwidthMBps: link.bandwidthMBps.unwrap().optional(),
+  latencyMs: link.latencyMs.unwrap().optional(),
+  lossPercent: link.lossPercent.unwrap().optional(),
+}).strict();
 
 export const CommandSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('snapshot') }).strict(),
@@ -39,9 +52,19 @@ export const CommandSchema = z.discriminatedUnion('type', [
       downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
       capabilities: z.record(z.string().max(64), z.boolean()).optional(),
       sampleIntervalMs: z.number().int().min(20).max(1000).optional(),
+      /** QEMU TLS with the lab CA's certificates. */
+      tls: z.boolean().optional(),
+      /** Link emulation on the destination; null or left out: a direct stream. */
+      link: LinkPatchSchema.nullable().optional(),
     }).strict().optional(),
   }).strict(),
   z.object({ type: z.literal('cancelMigration'), id: z.string().max(64) }).strict(),
+  z.object({
+    type: z.literal('linkControl'),
+    id: z.string().max(64),
+    action: z.enum(['cut', 'restore', 'set']),
+    profile: LinkPatchSchema.optional(),
+  }).strict(),
   z.object({
     type: z.literal('setMigrationParameters'),
     id: z.string().max(64),
@@ -79,7 +102,16 @@ export class ApiError extends Error {
 /** The command, or an ApiError('invalid') that lists every problem. */
 export function parseCommand(input: unknown): ApiCommand {
   const r = CommandSchema.safeParse(input);
-  if (r.success) return r.data as ApiCommand;
+  if (r.success) {
+    const cmd = r.data as ApiCommand;
+    // A rule between two fields, which a discriminated union's members cannot refine.
+    if (cmd.type === 'linkControl' && (cmd.action === 'set') !== (cmd.profile !== undefined)) {
+      throw new ApiError('invalid', cmd.action === 'set'
+        ? 'The command is not valid: profile: "set" needs the profile to set (any of bandwidthMBps, latencyMs, lossPercent)'
+        : `The command is not valid: profile: only "set" takes a profile ("${cmd.action}" does not)`);
+    }
+    return cmd;
+  }
   const problems = r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'command'}: ${i.message}`);
   throw new ApiError('invalid', `The command is not valid: ${problems.join('; ')}`);
 }

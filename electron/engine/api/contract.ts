@@ -3,6 +3,7 @@
 // without pulling in Node: the engine validates what arrives with the schemas in ./commands.
 import type { GuestState } from '../hosts/host';
 import type { JobState, MigrationEvent, MigrationOptions, MigrationResult, PreflightCheck } from '../migration/types';
+import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
 import type { PortInfo } from '../network/switch';
 
 export const API_VERSION = 1;
@@ -54,6 +55,10 @@ export interface MigrationView {
   /** ISO time the job started. */
   startedAt: string;
   result: MigrationResult | null;
+  /** The stream is encrypted with QEMU's TLS (lab CA). Absent: not said (treat as false). */
+  tls?: boolean;
+  /** The link profile asked for (fields left out are neutral); null or absent: no link emulation. */
+  link?: Partial<LinkProfile> | null;
 }
 
 export interface NetworkView {
@@ -75,8 +80,10 @@ export type ApiCommand =
   | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number; boot?: GuestBootInput } }
   | { type: 'preflight'; guest: string; to: string; capabilities?: Record<string, boolean> }
   | { type: 'stopGuest'; host: string; guest: string }
-  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs'>> }
+  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs' | 'tls' | 'link'>> }
   | { type: 'cancelMigration'; id: string }
+  /** The emulated link of a running migration: pull the cable, plug it back, or change its profile. */
+  | { type: 'linkControl'; id: string; action: LinkAction; profile?: Partial<LinkProfile> }
   | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
   | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
   | { type: 'consoleInput'; guest: string; data: string }
@@ -84,6 +91,9 @@ export type ApiCommand =
   | { type: 'addHost'; name: string; agent?: AgentRef }
   | { type: 'removeHost'; name: string }
   | { type: 'exportLab' };
+
+/** 'set' takes a profile (only the fields given change); 'cut' resets every connection until 'restore'. */
+export type LinkAction = 'cut' | 'restore' | 'set';
 
 /** A guest to boot: the lab guest, or a custom kernel or disk image on the host. */
 export type GuestBootInput =
@@ -99,6 +109,8 @@ export interface ApiResults {
   stopGuest: { guest: string; host: string };
   migrate: { id: string };
   cancelMigration: { cancelled: boolean };
+  /** The relay's counters and profile right after the action. */
+  linkControl: LinkRelayStats;
   setMigrationParameters: { id: string };
   setWorkload: { guest: string; rateMBps: number; workingSetMiB: number };
   consoleInput: { bytes: number };

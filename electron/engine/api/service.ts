@@ -9,7 +9,7 @@ import { AgentConnectError } from '../agent/connect';
 import { AgentRpcError } from '../agent/rpc';
 import type { Lab } from '../lab/lab';
 import { labFileText, type LabFile } from '../lab/lab-file';
-import { MigrationJournal } from '../migration/journal';
+import { defaultStateDir, MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import { runPreflight } from '../migration/preflight';
 import type { MigrationResult } from '../migration/types';
@@ -31,18 +31,28 @@ interface RunningMigration {
 }
 
 const SNAPSHOT_DEBOUNCE_MS = 30;
+/** Before these phases end the relay is not open yet. */
+const LINK_NOT_OPEN = new Set(['preflight', 'prepare', 'configure', 'listen']);
+
+export interface LabServiceOptions {
+  /** Where the lab CA lives (certificates for TLS migrations); MigLab's state dir by default. */
+  stateDir?: string;
+}
 
 export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
   private readonly consoles = new Map<string, ConsoleTrail>();
   private readonly workloads = new Map<string, { rateMBps: number; workingSetMiB: number }>();
   private readonly migrations = new Map<string, RunningMigration>();
   private readonly hostOffs = new Map<string, () => void>();
+  /** The hosts that have certificates from the lab CA, and the work that gave them. */
+  private tlsReady: { hosts: string; done: Promise<void> } | null = null;
   private snapshotTimer: NodeJS.Timeout | null = null;
   private closed = false;
 
   constructor(
     private readonly lab: Lab,
     private readonly journal: MigrationJournal | null = null,
+    private readonly opts: LabServiceOptions = {},
   ) {
     super();
     for (const host of lab.hosts()) this.watchHost(host);
@@ -198,9 +208,21 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return { guest: cmd.guest, host: cmd.host };
       }
       case 'migrate':
-        return { id: this.startMigration(cmd.guest, cmd.to, cmd.options ?? {}) };
+        return { id: await this.startMigration(cmd.guest, cmd.to, cmd.options ?? {}) };
       case 'cancelMigration':
         return { cancelled: this.migration(cmd.id).job.cancel('Cancelled from the lab') };
+      case 'linkControl': {
+        const { job, view } = this.migration(cmd.id);
+        // A job without link emulation: the orchestrator's own refusal says so.
+        if (job.options.link) {
+          const over = view.result?.status ?? (['completed', 'failed', 'cancelled'].includes(view.state) ? view.state : null);
+          if (over) throw new ApiError('failed', `The migration of ${view.guest} is over (${over}): its emulated link closed with it`);
+          if (LINK_NOT_OPEN.has(view.state)) {
+            throw new ApiError('failed', `The emulated link of ${view.guest}'s migration opens once ${view.to} listens (the migration is at ${view.state}): try again in a moment`);
+          }
+        }
+        return await job.link(cmd.action === 'set' ? { profile: cmd.profile ?? {} } : cmd.action);
+      }
       case 'setMigrationParameters': {
         const { job } = this.migration(cmd.id);
         if (cmd.bandwidthMBps !== undefined) await job.setBandwidth(cmd.bandwidthMBps);
@@ -241,6 +263,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         }
         this.hostOffs.get(cmd.name)?.();
         this.hostOffs.delete(cmd.name);
+        this.tlsReady = null; // a host of the same name may come back on another machine
         this.labChanged();
         return { name: cmd.name };
       }
@@ -305,19 +328,52 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     return { guest: name, rateMBps, workingSetMiB };
   }
 
-  private startMigration(name: string, toName: string, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>): string {
-    const guest = this.findGuest(name);
-    const from = this.host(guest.hostName);
+  /**
+   * Certificates from the lab CA on every host, for QEMU TLS. Issued once for a set of hosts;
+   * a host added (or removed) since means issuing again, which is cheap.
+   */
+  private prepareTls(): Promise<void> {
+    const hosts = this.lab.hosts().map((h) => `${h.name}@${h.address}`).sort().join(',');
+    if (this.tlsReady?.hosts !== hosts) {
+      const done = this.lab.prepareMigrationTls(this.opts.stateDir ?? defaultStateDir()).then(() => {});
+      const ready = { hosts, done };
+      this.tlsReady = ready;
+      done.catch(() => {
+        if (this.tlsReady === ready) this.tlsReady = null; // the next TLS migration tries again
+      });
+    }
+    return this.tlsReady!.done;
+  }
+
+  private async startMigration(name: string, toName: string, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>): Promise<string> {
+    let guest = this.findGuest(name);
     const to = this.host(toName);
-    const busy = [...this.migrations.values()].find((m) => m.view.guest === name && m.view.result === null);
-    if (busy) throw new ApiError('invalid', `${name} is already migrating (${busy.view.from} to ${busy.view.to}): wait for it, or cancel it`);
+    const notBusy = () => {
+      const busy = [...this.migrations.values()].find((m) => m.view.guest === name && m.view.result === null);
+      if (busy) throw new ApiError('invalid', `${name} is already migrating (${busy.view.from} to ${busy.view.to}): wait for it, or cancel it`);
+    };
+    notBusy();
+    if (options.tls) {
+      try {
+        await this.prepareTls();
+      } catch (err) {
+        throw new ApiError('failed', `The lab could not give its hosts certificates for a TLS migration: ${(err as Error).message}`);
+      }
+      // The lab may have changed while the certificates were made.
+      notBusy();
+      guest = this.findGuest(name);
+    }
+    const from = this.host(guest.hostName);
     const load = this.workloads.get(name);
     const { job, result } = migrateGuest({
       guest, from, to, options, network: this.lab.network,
       ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
       ...(this.journal ? { journal: this.journal } : {}),
     });
-    const view: MigrationView = { id: job.id, guest: name, from: from.name, to: to.name, state: 'preflight', startedAt: new Date().toISOString(), result: null };
+    const view: MigrationView = {
+      id: job.id, guest: name, from: from.name, to: to.name, state: 'preflight', startedAt: new Date().toISOString(), result: null,
+      tls: job.options.tls, link: options.link ?? null,
+    };
     this.migrations.set(job.id, { view, job });
     job.on('event', (event) => {
       if (event.type === 'phase') {

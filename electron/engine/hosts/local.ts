@@ -509,6 +509,8 @@ export class LocalHost extends EventEmitter implements Host {
     ]);
     liveHosts.delete(this);
     if (this.ownsRuntimeDir && this.runtimeDir) await removeDir(this.runtimeDir);
+    // The TLS key we wrote into a runtime dir the caller owns is ours to remove.
+    else if (!this.opts.tlsDir && this.runtimeDir) await removeDir(join(this.runtimeDir, '.qemu-tls'));
   }
 }
 

@@ -105,6 +105,7 @@ function crashWords(console: string): string | null {
 
 const TERMINAL: MigrationStatus[] = ['completed', 'failed', 'cancelled'];
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'pre-switchover', 'cancelling', 'wait-unplug'];
+const LINK_REPORT_MS = 500;
 const CANCELLABLE = new Set<JobState>(['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor']);
 
 export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
@@ -222,6 +223,22 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       });
     }
     this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
+  }
+
+  private linkReportedAt = -Infinity;
+
+  /** The emulated link's counters while the stream flows, twice a second: what a lesson watches. */
+  private reportLink(): void {
+    const relay = this.relay;
+    if (!relay || performance.now() - this.linkReportedAt < LINK_REPORT_MS) return;
+    this.linkReportedAt = performance.now();
+    void relay.stats().then(
+      (stats) => {
+        this.lastLinkStats = stats;
+        this.send({ type: 'link', atMs: this.now(), stats });
+      },
+      () => {},
+    );
   }
 
   /** The emulated link: change its profile, pull the cable, or plug it back (with `link` on). */
@@ -442,6 +459,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
             this.send({ type: 'sample', atMs: got.sample.atMs, sample: got.sample });
             if (got.sample.status === 'active') this.updatePrediction(got.sample);
           }
+          this.reportLink();
           if (info.status && TERMINAL.includes(info.status)) finalStatus ??= info.status;
         }
         if (finalStatus === null && info.status) status = info.status;
@@ -643,6 +661,10 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         ? Math.round((this.dstFirstBeat.hostMs - this.srcLastBeat.hostMs) * 10) / 10
         : null;
     await this.transition(outcome);
+    if (outcome === 'failed' && this.lastLinkStats?.cut) {
+      // QEMU only says its stream broke; the lesson is that the cable was pulled.
+      reason = `The emulated link was cut (the cable pulled) during the migration, so the stream broke and the guest stayed on ${this.req.from.name}. ${reason ?? ''}`.trim();
+    }
     const result: MigrationResult = {
       id: this.id,
       status: outcome,

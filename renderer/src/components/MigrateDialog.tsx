@@ -1,8 +1,10 @@
 // The migration dialog: where to, the pre-flight checks for that destination (run now, nothing
-// started), the two knobs QEMU's convergence depends on, and the capabilities both QEMUs offer.
+// started), the two knobs QEMU's convergence depends on, the capabilities both QEMUs offer, and
+// the lessons about the wire: an encrypted stream, and an emulated long or lossy link.
 import { useEffect, useState } from 'react';
 import type { ApiResults, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
+import { draftOf, LinkPresets, LinkProfileFields, LINK_PRESETS, profileOf, type LinkDraft } from './LinkPanel';
 
 /** Capabilities worth offering in a lab: what each shows. `events` is always on. */
 const CAPABILITY_HINTS: Record<string, string> = {
@@ -26,6 +28,9 @@ export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
   const [bandwidth, setBandwidth] = useState(1000);
   const [downtime, setDowntime] = useState(300);
   const [caps, setCaps] = useState<Record<string, boolean>>({});
+  const [tls, setTls] = useState(false);
+  const [linkOn, setLinkOn] = useState(false);
+  const [link, setLink] = useState<LinkDraft>(() => draftOf(LINK_PRESETS[1]!.profile));
   const [pre, setPre] = useState<ApiResults['preflight'] | null>(null);
   const [error, setError] = useState<string | null>(null);
 
@@ -45,7 +50,10 @@ export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
   const failed = pre?.checks.filter((c) => c.status === 'fail') ?? [];
   const go = async () => {
     try {
-      const { id } = await conn.call({ type: 'migrate', guest: guest.name, to, options: { bandwidthMBps: bandwidth, downtimeLimitMs: downtime, capabilities: caps } });
+      const { id } = await conn.call({
+        type: 'migrate', guest: guest.name, to,
+        options: { bandwidthMBps: bandwidth, downtimeLimitMs: downtime, capabilities: caps, tls, link: linkOn ? profileOf(link) : null },
+      });
       onStarted(id);
     } catch (err) {
       setError((err as Error).message);
@@ -80,6 +88,26 @@ export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
           ))}
         </fieldset>
       )}
+      <label className="cap">
+        <input type="checkbox" checked={tls} onChange={(e) => setTls(e.target.checked)} aria-label="Encrypt the stream (QEMU TLS, lab CA)" /> Encrypt the stream (QEMU TLS, lab CA){' '}
+        <span className="detail">each host gets a certificate from the lab CA; the source checks the destination's</span>
+      </label>
+      <fieldset className="link-emulation">
+        <legend>
+          <label>
+            <input type="checkbox" checked={linkOn} onChange={(e) => setLinkOn(e.target.checked)} aria-label="Emulate a link" /> Emulate a link
+          </label>
+        </legend>
+        <p className="detail">
+          A relay on the destination{to ? ` (${to})` : ''} carries the stream: the bandwidth and the latency hold for each direction, and
+          loss shows as TCP retransmission stalls (the stream waits), not as lost pages. QEMU's bandwidth limit above still caps
+          what the source sends.
+        </p>
+        <LinkPresets disabled={!linkOn} onPick={(p) => setLink(draftOf(p))} />
+        <div className="toolbar">
+          <LinkProfileFields draft={link} onChange={setLink} label="Link" disabled={!linkOn} />
+        </div>
+      </fieldset>
       <section aria-label="Pre-flight checks">
         <h3>Pre-flight checks</h3>
         {!pre && !error && <p className="detail">checking…</p>}

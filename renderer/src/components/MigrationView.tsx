@@ -7,6 +7,7 @@ import { MIGRATION_PHASES } from '../../../electron/engine/migration/types';
 import type { LabConnection } from '../api';
 import { UPlotChart } from '../charts/UPlotChart';
 import type { MigrationTrack } from '../store';
+import { describeLink, LinkPanel } from './LinkPanel';
 
 const MB = 1e6;
 
@@ -194,6 +195,16 @@ function Counters({ t }: { t: MigrationTrack }) {
               <dt>total time (QEMU)</dt><dd>{r.totalTimeMs === null ? 'n/a' : formatMs(r.totalTimeMs)}</dd>
             </dl>
           )}
+          <dl aria-label="Stream">
+            <dt>stream</dt><dd>{r.tls ? 'encrypted (QEMU TLS, lab CA)' : 'not encrypted'}</dd>
+            {r.link && (
+              <>
+                <dt>link</dt><dd>{describeLink(r.link.profile)}{r.link.cut ? '; the cable was pulled' : ''}</dd>
+                <dt>through the link</dt>
+                <dd>{formatBytes(r.link.bytesForward)} to {r.to}, {r.link.lossStalls} loss stall{r.link.lossStalls === 1 ? '' : 's'}, {r.link.totalConnections} connection{r.link.totalConnections === 1 ? '' : 's'}</dd>
+              </>
+            )}
+          </dl>
         </div>
       )}
     </section>
@@ -226,11 +237,15 @@ function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
 export function MigrationView({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
   return (
     <section aria-label="Migration" className="migration">
-      <h2>{t.guest}: {t.from} → {t.to}</h2>
+      <h2>
+        {t.guest}: {t.from} → {t.to}
+        {t.tls && <span className="badge tls" title="The stream is encrypted with QEMU's TLS (lab CA certificates)">TLS</span>}
+      </h2>
       <Timeline t={t} />
       {/* Remounted when QEMU's parameters arrive, so the inputs start from what is set. */}
       <Controls key={t.params ? `${t.params.bandwidthMBps}/${t.params.downtimeLimitMs}` : 'defaults'} t={t} conn={conn} />
       <Counters t={t} />
+      {(t.link || t.linkRequested) && <LinkPanel t={t} conn={conn} />}
       <MemoryStrip t={t} />
       <div className="charts">
         <Rounds t={t} />
