@@ -15,6 +15,8 @@ import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { WebServer } from '../../electron/engine/web/server';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
+import { expectOneCopyOn } from '../helpers/migration';
+import { startAgent, stopAgent } from '../helpers/agents';
 
 const CHROMIUM = process.env.MIGLAB_CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = join(process.cwd(), 'test-artifacts', 'e2e');
@@ -39,7 +41,7 @@ beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   work = await makeTempDir('e2e');
   lab = await defaultLocalLab({ runtimeDir: join(work, 'run') });
-  service = new LabService(lab, new MigrationJournal(join(work, 'state')));
+  service = new LabService(lab, new MigrationJournal(join(work, 'state')), { stateDir: join(work, 'state') });
   server = await WebServer.start(service, { port: 0, uiDir: ui });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -172,6 +174,56 @@ describe('the UI in Chromium, browser mode, real guests', () => {
       await shot('07-spectator', spectator);
     } finally {
       await ctx.close();
+    }
+  });
+
+  it('migrates over an emulated link, TLS-encrypted, and pulls the cable: the guest stays on its source', async () => {
+    await page.getByRole('button', { name: 'Guest ui1' }).click();
+    await page.getByRole('button', { name: 'Migrate' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Migrate ui1' });
+    expect(await dialog.getByLabel('Destination host').inputValue()).toBe('host-a');
+    await dialog.getByLabel('Encrypt the stream (QEMU TLS, lab CA)').check();
+    await dialog.getByLabel('Emulate a link').check();
+    await dialog.getByLabel('Link bandwidth').fill('5');
+    await dialog.getByLabel('Link latency').fill('40');
+    await dialog.getByRole('button', { name: 'Start migration' }).click();
+    const link = page.getByRole('region', { name: 'Link' });
+    // the stream flows through the relay: its counters move, then the cable is pulled
+    await expect.poll(async () => Number((await link.innerText()).match(/through\s+([\d.]+) MB to host-a/)?.[1] ?? 0), { timeout: 60_000 }).toBeGreaterThan(0.5);
+    await link.getByRole('button', { name: 'Pull the cable' }).click();
+    const result = page.getByRole('region', { name: 'Counters' }).getByRole('status');
+    await result.waitFor({ timeout: 60_000 });
+    expect(await result.innerText()).toMatch(/failed: The emulated link was cut \(the cable pulled\).* stayed on host-b/);
+    expect(await page.getByRole('region', { name: 'Counters' }).innerText()).toMatch(/through the link\s+[1-9][\d.]* MB to host-a/);
+    expect(await link.getByLabel('Link state').innerText()).toBe('CUT');
+    expect(await page.getByText('TLS', { exact: true }).count()).toBeGreaterThanOrEqual(1);
+    await expectOneCopyOn(lab, 'ui1', 'host-b');
+    await shot('08-cable-pulled');
+  });
+
+  it("adds a LAN host by its agent's address, token and fingerprint; a wrong fingerprint is refused", async () => {
+    const agent = await startAgent({ name: 'lab-pc', listen: '127.0.0.1:0', dataDir: join(work, 'agent'), extra: ['--ports', '50500-50599'] });
+    try {
+      await page.getByRole('button', { name: 'LAN host (agent)…' }).click();
+      const form = page.getByRole('form', { name: 'Add a LAN host' });
+      await form.getByLabel('LAN host name').fill('lan-a');
+      await form.getByLabel('Agent address').fill(agent.info.url);
+      await form.getByLabel('Token').fill(agent.info.pairingToken!);
+      // first with another certificate's fingerprint: refused, nothing added
+      await form.getByLabel('Fingerprint (SHA-256)').fill('00:'.repeat(31) + '00');
+      await form.getByRole('button', { name: 'Add LAN host' }).click();
+      await expect.poll(() => page.locator('body').innerText(), { timeout: 20_000 }).toMatch(/not the pinned/);
+      expect(await page.getByRole('article', { name: 'Host lan-a' }).count()).toBe(0);
+      await form.getByLabel('Fingerprint (SHA-256)').fill(agent.info.fingerprint);
+      await form.getByRole('button', { name: 'Add LAN host' }).click();
+      const host = page.getByRole('article', { name: 'Host lan-a' });
+      await host.waitFor({ timeout: 20_000 });
+      expect(await host.innerText()).toContain(agent.info.url);
+      await shot('09-lan-host');
+      await service.execute({ type: 'removeHost', name: 'lan-a' });
+      await expect.poll(() => page.getByRole('article', { name: 'Host lan-a' }).count()).toBe(0);
+    } finally {
+      await stopAgent(agent);
     }
   });
 });
