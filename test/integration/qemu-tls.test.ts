@@ -114,7 +114,8 @@ describe('QEMU with the lab CA\'s certificates', () => {
     const info = await migrateOverTls(src, dst);
     expect(info.status, info['error-desc']).toBe('completed');
     expect(info.ram?.transferred).toBeGreaterThan(0);
-    expect((await queryMigrate(dst.qmp)).status).toBe('completed');
+    // The destination finishes loading a moment after the source says completed.
+    await expect.poll(async () => (await queryMigrate(dst.qmp)).status, { timeout: 10_000 }).toBe('completed');
     // Arrived in the state it left: never started (-S), so prelaunch, not inmigrate any more.
     expect((await queryStatus(dst.qmp)).status).toBe('prelaunch');
     expect((await src.qmp.execute<{ 'tls-creds'?: string }>('query-migrate-parameters'))['tls-creds']).toBe('miglab-tls');
