@@ -580,7 +580,7 @@ async function main(): Promise<void> {
     ['(before) SIGKILL -> engine sees the loss', fmt(median(rs((r) => r.lossSeenMs))), fmt(max(rs((r) => r.lossSeenMs)))],
   ]);
   console.log(`all ${IDLE_GUESTS} adopted: ${restarts.filter((r) => r.allAdopted).length}/${restarts.length} restarts`);
-  console.log("((ii) - (i) is mostly the engine's reconnect back-off (200, 400, 800, 1600, 2000 ms between tries); heartbeats can arrive just before 'connected', which is set once the guest list is reconciled.)");
+  console.log("((ii) - (i) is the engine's reconnect back-off (100, 200, 400, then every 500 ms) and the TLS and guest-list handshake; heartbeats can arrive just before 'connected', which is set once the guest list is reconciled.)");
   for (const r of restarts.filter((x) => x.note)) console.log(`  restart ${r.run}: ${r.note}`);
 
   console.log(`\n### 4. Faults ${FAULT_AFTER_MS} ms into 'monitor', across namespace hosts (${FAULTS} runs each)\n`);
