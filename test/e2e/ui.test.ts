@@ -219,6 +219,7 @@ describe('the UI in Chromium, browser mode, real guests', () => {
       const host = page.getByRole('article', { name: 'Host lan-a' });
       await host.waitFor({ timeout: 20_000 });
       expect(await host.innerText()).toContain(agent.info.url);
+      expect(await page.locator('body').innerText()).not.toMatch(/not the pinned/); // the refusal is cleared
       await shot('09-lan-host');
       await service.execute({ type: 'removeHost', name: 'lan-a' });
       await expect.poll(() => page.getByRole('article', { name: 'Host lan-a' }).count()).toBe(0);

@@ -326,7 +326,7 @@ describe('LabView: LAN hosts', () => {
     fireEvent.click(add);
     expect(call).toHaveBeenCalledExactlyOnceWith({ type: 'addHost', name: 'lan-c', agent: { url: 'wss://192.168.1.22:7800', token: TOKEN, fingerprint: FP } });
     await waitFor(() => expect(screen.queryByRole('form', { name: 'Add a LAN host' })).toBeNull());
-    expect(onError).not.toHaveBeenCalled();
+    expect(onError).toHaveBeenCalledExactlyOnceWith(null); // clears an earlier refusal; shows none
   });
 
   it('shows the engine\'s refusal the way the view shows errors, and keeps the form', async () => {

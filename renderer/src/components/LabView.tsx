@@ -9,7 +9,8 @@ export interface LabViewProps {
   selected: string | null;
   onSelect: (guest: string) => void;
   onMigrate: (guest: GuestView) => void;
-  onError: (message: string) => void;
+  /** A refusal to show, or null to clear the one shown. */
+  onError: (message: string | null) => void;
 }
 
 /** What a guest is doing in a migration, in words: QEMU's view of a paused source is not a state. */
@@ -47,7 +48,7 @@ function GuestCard({ g, selected, onSelect, role }: { g: GuestView; selected: bo
  * A LAN host: the three things its `miglab agent` printed (address, token, certificate
  * fingerprint). The engine connects before the host joins the lab; a refusal says why.
  */
-function LanHostForm({ hosts, conn, onError, onDone }: { hosts: HostView[]; conn: LabConnection; onError: (m: string) => void; onDone: () => void }) {
+function LanHostForm({ hosts, conn, onError, onDone }: { hosts: HostView[]; conn: LabConnection; onError: (m: string | null) => void; onDone: () => void }) {
   const [name, setName] = useState(() => {
     for (let c = 97; c < 123; c++) if (!hosts.some((h) => h.name === `lan-${String.fromCharCode(c)}`)) return `lan-${String.fromCharCode(c)}`;
     return 'lan';
@@ -60,6 +61,7 @@ function LanHostForm({ hosts, conn, onError, onDone }: { hosts: HostView[]; conn
     setBusy(true);
     try {
       await conn.call({ type: 'addHost', name: name.trim(), agent: { url: url.trim(), token: token.trim(), fingerprint: fingerprint.trim() } });
+      onError(null); // an earlier refusal (a wrong fingerprint, say) no longer applies
       onDone();
     } catch (err) {
       onError((err as Error).message);
