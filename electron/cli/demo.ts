@@ -3,7 +3,7 @@ import { runDemo, type DemoOptions, type DemoReport } from '../engine/lab/demo';
 import { formatBytes, formatBytesRate, formatMs } from '../engine/migration/prediction';
 import type { MigrationEvent } from '../engine/migration/types';
 import { InvalidSubnetError, parseSubnet } from '../engine/network/lab-network';
-import { printJson, table, UsageError } from './output';
+import { numberOption, printJson, table, UsageError } from './output';
 
 export interface DemoArgs {
   json: boolean;
@@ -24,10 +24,7 @@ export interface DemoArgs {
 }
 
 function num(name: string, value: string | undefined, min: number, max: number, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} takes a number from ${min} to ${max} (got "${value}")`);
-  return n;
+  return numberOption(name, value, min, max) ?? fallback;
 }
 
 export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'onEvent'> {

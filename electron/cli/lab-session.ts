@@ -6,11 +6,11 @@ import type { Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
 import { migrateGuest } from '../engine/migration/orchestrator';
-import { recoverInterruptedMigrations, type RecoveryReport } from '../engine/migration/recovery';
+import { describeRecovery, recoverInterruptedMigrations, type RecoveryReport } from '../engine/migration/recovery';
 import type { MigrationOptions } from '../engine/migration/types';
 import { parseLinkProfile } from '../engine/network/link-relay';
 import { liveDisplay } from './demo';
-import { printJson, UsageError } from './output';
+import { numberOption, printJson, UsageError } from './output';
 
 export interface LabSessionArgs {
   json: boolean;
@@ -40,10 +40,6 @@ async function openAgentLab(file: string | undefined): Promise<Lab> {
   }
 }
 
-function describeRecovery(r: RecoveryReport): string {
-  return `${r.guest} (${r.from} -> ${r.to}, stopped in ${r.lastPhase}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}; ${r.actions.join('; ')}`;
-}
-
 /** What an engine does when it opens a lab with agents: settle what its predecessor left. */
 async function settle(lab: Lab, journal: MigrationJournal, say: (m: string) => void): Promise<RecoveryReport[]> {
   const reports = await recoverInterruptedMigrations(lab.hosts(), journal);
@@ -64,13 +60,6 @@ export async function recoverCommand(file: string | undefined, args: LabSessionA
   }
 }
 
-function num(flag: string, v: string | undefined, min: number, max: number): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${flag} takes a number from ${min} to ${max} (got "${v}")`);
-  return n;
-}
-
 export async function migrateCommand(file: string | undefined, guestName: string | undefined, args: LabSessionArgs): Promise<number> {
   if (!file) throw new UsageError('Give the lab file whose hosts run "miglab agent": "miglab migrate LAB.yaml GUEST --to HOST"');
   if (!guestName) throw new UsageError('Say which guest to migrate: "miglab migrate LAB.yaml GUEST --to HOST"');
@@ -80,16 +69,16 @@ export async function migrateCommand(file: string | undefined, guestName: string
   if (linkGiven) {
     try {
       link = parseLinkProfile({
-        bandwidthMBps: num('link-bandwidth', args['link-bandwidth'], 0.1, 10_000) ?? null,
-        latencyMs: num('link-latency', args['link-latency'], 0, 5000) ?? 0,
-        lossPercent: num('link-loss', args['link-loss'], 0, 50) ?? 0,
+        bandwidthMBps: numberOption('link-bandwidth', args['link-bandwidth'], 0.1, 10_000) ?? null,
+        latencyMs: numberOption('link-latency', args['link-latency'], 0, 5000) ?? 0,
+        lossPercent: numberOption('link-loss', args['link-loss'], 0, 50) ?? 0,
       });
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
   }
-  const bandwidthMBps = num('bandwidth', args.bandwidth, 1, 100_000);
-  const downtimeLimitMs = num('downtime-limit', args['downtime-limit'], 1, 2_000_000);
+  const bandwidthMBps = numberOption('bandwidth', args.bandwidth, 1, 100_000);
+  const downtimeLimitMs = numberOption('downtime-limit', args['downtime-limit'], 1, 2_000_000);
   const live = args.json ? null : liveDisplay('migrate');
   const say = live?.say ?? ((m: string) => process.stderr.write(`[migrate] ${m}\n`));
   const lab = await openAgentLab(file);

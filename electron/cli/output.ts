@@ -7,6 +7,14 @@ export class UsageError extends Error {
   }
 }
 
+/** A numeric --flag's value checked against its range; undefined when the flag was not given. */
+export function numberOption(flag: string, value: string | undefined, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${flag} takes a number from ${min} to ${max} (got "${value}")`);
+  return n;
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }

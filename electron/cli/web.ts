@@ -5,7 +5,7 @@ import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile, type LabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
-import { recoverInterruptedMigrations } from '../engine/migration/recovery';
+import { describeRecovery, recoverInterruptedMigrations } from '../engine/migration/recovery';
 import { WebServer } from '../engine/web/server';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { printJson, UsageError } from './output';
@@ -44,7 +44,7 @@ export async function webCommand(args: WebArgs): Promise<number> {
   // An engine that restarts: migrations its predecessor left in flight between these agents are
   // settled (one copy of each guest keeps running) and reported.
   for (const r of await recoverInterruptedMigrations(lab.hosts(), journal)) {
-    console.log(`A migration was in flight when MigLab last stopped: ${r.guest} (${r.from} -> ${r.to}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}. ${r.actions.join('; ')}`);
+    console.log(`A migration was in flight when MigLab last stopped: ${describeRecovery(r)}`);
   }
   const service = new LabService(lab, journal);
   let server: WebServer;

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { labFromFile, readLabFile } from '../engine/lab/lab-file';
-import { recoverInterruptedMigrations } from '../engine/migration/recovery';
+import { describeRecovery, recoverInterruptedMigrations } from '../engine/migration/recovery';
 import { MigrationJournal } from '../engine/migration/journal';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { appProtocolHandler } from './app-protocol';
@@ -87,7 +87,7 @@ export async function openLab(file: string | null): Promise<void> {
   if (recovered.length) {
     dialog.showErrorBox(
       'MigLab: migrations that were in flight',
-      recovered.map((r) => `${r.guest} (${r.from} -> ${r.to}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}. ${r.actions.join('; ')}`).join('\n'),
+      recovered.map(describeRecovery).join('\n'),
     );
   }
   if (spec) {

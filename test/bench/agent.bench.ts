@@ -18,10 +18,10 @@ import { netnsAgentLab, type NetnsAgentLab } from '../../electron/engine/lab/net
 import { migrateGuest, type MigrationJob } from '../../electron/engine/migration/orchestrator';
 import type { MigrationOptions, MigrationResult } from '../../electron/engine/migration/types';
 import { chooseAccelerator, findQemu } from '../../electron/engine/qemu/binary';
-import { queryStatus } from '../../electron/engine/qmp';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { agentPids, qemuPids } from '../helpers/leaks';
+import { runningCopies } from '../helpers/copies';
 
 function count(name: string, fallback: number): number {
   const v = Number(process.env[name] ?? fallback);
@@ -89,18 +89,6 @@ function whereIs(lab: Lab, name: string): Host | null {
 
 function otherHost(lab: Lab, h: Host): Host {
   return lab.hosts().find((x) => x !== h)!;
-}
-
-/** Hosts where QEMU says the guest is running (not paused, not gone). */
-async function runningCopies(lab: Lab, name: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const h of lab.hosts()) {
-    const g = h.guest(name);
-    if (!g || g.exit) continue;
-    const st = await queryStatus(g.qmp).catch(() => null);
-    if (st?.running) out.push(h.name);
-  }
-  return out;
 }
 
 /** A ready lab guest whose memory holds labload's pattern, then idle (as lab/demo.ts does). */

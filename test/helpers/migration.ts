@@ -1,20 +1,10 @@
 import { expect } from 'vitest';
 import type { Guest } from '../../electron/engine/hosts/host';
 import type { Lab } from '../../electron/engine/lab/lab';
-import { queryStatus } from '../../electron/engine/qmp';
+import { runningCopies } from './copies';
 import { delay } from '../../electron/engine/util/time';
 
-/** How many copies of the guest QEMU is actually running, across every host of the lab. */
-export async function runningCopies(lab: Lab, name: string): Promise<string[]> {
-  const where: string[] = [];
-  for (const host of lab.hosts()) {
-    const g = host.guest(name);
-    if (!g || g.exit) continue;
-    const st = await queryStatus(g.qmp).catch(() => null);
-    if (st?.running) where.push(host.name);
-  }
-  return where;
-}
+export { runningCopies };
 
 /** The invariant: exactly one copy runs, on `host`, and its heartbeats keep coming. */
 export async function expectOneCopyOn(lab: Lab, name: string, host: string): Promise<Guest> {

@@ -100,7 +100,6 @@ export const EngineRequestSchemas = {
   'network.openPort': z
     .object({ guest: z.string().min(1).max(64), peer: z.object({ address: z.string().max(64), port }).strict() })
     .strict(),
-  'network.closePort': z.object({ id: z.number().int().nonnegative() }).strict(),
 } as const;
 
 /** A guest as the agent describes it. */
@@ -118,9 +117,6 @@ export interface GuestDescriptor {
   adopted: boolean;
 }
 
-/** Events the agent sends: guest lifecycle and every QMP event of every guest. */
-export type AgentEvent =
-  | { event: 'guest-started'; data: GuestDescriptor }
-  | { event: 'guest-state'; data: { handle: number; state: string; previous: string } }
-  | { event: 'guest-exited'; data: { handle: number; exit: unknown } }
-  | { event: 'qmp-event'; data: { handle: number; event: { event: string; data: Record<string, unknown>; timestamp: unknown } } };
+// Events the agent sends (RemoteHost.onAgentEvent): guest-started (a GuestDescriptor),
+// guest-state {handle, state, previous}, guest-exited {handle, exit}, qmp-event {handle, event},
+// port-closed {id} (a NIC's switch port the engine can close).

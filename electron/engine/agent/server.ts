@@ -62,8 +62,6 @@ interface Conn {
   ws: WebSocket;
 }
 
-const STATE_OF_HANDLE = Symbol('handle');
-
 /** A peer's guest spec: library-relative image paths resolved, nothing else touched. */
 async function resolveSpecPaths(spec: GuestSpec, library: string | null): Promise<GuestSpec> {
   const boot = spec.boot;
@@ -83,7 +81,9 @@ async function resolveSpecPaths(spec: GuestSpec, library: string | null): Promis
 
 export class AgentServer {
   private readonly conns = new Set<Conn>();
+  /** Guests by the handle the wire names them with, and back. */
   private readonly handles = new Map<number, LocalGuest>();
+  private readonly handleOfGuest = new WeakMap<Guest, number>();
   private nextHandle = 1;
   private readonly relays = new Map<number, LinkRelay>();
   private readonly unsubscribe = new Map<LocalGuest, Array<() => void>>();
@@ -256,8 +256,7 @@ export class AgentServer {
   // ---- guests ----
 
   private handleOf(g: Guest): number {
-    const lg = g as LocalGuest & { [STATE_OF_HANDLE]?: number };
-    return lg[STATE_OF_HANDLE] ?? 0;
+    return this.handleOfGuest.get(g) ?? 0;
   }
 
   /** The spec as the peer knows it: image paths relative to the library, as it sent them. */
@@ -286,7 +285,7 @@ export class AgentServer {
 
   private onGuestStarted(g: LocalGuest): void {
     const handle = this.nextHandle++;
-    (g as LocalGuest & { [STATE_OF_HANDLE]?: number })[STATE_OF_HANDLE] = handle;
+    this.handleOfGuest.set(g, handle);
     this.handles.set(handle, g);
     const onConsole = (d: Buffer) => this.broadcastStream('console', handle, d);
     g.console.on('data', onConsole);

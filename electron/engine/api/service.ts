@@ -31,8 +31,6 @@ interface RunningMigration {
 }
 
 const SNAPSHOT_DEBOUNCE_MS = 30;
-/** Before these phases end the relay is not open yet. */
-const LINK_NOT_OPEN = new Set(['preflight', 'prepare', 'configure', 'listen']);
 
 export interface LabServiceOptions {
   /** Where the lab CA lives (certificates for TLS migrations); MigLab's state dir by default. */
@@ -212,15 +210,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
       case 'cancelMigration':
         return { cancelled: this.migration(cmd.id).job.cancel('Cancelled from the lab') };
       case 'linkControl': {
-        const { job, view } = this.migration(cmd.id);
-        // A job without link emulation: the orchestrator's own refusal says so.
-        if (job.options.link) {
-          const over = view.result?.status ?? (['completed', 'failed', 'cancelled'].includes(view.state) ? view.state : null);
-          if (over) throw new ApiError('failed', `The migration of ${view.guest} is over (${over}): its emulated link closed with it`);
-          if (LINK_NOT_OPEN.has(view.state)) {
-            throw new ApiError('failed', `The emulated link of ${view.guest}'s migration opens once ${view.to} listens (the migration is at ${view.state}): try again in a moment`);
-          }
-        }
+        const { job } = this.migration(cmd.id);
         return await job.link(cmd.action === 'set' ? { profile: cmd.profile ?? {} } : cmd.action);
       }
       case 'setMigrationParameters': {

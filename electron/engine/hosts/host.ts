@@ -142,3 +142,13 @@ export interface Host {
   /** Stops every guest and removes the host's runtime dir. */
   dispose(): Promise<void>;
 }
+
+/** Host.stopGuest for any host: the named guest stopped, or an error naming the guests it has. */
+export function stopNamedGuest(host: Host, name: string): Promise<ExitInfo> {
+  const g = host.guest(name);
+  if (!g) {
+    const names = host.guests().map((x) => x.name);
+    return Promise.reject(new Error(`No guest named "${name}" runs on host ${host.name}` + (names.length ? `: it runs ${names.join(', ')}` : ': it runs none')));
+  }
+  return g.stop();
+}

@@ -22,7 +22,7 @@ import type { Duplex } from 'node:stream';
 import { LinkRelay, type LinkProfile } from '../network/link-relay';
 import { writeQemuTlsDir } from '../agent/certs';
 import { addTlsCredsObject } from '../qemu/tls';
-import type { LinkRelayControl, MigrationTlsCreds } from './host';
+import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 import { PortAllocator, type PortRange } from './ports';
 
@@ -182,15 +182,8 @@ export class LocalHost extends EventEmitter implements Host {
     return this.running.get(name);
   }
 
-  async stopGuest(name: string): Promise<ExitInfo> {
-    const g = this.running.get(name);
-    if (!g) {
-      const names = [...this.running.keys()];
-      throw new Error(
-        `No guest named "${name}" runs on host ${this.name}` + (names.length ? `: it runs ${names.join(', ')}` : ': it runs none'),
-      );
-    }
-    return g.stop();
+  stopGuest(name: string): Promise<ExitInfo> {
+    return stopNamedGuest(this, name);
   }
 
   prepareIncoming(spec: GuestSpec): Promise<Guest> {

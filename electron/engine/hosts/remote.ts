@@ -2,7 +2,7 @@
 // The orchestrator sees the same Host and Guest as for a local host: QMP calls, events, the
 // console and labload travel over the agent's WebSocket. A lost connection is retried; calls
 // made meanwhile wait for it (bounded), because the guests keep running on the agent's host.
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Duplex } from 'node:stream';
 import { LabloadChannel } from '../guest/labload-channel';
@@ -15,11 +15,11 @@ import type { QmpEventListener, QmpWaitOptions } from '../qmp/client';
 import type { SwitchPortHandle } from '../network/switch';
 import { connectAgent, type AgentAddress } from '../agent/connect';
 import { normalizeFingerprint } from '../agent/certs';
-import type { GuestDescriptor, StreamKind } from '../agent/protocol';
+import { EngineRequestSchemas, type GuestDescriptor, type StreamKind } from '../agent/protocol';
 import { AgentRpcError, type RpcPeer } from '../agent/rpc';
 import { delay, withTimeout } from '../util/time';
 import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
-import type { LinkRelayControl, MigrationTlsCreds } from './host';
+import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 
 export interface RemoteHostOptions extends AgentAddress {
@@ -58,7 +58,6 @@ export class RemoteHost extends EventEmitter implements Host {
   private readonly byHandle = new Map<number, RemoteGuest>();
   private readonly ports = new Map<number, SwitchPortHandle>();
   private connected: Promise<void> | null = null;
-  private wake: (() => void) | null = null;
   private disposed = false;
   private lastError = '';
 
@@ -97,7 +96,6 @@ export class RemoteHost extends EventEmitter implements Host {
     peer.on('close', (reason) => this.onLost(reason));
     await this.reconcile(await peer.request<GuestDescriptor[]>('guests'));
     this.state = 'connected';
-    this.wake?.();
   }
 
   /** After (re)connecting: the agent's guests are the truth. Known ones get their new handle. */
@@ -106,19 +104,23 @@ export class RemoteHost extends EventEmitter implements Host {
     const seen = new Set<string>();
     for (const d of list) {
       seen.add(d.name);
-      const known = this.byName.get(d.name);
-      if (known) {
-        known.rebind(d);
-        this.byHandle.set(d.handle, known);
-      } else {
-        const g = this.track(d);
-        const history = await this.peer!.request<string>('consoleHistory', { handle: d.handle }).catch(() => '');
-        g.seedConsole(history);
-      }
+      const isNew = !this.byName.has(d.name);
+      const g = this.know(d);
+      // A guest this engine had not seen (it restarted): its console so far, from the agent.
+      if (isNew) g.seedConsole(await this.peer!.request<string>('consoleHistory', { handle: d.handle }).catch(() => ''));
     }
     for (const [name, g] of this.byName) {
       if (!seen.has(name)) g.gone({ code: null, signal: null, stderrTail: `guest "${name}" was gone when agent ${this.name} was reached again`, expected: false });
     }
+  }
+
+  /** The guest a descriptor names: the known one under its (new) handle, or a new one tracked. */
+  private know(d: GuestDescriptor): RemoteGuest {
+    const known = this.byName.get(d.name);
+    if (!known) return this.track(d);
+    if (known.handle !== d.handle) known.rebind(d);
+    this.byHandle.set(d.handle, known);
+    return known;
   }
 
   private track(d: GuestDescriptor): RemoteGuest {
@@ -165,17 +167,14 @@ export class RemoteHost extends EventEmitter implements Host {
     if (this.disposed) throw new AgentRpcError('disconnected', `Host ${this.name} has been removed from the lab`);
     if (this.peer && !this.peer.closed) return this.peer;
     const limit = this.opts.reconnectWaitMs ?? 20_000;
-    const end = performance.now() + limit;
-    while (performance.now() < end && !this.disposed) {
+    // Every change of the link is a 'connection' event: wait for the one that brings it back.
+    const signal = AbortSignal.timeout(limit);
+    while (!this.disposed && !signal.aborted) {
       if (this.peer && !this.peer.closed) return this.peer;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 100);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
+      await once(this, 'connection', { signal }).catch(() => {});
     }
+    if (this.peer && !this.peer.closed) return this.peer;
+    if (this.disposed) throw new AgentRpcError('disconnected', `Host ${this.name} has been removed from the lab`);
     throw new AgentRpcError('disconnected', `Agent ${this.name} (${this.opts.url}) has been unreachable for ${Math.round(limit / 1000)} s: ${this.lastError}`);
   }
 
@@ -187,10 +186,9 @@ export class RemoteHost extends EventEmitter implements Host {
     if (method === 'network.openPort') {
       const network = this.opts.network;
       if (!network) throw new AgentRpcError('failed', `Host ${this.name} is not on the lab network`);
-      const p = params as { guest: string; peer: { address: string; port: number } };
-      if (typeof p?.guest !== 'string' || typeof p.peer?.address !== 'string' || typeof p.peer.port !== 'number') {
-        throw new AgentRpcError('invalid', 'network.openPort needs {guest, peer: {address, port}}');
-      }
+      const r = EngineRequestSchemas['network.openPort'].safeParse(params);
+      if (!r.success) throw new AgentRpcError('invalid', `network.openPort needs {guest, peer: {address, port}}: ${r.error.issues[0]!.message}`);
+      const p = r.data;
       const handle = await network.openPort({ host: this.name, guest: p.guest }, p.peer);
       this.ports.set(handle.id, handle);
       return { id: handle.id, address: handle.address, port: handle.port };
@@ -201,15 +199,9 @@ export class RemoteHost extends EventEmitter implements Host {
   private onAgentEvent(name: string, data: unknown): void {
     const d = data as Record<string, unknown>;
     switch (name) {
-      case 'guest-started': {
-        const desc = data as GuestDescriptor;
-        const known = this.byName.get(desc.name);
-        if (known && known.handle === desc.handle) return;
-        if (known) known.rebind(desc);
-        else this.track(desc);
-        this.byHandle.set(desc.handle, this.byName.get(desc.name)!);
+      case 'guest-started':
+        this.know(data as GuestDescriptor);
         return;
-      }
       case 'guest-state':
         this.byHandle.get(d.handle as number)?.setState(d.state as GuestState);
         return;
@@ -255,14 +247,8 @@ export class RemoteHost extends EventEmitter implements Host {
   async startGuest(input: GuestSpecInput, opts: StartGuestOptions = {}): Promise<Guest> {
     const spec = parseGuestSpec(input);
     if (this.byName.has(spec.name)) throw new Error(`A guest named "${spec.name}" already runs on host ${this.name}: pick another name`);
-    const d = await this.call<GuestDescriptor>('startGuest', { spec, incoming: opts.incoming ?? false }, 60_000);
-    const g = this.byName.get(d.name);
-    if (g && g.handle === d.handle) return g;
-    if (g) {
-      g.rebind(d);
-      return g;
-    }
-    return this.track(d);
+    // Its guest-started event may have come first: either way, one guest object.
+    return this.know(await this.call<GuestDescriptor>('startGuest', { spec, incoming: opts.incoming ?? false }, 60_000));
   }
 
   prepareIncoming(spec: GuestSpec): Promise<Guest> {
@@ -277,13 +263,8 @@ export class RemoteHost extends EventEmitter implements Host {
     return this.byName.get(name);
   }
 
-  async stopGuest(name: string): Promise<ExitInfo> {
-    const g = this.byName.get(name);
-    if (!g) {
-      const names = [...this.byName.keys()];
-      throw new Error(`No guest named "${name}" runs on host ${this.name}` + (names.length ? `: it runs ${names.join(', ')}` : ': it runs none'));
-    }
-    return g.stop();
+  stopGuest(name: string): Promise<ExitInfo> {
+    return stopNamedGuest(this, name);
   }
 
   allocateMigrationPort(): Promise<number> {
@@ -323,8 +304,8 @@ export class RemoteHost extends EventEmitter implements Host {
   async disconnect(): Promise<void> {
     this.disposed = true;
     this.state = 'closed';
-    this.wake?.();
     this.peer?.close(1000, 'engine leaving');
+    this.emit('connection', this.state, 'disconnected by the engine');
     this.peer = null;
     for (const g of this.byName.values()) g.detach();
   }

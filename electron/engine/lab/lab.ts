@@ -66,12 +66,17 @@ export class Lab {
     return h;
   }
 
-  /** A new simulated host on this machine, on the lab network, with its own ports. */
-  addLocalHost(name: string): Host {
+  /** A host may join under this name: the lab is open, the name usable and free. */
+  private checkNewHost(name: string): void {
     if (this.disposed) throw new Error('This lab has been shut down');
     const ok = labName.safeParse(name);
     if (!ok.success) throw new Error(`"${name}" is not a usable host name: ${ok.error.issues[0]!.message}`);
     if (this.byName.has(name)) throw new Error(`There is a host "${name}" already: pick another name`);
+  }
+
+  /** A new simulated host on this machine, on the lab network, with its own ports. */
+  addLocalHost(name: string): Host {
+    this.checkNewHost(name);
     if (this.localCount >= 16) throw new Error('A lab on one machine has at most 16 hosts');
     const host = new LocalHost({
       name,
@@ -90,10 +95,7 @@ export class Lab {
    */
   async addRemoteHost(name: string, agent: AgentAddress): Promise<Host> {
     const check = () => {
-      if (this.disposed) throw new Error('This lab has been shut down');
-      const ok = labName.safeParse(name);
-      if (!ok.success) throw new Error(`"${name}" is not a usable host name: ${ok.error.issues[0]!.message}`);
-      if (this.byName.has(name)) throw new Error(`There is a host "${name}" already: pick another name`);
+      this.checkNewHost(name);
       if (this.byName.size >= 16) throw new Error('A lab has at most 16 hosts');
     };
     check();
@@ -150,19 +152,19 @@ export class Lab {
    * Ends this engine's hold on the lab without stopping the guests of its agents (they outlive
    * a CLI run); local hosts, the switch and the lab's runtime dir go as with dispose().
    */
-  async leave(): Promise<void> {
-    if (this.disposed) return;
-    this.disposed = true;
-    await Promise.all(this.hosts().map((h) => (h instanceof RemoteHost ? h.disconnect() : h.dispose())));
-    await this.network?.close();
-    if (this.ownsDir && this.runtimeDir) await removeDir(this.runtimeDir);
-    liveLabs.delete(this);
+  leave(): Promise<void> {
+    return this.end((h) => (h instanceof RemoteHost ? h.disconnect() : h.dispose()));
   }
 
-  async dispose(): Promise<void> {
+  dispose(): Promise<void> {
+    return this.end((h) => h.dispose());
+  }
+
+  /** Lets go of each host as told, then the switch and the lab's runtime dir; runs once. */
+  private async end(release: (h: Host) => Promise<void>): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await Promise.all(this.hosts().map((h) => h.dispose()));
+    await Promise.all(this.hosts().map(release));
     await this.network?.close();
     if (this.ownsDir && this.runtimeDir) await removeDir(this.runtimeDir);
     liveLabs.delete(this);

@@ -2,32 +2,24 @@
 // reached over TLS through a veth and a bridge, like LAN hosts. The engine (and the lab switch)
 // stay in the root namespace on the bridge's address. Used by `miglab demo --netns`, the
 // multi-host tests and `npm run bench:agent`. Needs root.
-import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { NetnsLab, netnsSupport } from '../hosts/netns';
 import { RemoteHost } from '../hosts/remote';
 import { LabNetwork } from '../network/lab-network';
-import type { AgentStartInfo } from '../agent/server';
-import { findUpwards } from '../util/scripts-dir';
+import { launchAgent, type AgentProcess } from '../agent/launch';
 import { makeTempDir, removeDir } from '../util/fs';
 import { Lab } from './lab';
 
 export const NETNS_AGENT_PORT = 7800;
 
-export interface NetnsAgent {
+export interface NetnsAgent extends AgentProcess {
   name: string;
   /** The host's address on the bridge: its agent, migration streams and NICs use it. */
   address: string;
   netns: string;
   dataDir: string;
-  info: AgentStartInfo;
   /** The first token it printed: a restarted agent prints none and keeps accepting this one. */
   token: string;
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-  log: () => string;
 }
 
 export interface NetnsAgentLab {
@@ -45,45 +37,28 @@ export interface NetnsAgentLab {
   dispose(): Promise<void>;
 }
 
-function miglabBin(): string {
-  const bin = findUpwards(join('scripts', 'miglab.mjs'), existsSync);
-  if (!bin) throw new Error('Cannot find scripts/miglab.mjs to start the agents: run from the MigLab source tree');
-  return bin;
+/** Each namespace has its own port space; a slice per host only keeps logs readable. */
+function portsOf(index: number): string[] {
+  const first = 49152 + index * 128;
+  return ['--ports', `${first}-${first + 127}`];
 }
 
-async function launchAgent(netns: NetnsLab, host: string, dataDir: string, extra: string[]): Promise<Omit<NetnsAgent, 'token'> & { token: string | null }> {
+/** The agent of one namespace host, listening on the host's bridge address. */
+async function startHostAgent(netns: NetnsLab, host: string, dataDir: string, extra: string[]): Promise<Omit<NetnsAgent, 'token'> & { token: string | null }> {
   const h = netns.host(host);
-  const proc = netns.spawn(host, process.execPath, [
-    miglabBin(), 'agent', '--name', host, '--listen', `${h.address}:${NETNS_AGENT_PORT}`, '--data-dir', dataDir, '--json', ...extra,
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  const info = await new Promise<AgentStartInfo>((resolve, reject) => {
-    const lines = createInterface({ input: proc.stdout! });
-    const timer = setTimeout(() => reject(new Error(`The agent of ${host} did not start within 30 s: ${log.trim()}`)), 30_000);
-    lines.once('line', (line) => {
-      clearTimeout(timer);
-      try {
-        resolve(JSON.parse(line) as AgentStartInfo);
-      } catch {
-        reject(new Error(`The agent of ${host} printed "${line}": ${log.trim()}`));
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`The agent of ${host} exited (${code}) before it listened: ${log.trim()}`));
-    });
+  const a = await launchAgent({
+    name: host, listen: `${h.address}:${NETNS_AGENT_PORT}`, dataDir,
+    extra: [...portsOf(netns.hosts.indexOf(h)), ...extra],
+    spawnWith: (cmd, args) => netns.spawn(host, cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
   });
-  return { name: host, address: h.address, netns: h.netns, dataDir, info, token: info.pairingToken, proc, exited, log: () => log };
+  return { ...a, name: host, address: h.address, netns: h.netns, dataDir, token: a.info.pairingToken };
 }
 
 /** One agent per namespace host, each with its own data dir under `dir` and its own port slice. */
 export async function startNetnsAgents(netns: NetnsLab, dir: string, extra: string[] = []): Promise<Map<string, NetnsAgent>> {
   const agents = new Map<string, NetnsAgent>();
-  for (const [i, h] of netns.hosts.entries()) {
-    const first = 49152 + i * 128;
-    const a = await launchAgent(netns, h.name, join(dir, h.name), ['--ports', `${first}-${first + 127}`, ...extra]);
+  for (const h of netns.hosts) {
+    const a = await startHostAgent(netns, h.name, join(dir, h.name), extra);
     if (!a.token) throw new Error(`The agent of ${h.name} printed no pairing token on its first start`);
     agents.set(h.name, a as NetnsAgent);
   }
@@ -112,7 +87,6 @@ export async function netnsAgentLab(opts: { hosts?: string[]; subnet?: string; a
     await removeDir(dir);
   };
   try {
-    // Each namespace has its own port space; the slices only keep logs readable.
     agents = await startNetnsAgents(netns, dir, extra);
     network = new LabNetwork({ ...(opts.subnet ? { subnet: opts.subnet } : {}), address: netns.bridge.address });
     const hosts = await Promise.all(
@@ -139,10 +113,7 @@ export async function netnsAgentLab(opts: { hosts?: string[]; subnet?: string; a
     async restartAgent(host) {
       const old = agents.get(host);
       if (!old) throw new Error(`No agent for host ${host}`);
-      const i = names.indexOf(host);
-      const first = 49152 + i * 128;
-      const a = await launchAgent(netns, host, old.dataDir, ['--ports', `${first}-${first + 127}`, ...extra]);
-      const next = { ...a, token: old.token } as NetnsAgent;
+      const next = { ...(await startHostAgent(netns, host, old.dataDir, extra)), token: old.token };
       agents.set(host, next);
       return next;
     },

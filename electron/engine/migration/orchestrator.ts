@@ -243,7 +243,13 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   /** The emulated link: change its profile, pull the cable, or plug it back (with `link` on). */
   async link(action: { profile: Partial<LinkProfile> } | 'cut' | 'restore'): Promise<LinkRelayStats> {
-    if (!this.relay) throw new Error('This migration has no emulated link: start it with the link option');
+    if (!this.relay) {
+      const { guest, to } = this.req;
+      if (!this.options.link) throw new Error('This migration has no emulated link: start it with the link option');
+      // It was open and has closed with the job, or it opens once the destination listens.
+      if (this.lastLinkStats) throw new Error(`The migration of ${guest.name} is over (${this.state}): its emulated link closed with it`);
+      throw new Error(`The emulated link of ${guest.name}'s migration opens once ${to.name} listens (the migration is at ${this.state ?? 'its start'}): try again in a moment`);
+    }
     const stats = action === 'cut' ? await this.relay.cut() : action === 'restore' ? await this.relay.restore() : await this.relay.setProfile(action.profile);
     this.lastLinkStats = stats;
     this.send({ type: 'link', atMs: this.now(), stats });
@@ -296,7 +302,8 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       if (this.options.link) {
         this.relay = await to.openLinkRelay(this.port!, this.options.link);
         sourceUri = `tcp:${to.address}:${this.relay.port}`;
-        this.send({ type: 'link', atMs: this.now(), stats: await this.relay.stats() });
+        this.lastLinkStats = await this.relay.stats();
+        this.send({ type: 'link', atMs: this.now(), stats: this.lastLinkStats });
       }
       this.checkCancel();
 
@@ -322,24 +329,22 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       migrateSetCapabilities(this.req.guest.qmp, caps),
       migrateSetCapabilities(this.dst!.qmp, caps),
     ]);
+    // With TLS the destination is the server; the source checks that its certificate names the
+    // address it connects to (the lab CA put it in the IP SANs). Without, the source's tls-creds
+    // are cleared: a guest that arrived by a TLS migration keeps its destination's.
+    let tls: { 'tls-creds': string; 'tls-hostname': string } = { 'tls-creds': '', 'tls-hostname': '' };
     if (this.options.tls) {
-      // The destination is the TLS server; the source checks its certificate names the address
-      // it connects to (the lab CA put it in the certificate's IP SANs).
       const [client, server] = await Promise.all([
         this.req.from.addMigrationTls(this.req.guest, 'client'),
         this.req.to.addMigrationTls(this.dst!, 'server'),
       ]);
-      await Promise.all([
-        migrateSetParameters(this.req.guest.qmp, { 'tls-creds': client, 'tls-hostname': this.req.to.address }),
-        migrateSetParameters(this.dst!.qmp, { 'tls-creds': server }),
-      ]);
-    } else {
-      // A guest that arrived by a TLS migration keeps its destination's tls-creds: clear them.
-      await migrateSetParameters(this.req.guest.qmp, { 'tls-creds': '', 'tls-hostname': '' });
+      await migrateSetParameters(this.dst!.qmp, { 'tls-creds': server });
+      tls = { 'tls-creds': client, 'tls-hostname': this.req.to.address };
     }
     await migrateSetParameters(this.req.guest.qmp, {
       'max-bandwidth': Math.round(this.bandwidthMBps * 1e6),
       'downtime-limit': this.downtimeLimitMs,
+      ...tls,
     });
     this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
   }

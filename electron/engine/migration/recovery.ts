@@ -32,6 +32,11 @@ export interface RecoveryReport {
   actions: string[];
 }
 
+/** One line for people: the guest, the route, where the stopped engine was, and what became of it. */
+export function describeRecovery(r: RecoveryReport): string {
+  return `${r.guest} (${r.from} -> ${r.to}, stopped in ${r.lastPhase}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}; ${r.actions.join('; ')}`;
+}
+
 const IN_FLIGHT: MigrationStatus[] = ['setup', 'active', 'device', 'pre-switchover', 'cancelling', 'wait-unplug'];
 
 async function alive(g: Guest | undefined): Promise<{ guest: Guest; running: boolean; status: string } | null> {
@@ -101,6 +106,7 @@ export async function recoverInterruptedMigrations(hosts: Host[], journal: Migra
   // Only this lab's jobs (the journal is shared with every other lab of this user), and only
   // those that touch an agent's host: a local host's guests do not outlive the engine's lab.
   const remote = new Set(hosts.filter((h) => h.kind === 'remote').map((h) => h.name));
+  if (!remote.size) return reports; // a lab of local hosts: the journal is not even read
   const names = new Set(hosts.map((h) => h.name));
   const ours = (e: JournalEntry) => names.has(e.from) && names.has(e.to) && (remote.has(e.from) || remote.has(e.to));
   for (const entry of (await journal.unfinished()).filter(ours)) {
