@@ -5,7 +5,11 @@ export async function doctorCommand(opts: { json: boolean }): Promise<number> {
   const checks = await runDoctor();
   const failedRequired = checks.some((c) => c.required && !c.ok);
   if (opts.json) {
-    printJson({ checks: checks.map(({ name, ok, detail, fix, required }) => ({ name, ok, detail, fix, required })) });
+    printJson({
+      checks: checks.map(({ name, ok, detail, fix, required, version, source }) => ({
+        name, ok, detail, fix, required, ...(version !== undefined ? { version, source } : {}),
+      })),
+    });
   } else {
     for (const c of checks) {
       const tag = c.ok ? 'ok  ' : c.required ? 'FAIL' : 'warn';

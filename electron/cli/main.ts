@@ -10,12 +10,18 @@ import { showcaseCommand } from './showcase';
 import { agentCommand, agentTokenCommand } from './agent';
 import { migrateCommand, recoverCommand } from './lab-session';
 import { UsageError } from './output';
+import { qemuFetchCommand, qemuWhichCommand } from './qemu';
 import { disposeAllLabs } from '../engine/lab/lab';
 
 const USAGE = `miglab: a hands-on lab for live migration of virtual machines
 
 Usage:
   miglab doctor [--json]            check this machine: QEMU, KVM or TCG, lab guest, Node, namespaces
+  miglab qemu which [--json]        the QEMU that runs the lab's guests, where it came from and why
+  miglab qemu fetch [--if-needed] [--json]
+                                    fetch QEMU 10 from Debian's bookworm-backports into the cache (no
+                                    root, /etc/apt untouched); --if-needed: only when the lab would
+                                    otherwise run a QEMU older than 10 under TCG
   miglab guest build [--json] [--force]
                                     build the lab guest (kernel + busybox initramfs + labload)
   miglab guest boot [--json] [--memory MiB]
@@ -61,6 +67,7 @@ async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean', default: false },
       force: { type: 'boolean', default: false },
       'if-missing': { type: 'boolean', default: false },
+      'if-needed': { type: 'boolean', default: false },
       memory: { type: 'string' },
       'dirty-rate': { type: 'string' },
       'working-set': { type: 'string' },
@@ -108,6 +115,10 @@ async function main(argv: string[]): Promise<number> {
     case 'doctor':
       if (sub) throw new UsageError(`"miglab doctor" takes no argument (got "${sub}")`);
       return doctorCommand({ json: values.json });
+    case 'qemu':
+      if (sub === 'fetch') return qemuFetchCommand({ json: values.json, ifNeeded: values['if-needed'] });
+      if (sub === 'which') return qemuWhichCommand({ json: values.json });
+      throw new UsageError(sub ? `Unknown qemu command "${sub}": use "qemu which" or "qemu fetch"` : 'Say what to do: "qemu which" or "qemu fetch"');
     case 'guest':
       if (sub === 'build') return guestBuildCommand({ json: values.json, force: values.force, ifMissing: values['if-missing'] });
       if (sub === 'boot') return guestBootCommand({ json: values.json, memory: values.memory });

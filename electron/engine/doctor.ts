@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { findLabGuest, findStaticBusybox } from './guest/image';
-import { INSTALL_QEMU_HINT, chooseAccelerator, findQemu, whichBinary } from './qemu/binary';
+import { INSTALL_QEMU_HINT, chooseAccelerator, findQemu, whichBinary, type QemuSource } from './qemu/binary';
 import { probeQemu } from './qemu/probe';
 
 const runFile = promisify(execFile);
@@ -16,6 +16,9 @@ export interface DoctorCheck {
   fix: string | null;
   /** A failed required check means guests cannot run; others limit what the lab can do. */
   required: boolean;
+  /** The qemu check only: the version in use and where it came from. */
+  version?: string;
+  source?: QemuSource;
 }
 
 const MIN_NODE = [22, 13] as const;
@@ -46,10 +49,14 @@ async function nodeCheck(): Promise<DoctorCheck> {
 async function qemuChecks(): Promise<DoctorCheck[]> {
   try {
     const q = await findQemu();
-    const out = [check(
-      'qemu', true, atLeast([q.major, q.minor], MIN_QEMU), `qemu-system-x86_64 ${q.version} at ${q.path}`,
-      `QEMU ${q.version} is too old: MigLab needs ${MIN_QEMU.join('.')} or newer (${INSTALL_QEMU_HINT})`,
-    )];
+    const out: DoctorCheck[] = [{
+      ...check(
+        'qemu', true, atLeast([q.major, q.minor], MIN_QEMU), `qemu-system-x86_64 ${q.version} at ${q.path} (${q.source}): ${q.reason}`,
+        `QEMU ${q.version} is too old: MigLab needs ${MIN_QEMU.join('.')} or newer (${INSTALL_QEMU_HINT})`,
+      ),
+      version: q.version,
+      source: q.source,
+    }];
     try {
       const probe = await probeQemu(q.path);
       const caps = probe.migrationCapabilities;

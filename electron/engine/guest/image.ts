@@ -14,9 +14,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { copyFile, link, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { findScriptsSubdir } from '../util/scripts-dir';
+import { defaultCacheRoot } from '../util/cache-dir';
 import { buildInitramfs } from './initramfs';
 import type { InitramfsEntry } from './initramfs';
 import {
@@ -79,12 +79,7 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 // ---- paths ---------------------------------------------------------------------------------------
 
-/** $MIGLAB_CACHE_DIR, else $XDG_CACHE_HOME/miglab, else ~/.cache/miglab. */
-export function defaultCacheRoot(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.MIGLAB_CACHE_DIR) return resolve(env.MIGLAB_CACHE_DIR);
-  if (env.XDG_CACHE_HOME) return resolve(env.XDG_CACHE_HOME, 'miglab');
-  return join(homedir(), '.cache', 'miglab');
-}
+export { defaultCacheRoot };
 
 /**
  * scripts/guest/ (labload.c, init): $MIGLAB_GUEST_SRC_DIR, else found by walking up from this

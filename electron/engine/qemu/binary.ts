@@ -3,6 +3,10 @@ import { access } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
+import { defaultCacheRoot } from '../util/cache-dir';
+import { verifyKvm } from './kvm-check';
+import { BACKPORTS_SUITE, EXACT_TCG_TRACKING_MAJOR, findPrivateQemu, verifyQemuBinary } from './private-qemu';
+import { parseQemuVersion } from './version';
 
 const run = promisify(execFile);
 
@@ -44,37 +48,96 @@ export async function whichBinary(name: string, pathEnv = process.env.PATH ?? ''
   return null;
 }
 
-export function parseQemuVersion(output: string): { version: string; major: number; minor: number } | null {
-  const m = /QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?/.exec(output);
-  if (!m) return null;
-  return { version: `${m[1]}.${m[2]}.${m[3] ?? '0'}`, major: Number(m[1]), minor: Number(m[2]) };
+export { parseQemuVersion };
+
+export type QemuSource = 'env' | 'system' | 'private';
+
+export interface ChosenQemu extends QemuBinary {
+  /** Where it came from: $MIGLAB_QEMU, the system's PATH, or MigLab's private cache. */
+  source: QemuSource;
+  /** Why this QEMU runs the lab, in a sentence (shown by `miglab doctor`). */
+  reason: string;
 }
 
-const cache = new Map<string, Promise<QemuBinary>>();
+/** Runs `path --version`; throws QemuNotFoundError naming the problem. */
+async function readBinary(path: string): Promise<QemuBinary> {
+  if (!(await isExecutable(path))) throw new QemuNotFoundError(`${path} is not an executable file`);
+  let out: string;
+  try {
+    out = (await run(path, ['--version'], { timeout: 10_000 })).stdout;
+  } catch (err) {
+    throw new QemuNotFoundError(`${path} --version failed (${(err as Error).message.split('\n')[0]})`);
+  }
+  const v = parseQemuVersion(out);
+  if (!v) throw new QemuNotFoundError(`${path} printed an unknown version: ${out.trim().slice(0, 80)}`);
+  return { path, ...v };
+}
 
-/** Locates qemu-system-x86_64 ($MIGLAB_QEMU overrides PATH) and reads its version. */
-export function findQemu(): Promise<QemuBinary> {
+/** True for a QEMU that tracks dirty pages exactly under TCG (see private-qemu.ts). */
+export function tracksTcgWritesExactly(q: { major: number }): boolean {
+  return q.major >= EXACT_TCG_TRACKING_MAJOR;
+}
+
+const cache = new Map<string, Promise<ChosenQemu>>();
+
+/** Forget the chosen QEMU and accelerator (after a fetch put a new QEMU in the cache). */
+export function forgetQemuChoice(): void {
+  cache.clear();
+  accelCache.clear();
+}
+
+/**
+ * The QEMU that runs the lab's guests:
+ * 1. $MIGLAB_QEMU when set;
+ * 2. the system QEMU when it is 10.0 or newer, or when KVM is usable (the hardware tracks dirty
+ *    pages, so QEMU 7.2's TCG write loss does not apply);
+ * 3. else the QEMU 10 that set-up fetched into the cache (private-qemu.ts), once it checks out;
+ * 4. else the system QEMU, whose lab guests then boot with pti=on (TCG_SAFE_APPEND).
+ */
+export function findQemu(): Promise<ChosenQemu> {
   const override = process.env.MIGLAB_QEMU;
-  const key = `${override ?? ''}\0${process.env.PATH ?? ''}`;
+  const key = `${override ?? ''}\0${process.env.PATH ?? ''}\0${defaultCacheRoot()}\0${process.env.MIGLAB_ACCEL ?? ''}`;
   let cached = cache.get(key);
   if (cached) return cached;
-  cached = (async () => {
-    const path = override ?? (await whichBinary(QEMU_SYSTEM));
-    if (!path) throw new QemuNotFoundError('it is not on PATH');
-    if (!(await isExecutable(path))) throw new QemuNotFoundError(`${path} is not an executable file`);
-    let out: string;
-    try {
-      out = (await run(path, ['--version'], { timeout: 10_000 })).stdout;
-    } catch (err) {
-      throw new QemuNotFoundError(`${path} --version failed (${(err as Error).message})`);
-    }
-    const v = parseQemuVersion(out);
-    if (!v) throw new QemuNotFoundError(`${path} printed an unknown version: ${out.trim().slice(0, 80)}`);
-    return { path, ...v };
-  })();
+  cached = chooseQemu(override);
   cache.set(key, cached);
   cached.catch(() => cache.delete(key)); // a later install should be picked up
   return cached;
+}
+
+async function chooseQemu(override: string | undefined): Promise<ChosenQemu> {
+  if (override) return { ...(await readBinary(override)), source: 'env', reason: 'MIGLAB_QEMU names it' };
+  const systemPath = await whichBinary(QEMU_SYSTEM);
+  const system = systemPath ? await readBinary(systemPath).catch(() => null) : null;
+  if (system && tracksTcgWritesExactly(system)) {
+    return { ...system, source: 'system', reason: `the system QEMU is ${system.version}, new enough to track guest writes exactly under TCG` };
+  }
+  const accel = await chooseAccelerator();
+  if (system && accel.accel === 'kvm') {
+    return { ...system, source: 'system', reason: `KVM is usable, so the hardware tracks guest writes and the system QEMU ${system.version} is fine` };
+  }
+  let whyNotPrivate: string;
+  const priv = await findPrivateQemu(defaultCacheRoot());
+  if (priv) {
+    try {
+      const v = await verifyQemuBinary(priv.path);
+      return {
+        path: priv.path, ...v, source: 'private',
+        reason: system
+          ? `the system QEMU ${system.version} loses guest writes while migrating under TCG; QEMU ${v.version} from Debian's ${BACKPORTS_SUITE} does not (fetched by set-up into ${priv.dir})`
+          : `no system QEMU; QEMU ${v.version} from Debian's ${BACKPORTS_SUITE} (fetched by set-up into ${priv.dir})`,
+      };
+    } catch (err) {
+      whyNotPrivate = `the cached QEMU in ${priv.dir} does not run here: ${(err as Error).message}`;
+    }
+  } else {
+    whyNotPrivate = `no QEMU ${EXACT_TCG_TRACKING_MAJOR} was fetched yet ("npm run setup" fetches it on Debian 12)`;
+  }
+  if (!system) throw new QemuNotFoundError(systemPath ? `${systemPath} does not run` : `it is not on PATH, and ${whyNotPrivate}`);
+  return {
+    ...system, source: 'system',
+    reason: `${whyNotPrivate}: the system QEMU ${system.version} runs the lab, and under TCG the lab guest boots with pti=on, which makes its lost writes rare, not impossible`,
+  };
 }
 
 export type Accelerator = 'kvm' | 'tcg';
@@ -85,15 +148,39 @@ export interface AccelChoice {
   reason: string;
 }
 
-/** KVM when /dev/kvm is there and we may open it read-write; TCG otherwise. */
-export async function chooseAccelerator(devKvm = '/dev/kvm'): Promise<AccelChoice> {
+const accelCache = new Map<string, Promise<AccelChoice>>();
+
+/**
+ * KVM when /dev/kvm is there, we may open it read-write, and a Linux kernel really boots under
+ * it (kvm-check.ts); TCG otherwise. MIGLAB_ACCEL=tcg or =kvm decides without testing.
+ */
+export function chooseAccelerator(devKvm = '/dev/kvm'): Promise<AccelChoice> {
+  const key = `${devKvm}\0${process.env.MIGLAB_ACCEL ?? ''}\0${process.env.MIGLAB_QEMU ?? ''}\0${defaultCacheRoot()}`;
+  let p = accelCache.get(key);
+  if (!p) {
+    p = decideAccelerator(devKvm);
+    accelCache.set(key, p);
+    p.catch(() => accelCache.delete(key));
+  }
+  return p;
+}
+
+async function decideAccelerator(devKvm: string): Promise<AccelChoice> {
   if (process.env.MIGLAB_ACCEL === 'tcg') return { accel: 'tcg', reason: 'MIGLAB_ACCEL=tcg asks for TCG' };
+  if (process.env.MIGLAB_ACCEL === 'kvm') return { accel: 'kvm', reason: 'MIGLAB_ACCEL=kvm asks for KVM (not tested)' };
   try {
     await access(devKvm, constants.R_OK | constants.W_OK);
-    return { accel: 'kvm', reason: `${devKvm} is usable` };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? `${devKvm} does not exist` : `${devKvm} is not accessible (${code})`;
     return { accel: 'tcg', reason: `${why}: guests run under TCG emulation, slower but fine for the lab` };
   }
+  const root = defaultCacheRoot();
+  const qemu = process.env.MIGLAB_QEMU ?? (await whichBinary(QEMU_SYSTEM)) ?? (await findPrivateQemu(root))?.path ?? null;
+  const v = qemu ? await verifyKvm(qemu, root) : null;
+  if (!v) {
+    return { accel: 'kvm', reason: `${devKvm} is usable (not tested with a guest: ${qemu ? 'no Linux kernel to test with yet' : 'no QEMU found'})` };
+  }
+  if (v.usable) return { accel: 'kvm', reason: v.detail };
+  return { accel: 'tcg', reason: `${v.detail}: guests run under TCG emulation instead` };
 }

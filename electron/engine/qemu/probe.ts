@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { QmpClient, queryMigrateCapabilities, queryVersion, qemuVersionString } from '../qmp';
+import { QmpClient, queryMachines, queryMigrateCapabilities, queryVersion, qemuVersionString, type QmpExecutor } from '../qmp';
 import { makeTempDir, removeDir } from '../util/fs';
 import { findQemu } from './binary';
 import { QemuProcess, QemuStartError, describeExit } from './process';
@@ -8,6 +8,40 @@ export interface QemuProbe {
   version: string;
   /** Migration capabilities this QEMU offers: detected, never assumed. */
   migrationCapabilities: string[];
+  /** The guest CPU models this QEMU offers; null when it would not say. */
+  cpu: QemuCpuOffer | null;
+}
+
+/** What a QEMU can give a guest as its CPU, as query-cpu-definitions and query-machines say. */
+export interface QemuCpuOffer {
+  /** Every CPU model name -cpu accepts (qemu64, max, Skylake-Server, ...). */
+  models: string[];
+  /** The CPU model each machine type (and alias, like q35) gets without -cpu, by model name. */
+  machineDefaults: Record<string, string>;
+}
+
+interface CpuDefinition {
+  name: string;
+  /** The QOM type, which query-machines names as a machine's default-cpu-type. */
+  typename?: string;
+}
+
+/** null when this QEMU does not answer (an old or odd build): the CPU check then says unknown. */
+async function queryCpuOffer(qmp: QmpExecutor): Promise<QemuCpuOffer | null> {
+  try {
+    const [defs, machines] = await Promise.all([qmp.execute<CpuDefinition[]>('query-cpu-definitions'), queryMachines(qmp)]);
+    const byType = new Map(defs.filter((d) => d.typename).map((d) => [d.typename!, d.name]));
+    const machineDefaults: Record<string, string> = {};
+    for (const m of machines) {
+      const model = m['default-cpu-type'] ? byType.get(m['default-cpu-type']) : undefined;
+      if (!model) continue;
+      machineDefaults[m.name] = model;
+      if (m.alias) machineDefaults[m.alias] = model;
+    }
+    return { models: defs.map((d) => d.name).sort(), machineDefaults };
+  } catch {
+    return null;
+  }
 }
 
 const probes = new Map<string, Promise<QemuProbe>>();
@@ -45,7 +79,7 @@ async function runProbe(binaryPath?: string): Promise<QemuProbe> {
     ]);
     const version = qemuVersionString(await queryVersion(qmp));
     const caps = await queryMigrateCapabilities(qmp);
-    return { version, migrationCapabilities: caps.map((c) => c.capability) };
+    return { version, migrationCapabilities: caps.map((c) => c.capability), cpu: await queryCpuOffer(qmp) };
   } finally {
     await qmp.disconnect();
     await proc.stop();
