@@ -31,6 +31,7 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
   if (a.disk && a.kernel) throw new UsageError('Give either --kernel (with --initrd, --append) or --disk, not both');
   if ((a.initrd || a.append) && !a.kernel) throw new UsageError('--initrd and --append go with --kernel');
   const readyPattern = a['ready-pattern'];
+  if (readyPattern !== undefined && !a.kernel && !a.disk) throw new UsageError('--ready-pattern goes with --kernel or --disk: the lab guest says by itself when it is ready');
   const custom: DemoOptions['custom'] = a.kernel
     ? { kind: 'kernel', kernel: a.kernel, ...(a.initrd ? { initrd: a.initrd } : {}), ...(a.append ? { append: a.append } : {}), ...(readyPattern ? { readyPattern } : {}) }
     : a.disk
@@ -112,8 +113,9 @@ export function liveDisplay(scope = 'demo'): { onEvent: (ev: MigrationEvent) => 
         }
         case 'sample': {
           const s = ev.sample;
-          const pct = s.totalBytes ? Math.min(100, (100 * s.transferredBytes) / s.totalBytes) : 0;
-          const text = `  pass ${s.pass}  ${pct.toFixed(0)}% sent  remaining ${formatBytes(s.remainingBytes)}  dirty ${formatBytesRate(s.dirtyRateBps)}  link ${formatBytesRate(s.throughputBps)}  ${eta}`;
+          // What QEMU did not report shows as n/a, not as 0.
+          const pct = s.totalBytes && s.transferredBytes !== null ? `${Math.min(100, (100 * s.transferredBytes) / s.totalBytes).toFixed(0)}%` : 'n/a';
+          const text = `  pass ${s.pass ?? 'n/a'}  ${pct} sent  remaining ${formatBytes(s.remainingBytes)}  dirty ${formatBytesRate(s.dirtyRateBps)}  link ${formatBytesRate(s.throughputBps)}  ${eta}`;
           if (tty) {
             process.stderr.write(`\r\x1b[K${text}`);
             statusShown = true;
@@ -156,6 +158,8 @@ export function demoJson(r: DemoReport) {
     guest: m.guest,
     from: m.from,
     to: m.to,
+    runningOn: m.runningOn,
+    destinationConsoleTail: m.destinationConsoleTail,
     ramBytes: m.ramBytes,
     totalTimeMs: m.totalTimeMs,
     setupTimeMs: m.setupTimeMs,
@@ -167,6 +171,7 @@ export function demoJson(r: DemoReport) {
     prediction: m.prediction,
     integrity: r.integrity,
     workload: r.workload,
+    capabilities: r.capabilities,
     network: m.network,
     checks: m.checks,
     qemuMessage: m.qemuMessage,
@@ -183,7 +188,7 @@ function printReport(r: DemoReport): void {
   const ms = (v: number | null) => (v === null ? 'n/a' : formatMs(v));
   rows.push(['total time (QEMU)', ms(m.totalTimeMs)], ['setup (QEMU)', ms(m.setupTimeMs)], ['downtime (QEMU)', ms(m.downtimeMs)]);
   rows.push(['downtime (guest heartbeats)', m.guestDowntimeMs === null ? 'n/a' : formatMs(m.guestDowntimeMs)]);
-  rows.push(['transferred (QEMU)', m.transferredBytes === null ? 'n/a' : `${formatBytes(m.transferredBytes)} for ${formatBytes(m.ramBytes)} of RAM`]);
+  rows.push(['transferred (QEMU)', m.transferredBytes === null ? 'n/a' : `${formatBytes(m.transferredBytes)} for ${m.ramBytes === null ? 'RAM of a size QEMU did not report' : `${formatBytes(m.ramBytes)} of RAM`}`]);
   if (r.workload) rows.push(['workload (guest)', `${formatBytesRate(r.workload.measuredMBps * 1e6)} over ${r.workload.workingSetMiB} MiB (asked ${r.workload.requestedMBps} MB/s)`]);
   const net = m.network;
   if (net) {
@@ -191,8 +196,9 @@ function printReport(r: DemoReport): void {
     if (net.probe) rows.push(['probe (wire)', `${net.probe.received} of ${net.probe.sent} pings answered`]);
     const moves = net.macMoves.map((mv) => `${mv.fromHost} -> ${mv.toHost} at ${formatMs(mv.atMs)} (${causeText(mv.cause)})`);
     rows.push(['MAC moves (switch)', moves.length ? `${net.mac}: ${moves.join('; ')}` : 'none seen']);
-    rows.push(['announce frames (switch)', `${net.announceFrames}${net.expectedAnnounceFrames !== null ? ` of ${net.expectedAnnounceFrames} rounds` : ''}${net.announceAtMs.length ? ` at ${net.announceAtMs.map((t) => formatMs(t)).join(', ')}` : ''}`]);
+    rows.push(['announce frames (switch)', `${net.announceFrames} of ${net.expectedAnnounceFrames ?? 'n/a'} rounds${net.expectedAnnounceFrames === null ? ' (the destination did not report its announce-rounds)' : ''}${net.announceAtMs.length ? ` at ${net.announceAtMs.map((t) => formatMs(t)).join(', ')}` : ''}`]);
   }
+  if (r.capabilities) rows.push(['capabilities on (QEMU)', `host-a: ${r.capabilities.source.join(', ')}; host-b: ${r.capabilities.destination.join(', ')}`]);
   if (r.integrity) rows.push(['integrity (guest)', `${r.integrity.pages} pages, ${r.integrity.bad} bad; heartbeats ${r.integrity.heartbeatsContinue ? 'continue' : 'STOPPED'}`]);
   console.log(table(rows.map(([a, b]) => [`  ${a}`, b!])));
   if (m.passes.length) {

@@ -6,6 +6,7 @@ import type { Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
 import { migrateGuest } from '../engine/migration/orchestrator';
+import { formatMs } from '../engine/migration/prediction';
 import { describeRecovery, recoverInterruptedMigrations, type RecoveryReport } from '../engine/migration/recovery';
 import type { MigrationOptions } from '../engine/migration/types';
 import { parseLinkProfile } from '../engine/network/link-relay';
@@ -115,7 +116,7 @@ export async function migrateCommand(file: string | undefined, guestName: string
       for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSignal);
     });
     if (args.json) printJson(r);
-    else console.log(r.status === 'completed' ? `${r.guest} now runs on ${r.to} (downtime ${r.downtimeMs} ms)` : `Migration ${r.status}: ${r.reason}`);
+    else console.log(r.status === 'completed' ? `${r.guest} now runs on ${r.to} (downtime ${formatMs(r.downtimeMs)})` : `Migration ${r.status}: ${r.reason}`);
     return r.status === 'completed' ? 0 : 1;
   } finally {
     await lab.leave();

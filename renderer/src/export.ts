@@ -4,14 +4,17 @@
 import type { MigrationPass, PhaseSpan, PreflightCheck, Prediction } from '../../electron/engine/migration/types';
 import type { MigrationTrack } from './store';
 
-/** One sample as exported: what the store keeps per sample, with the time back in ms. */
+/**
+ * One sample as exported: what the store keeps per sample, with the time back in ms. A figure
+ * QEMU did not report is null in JSON and an empty field in CSV, never 0.
+ */
 export interface ExportedSample {
   atMs: number;
-  remainingBytes: number;
-  transferredBytes: number;
-  dirtyRateBps: number;
-  throughputBps: number;
-  pass: number;
+  remainingBytes: number | null;
+  transferredBytes: number | null;
+  dirtyRateBps: number | null;
+  throughputBps: number | null;
+  pass: number | null;
 }
 
 /**
@@ -27,11 +30,11 @@ export function exportedSamples(track: MigrationTrack): ExportedSample[] {
   const s = track.samples;
   return s.t.map((t, i) => ({
     atMs: secondsToMs(t),
-    remainingBytes: s.remaining[i] ?? NaN,
-    transferredBytes: s.transferred[i] ?? NaN,
-    dirtyRateBps: s.dirtyRate[i] ?? NaN,
-    throughputBps: s.throughput[i] ?? NaN,
-    pass: s.pass[i] ?? NaN,
+    remainingBytes: s.remaining[i] ?? null,
+    transferredBytes: s.transferred[i] ?? null,
+    dirtyRateBps: s.dirtyRate[i] ?? null,
+    throughputBps: s.throughput[i] ?? null,
+    pass: s.pass[i] ?? null,
   }));
 }
 

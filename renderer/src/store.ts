@@ -13,13 +13,14 @@ const MAX_PROBE = 3000;
 /** Link counters kept per migration: at two a second, five minutes. */
 export const MAX_LINK_POINTS = 600;
 
+/** Per sample; null where QEMU did not report the figure (a gap in a chart, "n/a" in text). */
 export interface SampleSeries {
   t: number[];
-  remaining: number[];
-  transferred: number[];
-  dirtyRate: number[];
-  throughput: number[];
-  pass: number[];
+  remaining: (number | null)[];
+  transferred: (number | null)[];
+  dirtyRate: (number | null)[];
+  throughput: (number | null)[];
+  pass: (number | null)[];
 }
 
 export interface MigrationTrack {
@@ -31,8 +32,8 @@ export interface MigrationTrack {
   phases: PhaseSpan[];
   checks: PreflightCheck[];
   samples: SampleSeries;
-  /** Bytes of RAM, once QEMU said. */
-  totalBytes: number;
+  /** Bytes of RAM, once QEMU said; null until then. */
+  totalBytes: number | null;
   passes: MigrationPass[];
   prediction: Prediction | null;
   params: { bandwidthMBps: number; downtimeLimitMs: number } | null;
@@ -69,7 +70,7 @@ function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack
   return {
     id, guest, from, to, state: 'preflight', phases: [], checks: [],
     samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
-    totalBytes: 0, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
+    totalBytes: null, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
     probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, tls: false, linkRequested: null, link: null,
     linkHistory: { t: [], bytesForward: [] }, result: null, lastAtMs: 0, startedAt: null,
   };
@@ -167,7 +168,7 @@ export class LabStore {
         push(t.samples.dirtyRate, s.dirtyRateBps, MAX_SAMPLES);
         push(t.samples.throughput, s.throughputBps, MAX_SAMPLES);
         push(t.samples.pass, s.pass, MAX_SAMPLES);
-        if (s.totalBytes) t.totalBytes = s.totalBytes;
+        if (s.totalBytes !== null) t.totalBytes = s.totalBytes;
         break;
       }
       case 'pass':

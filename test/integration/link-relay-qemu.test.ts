@@ -96,20 +96,24 @@ async function waitForStatus(vm: Vm, statuses: string[], timeoutMs: number): Pro
 describe('a QEMU migration through the link relay', () => {
   it('takes as long as a 50 MB/s link allows', async () => {
     const { src, dst, relay } = await migrationThroughRelay({ bandwidthMBps: 50 });
+    const startedAt = performance.now();
     const info = await waitForStatus(src, ['completed', 'failed'], 60_000);
     expect(info.status, info['error-desc']).toBe('completed');
+    // The source says completed once its socket took the last byte; up to the relay's buffer and
+    // the kernel's were still on their way. The destination's completion is the link's end.
+    expect((await waitForStatus(dst, ['completed', 'failed'], 10_000)).status).toBe('completed');
+    const seconds = (performance.now() - startedAt) / 1000;
+    expect((await queryStatus(dst.qmp)).status).not.toBe('inmigrate');
     const transferred = info.ram!.transferred;
-    const seconds = info['total-time']! / 1000;
     const rate = transferred / 1e6 / seconds;
-    console.log(`[relay] ${(transferred / 1e6).toFixed(1)} MB in ${seconds.toFixed(2)} s: ${rate.toFixed(1)} MB/s through a 50 MB/s link`);
+    console.log(`[relay] ${(transferred / 1e6).toFixed(1)} MB reached the destination in ${seconds.toFixed(2)} s: ${rate.toFixed(1)} MB/s through a 50 MB/s link`);
     expect(transferred).toBeGreaterThan(BLOB_BYTES); // the random RAM crossed, not just zero-page markers
-    expect(rate).toBeLessThanOrEqual(60);
-    expect(rate).toBeGreaterThan(15);
+    // At most the link's rate (50 MB/s) plus its small token-bucket burst; at least well above
+    // what a stalled relay would give (the wall time includes polling at 50 ms).
+    expect(rate).toBeLessThanOrEqual(52);
+    expect(rate).toBeGreaterThan(25);
     expect(relay.stats().bytesForward).toBeGreaterThanOrEqual(transferred);
     expect(relay.stats().totalConnections).toBe(1);
-    // The destination finishes loading a moment after the source has sent everything.
-    expect((await waitForStatus(dst, ['completed', 'failed'], 10_000)).status).toBe('completed');
-    expect((await queryStatus(dst.qmp)).status).not.toBe('inmigrate');
   });
 
   it('fails when the cable is pulled: the destination QEMU exits and the source lives on', async () => {

@@ -1,5 +1,6 @@
 // Live migration with real QEMU guests between two local hosts: completed, failed and cancelled
 // migrations, each leaving exactly one copy of the guest running with its heartbeats going.
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Guest } from '../../electron/engine/hosts/host';
@@ -63,12 +64,33 @@ describe('a completed migration', () => {
     expect(r.phases.map((p) => p.name)).toEqual([...MIGRATION_PHASES]);
     for (const p of r.phases) expect(p.endMs).toBeGreaterThanOrEqual(p.startMs);
     expect(r.passes.length).toBeGreaterThanOrEqual(1);
-    expect(r.passes[0]!.bytes).toBeGreaterThan(0);
-    expect(r.totalTimeMs).toBeGreaterThan(0);
-    expect(r.downtimeMs).toBeGreaterThanOrEqual(0);
-    expect(r.guestDowntimeMs).toBeGreaterThan(0);
-    expect(r.transferredBytes).toBeGreaterThan(0);
+    // QEMU's RAM: the 256 MiB asked for plus firmware and ROM blocks (about 0.5 MiB on q35).
     expect(r.ramBytes).toBeGreaterThanOrEqual(256 * 2 ** 20);
+    expect(r.ramBytes).toBeLessThan(256 * 2 ** 20 + 16 * 2 ** 20);
+    // The stream carries at least the guest kernel's code, which is over a third of its vmlinux
+    // file (a quarter is asserted). Pass 1 walks all RAM: at most every page in full with its
+    // 8-byte header. (Which pass a byte counts in comes from query-migrate samples, so under
+    // QEMU 7.2 a short first pass may show only part of it: the bound is on the whole stream.)
+    const kernelCode = (await stat((await requireLabGuest()).kernel)).size / 4;
+    expect(r.transferredBytes).toBeGreaterThan(kernelCode);
+    expect(r.passes[0]!.bytes).toBeGreaterThan(0);
+    expect(r.passes[0]!.bytes).toBeLessThanOrEqual((r.ramBytes! / 4096) * 4104);
+    // The passes' bytes never add up to more than QEMU sent (QEMU may send some before the first
+    // pass's figures are read).
+    const passBytes = r.passes.reduce((n, p) => n + p.bytes!, 0);
+    expect(passBytes).toBeLessThanOrEqual(r.transferredBytes!);
+    expect(r.transferredBytes).toBeGreaterThanOrEqual(r.passes[0]!.bytes!);
+    // QEMU's downtime is part of its total time, which is part of the job's wall time.
+    expect(r.downtimeMs).toBeGreaterThanOrEqual(1);
+    expect(r.totalTimeMs).toBeGreaterThan(r.downtimeMs!);
+    expect(r.totalTimeMs).toBeLessThan(r.wallTimeMs);
+    // The guest was paused at least as long as QEMU says (heartbeats at 10 ms, host clock; QEMU
+    // counts whole ms); its gap ends with its first heartbeat on the destination, so it is at most
+    // the switchover-to-heartbeat span plus the age of the last heartbeat before the stop (the
+    // 500 ms the confirm watch allows between heartbeats).
+    const switchover = r.phases.find((p) => p.name === 'switchover')!;
+    expect(r.guestDowntimeMs).toBeGreaterThanOrEqual(r.downtimeMs! - 1);
+    expect(r.guestDowntimeMs).toBeLessThanOrEqual(r.resumedAtMs! - switchover.startMs + 500);
     expect(r.checks.every((c) => c.status === 'pass')).toBe(true);
     expect(r.runningOn).toBe('host-b');
     // the event stream carried the same story, as it happened
@@ -101,16 +123,23 @@ describe('a completed migration', () => {
       return run.result;
     });
     // Passes that carried real data (QEMU also counts the short syncs at the switchover).
-    const real = (passes: typeof r.passes) => passes.filter((p) => p.bytes >= 1e6).length;
+    const real = (passes: typeof r.passes) => passes.filter((p) => p.bytes !== null && p.bytes >= 1e6).length;
     expect(real(r.passes)).toBeGreaterThan(real(idleRun.passes));
     expect(real(r.passes)).toBeGreaterThanOrEqual(2);
-    // QEMU measured the workload (it updates its dirty rate at most once a second)
-    const rates = [...r.passes.map((p) => p.dirtyRateBps), ...events.flatMap((e) => (e.type === 'sample' ? [e.sample.dirtyRateBps] : []))];
-    expect(Math.max(...rates)).toBeGreaterThan(10e6); // an idle guest shows about 0
     expect(events.some((e) => e.type === 'prediction' && e.prediction.kind === 'eta')).toBe(true);
     const moved = await expectOneCopyOn(lab, 'busy', 'host-b');
     const report = await moved.labload!.report();
     expect(report.running).toBe(true); // the workload carried on at the destination
+    // The guest kept to the 50 MB/s asked (its token bucket never exceeds it; a starved TCG guest
+    // falls behind), and QEMU's dirty rate, which it updates at most once a second, matches what
+    // the guest measured itself: within a factor of 1.5 (page granularity, QEMU's own window).
+    expect(report.avgMBps).toBeLessThanOrEqual(50 * 1.15);
+    expect(report.avgMBps).toBeGreaterThan(50 / 2);
+    const rates = events.flatMap((e) => (e.type === 'sample' && e.sample.dirtyRateBps !== null ? [e.sample.dirtyRateBps] : []));
+    const qemuMax = Math.max(...rates);
+    const why = `QEMU's rates ${rates.map((x) => (x / 1e6).toFixed(1))} MB/s, the guest's ${report.avgMBps} MB/s`;
+    expect(qemuMax, why).toBeGreaterThan((report.avgMBps * 1e6) / 1.5);
+    expect(qemuMax, why).toBeLessThan(report.avgMBps * 1e6 * 1.5);
     await expectIntact(moved);
     await moved.stop();
   });
@@ -179,6 +208,8 @@ describe('a migration that fails', () => {
     const r = await result;
     expect(r.status).toBe('failed');
     expect(r.failure).toBe('destination-crashed');
+    // what the destination's console printed, for a reader (and the tests' TCG retry check) to judge the crash by
+    expect(r.destinationConsoleTail).toBe(job.destination!.console.text());
     expect(r.reason).toMatch(/crashed .* right after the switchover, so MigLab resumed it on host-a/);
     expect(r.phases.map((p) => p.name)).toContain('confirm');
     expect(r.runningOn).toBe('host-a');
@@ -193,6 +224,8 @@ describe('a migration that fails', () => {
     expect(r.phases.map((p) => p.name)).toEqual(['preflight']);
     expect(r.checks.find((c) => c.name === 'guest-ready')).toMatchObject({ status: 'fail' });
     expect(r.reason).toMatch(/still booting/);
+    // Nothing was migrated, so QEMU reported no figures: unknown, not the spec's 256 MiB or 0.
+    expect(r).toMatchObject({ ramBytes: null, transferredBytes: null, totalTimeMs: null, downtimeMs: null, passes: [] });
     expect(lab.host('host-b').guest('newborn')).toBeUndefined();
     await g.waitReady(60_000);
     expect(await runningCopies(lab, 'newborn')).toEqual(['host-a']);

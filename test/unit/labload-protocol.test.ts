@@ -193,8 +193,11 @@ describe('LabloadChannel over a fake stream', () => {
     const g = fakeGuest();
     const ch = make(g.stream);
     const hbs: number[] = [];
+    const t0 = performance.now();
     ch.on('heartbeat', (hb) => {
-      expect(hb.hostMs).toBeGreaterThan(0);
+      // host time: when the line reached the host, on its performance.now() clock
+      expect(hb.hostMs).toBeGreaterThanOrEqual(t0);
+      expect(hb.hostMs).toBeLessThanOrEqual(performance.now());
       hbs.push(hb.seq);
     });
     g.say('HB 1 10');

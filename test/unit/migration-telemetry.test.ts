@@ -121,10 +121,10 @@ describe('sampleFromInfo', () => {
     });
   });
 
-  it('reports an absent expected-downtime as null and an absent throttle as 0', () => {
+  it('reports an absent expected-downtime and an absent throttle as null, not 0', () => {
     const s = sampleFromInfo(COMPLETED, 2554);
     expect(s?.expectedDowntimeMs).toBeNull();
-    expect(s?.cpuThrottlePercent).toBe(0);
+    expect(s?.cpuThrottlePercent).toBeNull();
     expect(s?.status).toBe('completed');
     expect(s?.remainingBytes).toBe(0);
   });
@@ -132,6 +132,26 @@ describe('sampleFromInfo', () => {
   it('uses the page size QEMU reports (e.g. 64 KiB pages on some hosts)', () => {
     const info: MigrationInfo = { status: 'active', ram: ram({ 'page-size': 65536, 'dirty-pages-rate': 100 }) };
     expect(sampleFromInfo(info, 0)?.dirtyRateBps).toBe(6553600);
+  });
+
+  it('reports every counter QEMU left out as null (unknown), never as a measured-looking 0', () => {
+    const s = sampleFromInfo({ status: 'active', ram: {} as MigrationStats }, 10);
+    expect(s).toEqual({
+      atMs: 10, status: 'active', transferredBytes: null, remainingBytes: null, totalBytes: null, dirtyRateBps: null,
+      throughputBps: null, expectedDowntimeMs: null, cpuThrottlePercent: null, pass: null,
+    });
+    // A counter that is not a number (QMP answers are cast, not validated) is unknown too.
+    const odd = sampleFromInfo({ status: 'active', ram: { ...ram({}), transferred: 'x' as unknown as number, mbps: Number.NaN } }, 0);
+    expect(odd?.transferredBytes).toBeNull();
+    expect(odd?.throughputBps).toBeNull();
+    expect(odd?.remainingBytes).toBe(TOTAL); // the rest as reported
+  });
+
+  it('leaves the dirty rate unknown without a page size, rather than guessing one', () => {
+    const { 'page-size': _omitted, ...noPageSize } = ram({ 'dirty-pages-rate': 100 });
+    expect(sampleFromInfo({ status: 'active', ram: noPageSize as MigrationStats }, 0)?.dirtyRateBps).toBeNull();
+    // A real 0 from QEMU stays 0: an idle guest.
+    expect(sampleFromInfo({ status: 'active', ram: ram({ 'dirty-pages-rate': 0 }) }, 0)?.dirtyRateBps).toBe(0);
   });
 
   it('returns null without ram stats (setup) or without a status (never migrated)', () => {
@@ -181,7 +201,7 @@ describe('PassTracker', () => {
 
     expect(t.passes.map((p) => p.pass)).toEqual([1, 2, 3]);
     // Every byte lands in exactly one pass.
-    expect(t.passes.reduce((sum, p) => sum + p.bytes, 0)).toBe(79432040);
+    expect(t.passes.reduce((sum, p) => sum + (p.bytes ?? Number.NaN), 0)).toBe(79432040);
   });
 
   it('ignores duplicated and out-of-order events', () => {
@@ -207,20 +227,20 @@ describe('PassTracker', () => {
     expect(t.current).toBe(3);
   });
 
-  it('counts 0 bytes for a pass whose start or end answer is missing', () => {
+  it('reports null (unknown), not 0, for a pass whose start or end answer is missing', () => {
     const t = new PassTracker();
     t.onPass(1, 0, null); // the query failed
     const p1 = t.onPass(2, 2100, AFTER_PASS_1);
-    expect(p1).toMatchObject({ pass: 1, durationMs: 2100, bytes: 0, normalPages: 0, zeroPages: 0, throughputBps: 0 });
+    expect(p1).toMatchObject({ pass: 1, durationMs: 2100, bytes: null, normalPages: null, zeroPages: null, throughputBps: null });
     // The end answer is still good for the dirty rate of the pass that just ended.
     expect(p1?.dirtyRateBps).toBe(10485760);
 
     const p2 = t.onPass(3, 2400, null);
-    expect(p2).toMatchObject({ pass: 2, durationMs: 300, bytes: 0, dirtyRateBps: 0, throughputBps: 0 });
+    expect(p2).toMatchObject({ pass: 2, durationMs: 300, bytes: null, dirtyRateBps: null, throughputBps: null });
 
     // Pass 3 started without an answer: nothing to subtract from.
     const p3 = t.finish(2554, COMPLETED);
-    expect(p3).toMatchObject({ pass: 3, bytes: 0 });
+    expect(p3).toMatchObject({ pass: 3, bytes: null, normalPages: null, zeroPages: null, throughputBps: null });
   });
 
   it('handles a pass event before any answer at all', () => {
@@ -228,27 +248,35 @@ describe('PassTracker', () => {
     expect(t.onPass(4, 1000, null)).toBeNull();
     expect(t.current).toBe(4);
     expect(t.passes).toEqual([]);
-    expect(t.finish(1500, null)).toMatchObject({ pass: 4, startMs: 1000, durationMs: 500, bytes: 0, dirtyRateBps: 0 });
+    expect(t.finish(1500, null)).toMatchObject({ pass: 4, startMs: 1000, durationMs: 500, bytes: null, dirtyRateBps: null, throughputBps: null });
   });
 
   it('does not count an answer with neither ram stats nor setup status as zero', () => {
     const t = new PassTracker();
     t.onPass(1, 0, { status: 'active' });
-    expect(t.onPass(2, 2100, AFTER_PASS_1)?.bytes).toBe(0);
+    expect(t.onPass(2, 2100, AFTER_PASS_1)?.bytes).toBeNull();
   });
 
-  it('clamps counters that go backwards at 0', () => {
+  it('reports counters that go backwards (a restarted migration) as unknown, not as 0', () => {
     const t = new PassTracker();
     t.onPass(2, 2100, AFTER_PASS_2);
     const p = t.onPass(3, 2400, AFTER_PASS_1); // counters lower than at the start
-    expect(p).toMatchObject({ bytes: 0, normalPages: 0, zeroPages: 0, throughputBps: 0 });
+    expect(p).toMatchObject({ bytes: null, normalPages: null, zeroPages: null, throughputBps: null });
   });
 
-  it('clamps a clock that goes backwards and reports 0 throughput for a zero-length pass', () => {
+  it('clamps a clock that goes backwards and has no throughput for a zero-length pass', () => {
     const t = new PassTracker();
     t.onPass(1, 500, SETUP);
     const p = t.onPass(2, 400, AFTER_PASS_1);
-    expect(p).toMatchObject({ durationMs: 0, bytes: 67553280, throughputBps: 0 });
+    expect(p).toMatchObject({ durationMs: 0, bytes: 67553280, throughputBps: null });
+  });
+
+  it('keeps one counter QEMU left out unknown while the others of the pass are measured', () => {
+    const t = new PassTracker();
+    t.onPass(1, 0, SETUP);
+    const { normal: _omitted, ...noNormal } = AFTER_PASS_1.ram!;
+    const p = t.onPass(2, 2100, { ...AFTER_PASS_1, ram: noNormal as MigrationStats });
+    expect(p).toMatchObject({ bytes: 67553280, normalPages: null, zeroPages: 49152 });
   });
 
   it('finishes once, ignores events after finishing, and finishes cleanly with no pass open', () => {

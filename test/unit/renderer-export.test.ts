@@ -37,7 +37,7 @@ function result(): MigrationResult {
     phases: [{ name: 'preflight', startMs: 0, endMs: 12.5 }],
     checks: [{ name: 'qemu-version', status: 'pass', message: 'Both hosts run QEMU 9.2.' }],
     prediction: { kind: 'eta', etaMs: 0, passesLeft: 0, reason: 'done' },
-    wallTimeMs: 9650, runningOn: 'hostB', destinationRunningAtMs: 9140.2, resumedAtMs: 9160, failure: null, tls: false, link: null,
+    wallTimeMs: 9650, runningOn: 'hostB', destinationRunningAtMs: 9140.2, resumedAtMs: 9160, failure: null, destinationConsoleTail: null, tls: false, link: null,
     network: {
       mac: '52:54:00:12:34:56', ip: '10.0.0.11', macMoves: [], announceFrames: 2, announceAtMs: [9145, 9195],
       expectedAnnounceFrames: 5, probe: { target: '10.0.0.11', intervalMs: 20, sent: 3, received: 2, maxGapMs: 140 },
@@ -179,6 +179,34 @@ describe('migrationCsv', () => {
     expect(lines).toHaveLength(1 + MAX_SAMPLES);
     expect(lines[1]).toBe(`500,1,${1000 - 5},5,0,0`);
     expect(exportedSamples(t).at(-1)!.atMs).toBe((MAX_SAMPLES + 4) * 100);
+  });
+});
+
+describe('figures QEMU did not report', () => {
+  /** A track whose one sample and one pass carry no counters at all. */
+  function unknownTrack(): MigrationTrack {
+    const store = new LabStore();
+    const s: MigrationSample = {
+      atMs: 400, status: 'active', transferredBytes: null, remainingBytes: null, totalBytes: null, dirtyRateBps: null,
+      throughputBps: null, expectedDowntimeMs: null, cpuThrottlePercent: null, pass: null,
+    };
+    const p: MigrationPass = { pass: 1, startMs: 300, durationMs: 2000, bytes: null, normalPages: null, zeroPages: null, dirtyRateBps: null, throughputBps: null };
+    store.apply({ type: 'migration', id: ID, guest: GUEST, event: { type: 'sample', atMs: 400, sample: s } });
+    store.apply({ type: 'migration', id: ID, guest: GUEST, event: { type: 'pass', atMs: 2300, pass: p } });
+    return store.get().migrations.get(ID)!;
+  }
+
+  it('are null in the JSON, not 0', () => {
+    const doc = JSON.parse(migrationJson(unknownTrack()));
+    expect(doc.samples).toEqual([{ atMs: 400, remainingBytes: null, transferredBytes: null, dirtyRateBps: null, throughputBps: null, pass: null }]);
+    expect(doc.passes[0]).toMatchObject({ bytes: null, normalPages: null, zeroPages: null, dirtyRateBps: null, throughputBps: null });
+    expect(doc.totalBytes).toBeNull();
+  });
+
+  it('are empty fields in the CSVs, not 0', () => {
+    const t = unknownTrack();
+    expect(migrationCsv(t).trimEnd().split('\n')[1]).toBe('400,,,,,');
+    expect(passesCsv(t).trimEnd().split('\n')[1]).toBe('1,300,2000,,,,,');
   });
 });
 

@@ -115,6 +115,8 @@ export interface GuestDescriptor {
   switchPort: { id: number; address: string; port: number } | null;
   /** Reattached after an agent restart: QEMU outlived the agent that started it. */
   adopted: boolean;
+  /** The -append its QEMU was started with (Guest.kernelAppend); absent from older agents. */
+  kernelAppend?: string | null;
 }
 
 // Events the agent sends (RemoteHost.onAgentEvent): guest-started (a GuestDescriptor),

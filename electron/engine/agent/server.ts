@@ -280,6 +280,7 @@ export class AgentServer {
       labload: g.labload !== null,
       switchPort: g.switchPort,
       adopted: g.adopted,
+      kernelAppend: g.kernelAppend,
     };
   }
 

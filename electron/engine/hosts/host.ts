@@ -1,4 +1,5 @@
 import type { AccelChoice } from '../qemu/binary';
+import type { QemuCpuOffer } from '../qemu/probe';
 import type { ExitInfo } from '../qemu/process';
 import type { GuestSpec, GuestSpecInput } from '../qemu/spec';
 import type { QmpClient } from '../qmp';
@@ -30,6 +31,18 @@ export interface HostInfo {
   migrationCapabilities: string[];
   /** Guests with a MAC get a NIC on the lab switch here. */
   labNetwork: boolean;
+  /** The host's own CPU: what a "host" CPU model (and "max" under KVM) hands the guest. null: not known. */
+  cpu: HostCpu | null;
+  /** The guest CPU models this host's QEMU offers. null: not known (a QEMU or agent that does not say). */
+  qemuCpu: QemuCpuOffer | null;
+}
+
+/** A host's CPU as its kernel describes it (/proc/cpuinfo on Linux). */
+export interface HostCpu {
+  /** "Intel(R) Xeon(R) ...", the kernel's "model name". */
+  model: string;
+  /** The CPU's feature flags ("sse4_2", "avx2", ...), sorted. */
+  flags: string[];
 }
 
 /**
@@ -67,6 +80,11 @@ export interface Guest {
    * channels are closed and its files removed): what a migration watching a peer needs.
    */
   readonly exited: Promise<ExitInfo>;
+  /**
+   * The kernel command line this guest's QEMU was started with (its -append), as the host that
+   * launched it recorded it; null when it booted without -kernel (a disk) or its host does not say.
+   */
+  readonly kernelAppend: string | null;
   /** The lab switch port this guest's NIC is plugged into; null without a NIC. Retired when QEMU exits. */
   readonly switchPort: { id: number; address: string; port: number } | null;
   on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;

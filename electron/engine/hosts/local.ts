@@ -9,7 +9,7 @@ import { QmpClient, cont, queryStatus, quit } from '../qmp';
 import { LabloadChannel } from '../guest/labload-channel';
 import { findLabGuest, labGuestAppend } from '../guest/image';
 import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
-import { chooseAccelerator, findQemu, type Accelerator } from '../qemu/binary';
+import { chooseAccelerator, findQemu, tracksTcgWritesExactly, type Accelerator } from '../qemu/binary';
 import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, qemuPidAlive, type ExitInfo, type QemuHandle } from '../qemu/process';
 import { probeQemu } from '../qemu/probe';
 import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
@@ -25,10 +25,13 @@ import { addTlsCredsObject } from '../qemu/tls';
 import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 import { PortAllocator, type PortRange } from './ports';
+import { readHostCpu } from './host-cpu';
+import { kernelAppendOf, readProcessArgv } from './launch-args';
 
 const runFile = promisify(execFile);
 
 /**
+ * Only for QEMUs older than 10.0 (QEMU 10 tracks TCG's writes exactly; see qemu/private-qemu.ts).
  * Under TCG, QEMU 7.2 misses guest writes made through long-lived softmmu TLB entries while it
  * migrates, and a guest kernel that writes memory during a migration is then corrupted on the
  * destination (measured: 0 of 7 migrations at 100 MB/s survived without it; with it, 29 of 29
@@ -37,6 +40,16 @@ const runFile = promisify(execFile);
  * in hardware and does not need it.
  */
 export const TCG_SAFE_APPEND = 'pti=on';
+
+/**
+ * Whether the lab guest boots with TCG_SAFE_APPEND: under TCG with a QEMU older than 10.0.
+ * MIGLAB_GUEST_PTI=on|off overrides it, to measure the difference (npm run bench:tcg).
+ */
+export function labGuestNeedsPti(accel: Accelerator, qemu: { major: number }, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env.MIGLAB_GUEST_PTI === 'on') return true;
+  if (env.MIGLAB_GUEST_PTI === 'off') return false;
+  return accel === 'tcg' && !tracksTcgWritesExactly(qemu);
+}
 
 export class GuestImageError extends Error {
   constructor(message: string) {
@@ -72,10 +85,13 @@ async function fileMustExist(path: string, what: string, hint: string): Promise<
   }
 }
 
-/** qemu-img tells qcow2 from raw, so QEMU never has to guess (guessing raw is unsafe). */
+/**
+ * qemu-img tells qcow2 from raw, so QEMU never has to guess (guessing raw is unsafe). -U: a
+ * migration destination reads the image the running source QEMU holds locked.
+ */
 async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
   try {
-    const { stdout } = await runFile('qemu-img', ['info', '--output=json', path], { timeout: 10_000 });
+    const { stdout } = await runFile('qemu-img', ['info', '-U', '--output=json', path], { timeout: 10_000 });
     const fmt = (JSON.parse(stdout) as { format?: string }).format;
     if (fmt === 'qcow2' || fmt === 'raw') return fmt;
     throw new GuestImageError(`Disk image ${path} is in ${fmt} format: convert it with "qemu-img convert -O qcow2"`);
@@ -163,6 +179,8 @@ export class LocalHost extends EventEmitter implements Host {
       cpus: cpus().length,
       migrationCapabilities: probe.migrationCapabilities,
       labNetwork: this.opts.network !== undefined,
+      cpu: await readHostCpu(),
+      qemuCpu: probe.cpu,
     };
   }
 
@@ -199,7 +217,7 @@ export class LocalHost extends EventEmitter implements Host {
   }
 
   /** Resolves the boot source to files that exist, and says whether labload runs inside. */
-  private async resolveBoot(spec: GuestSpec, accel: Accelerator): Promise<Pick<LaunchConfig, 'kernel' | 'disk'> & { labload: boolean }> {
+  private async resolveBoot(spec: GuestSpec, needsPti: boolean): Promise<Pick<LaunchConfig, 'kernel' | 'disk'> & { labload: boolean }> {
     const boot = spec.boot;
     switch (boot.kind) {
       case 'lab': {
@@ -208,7 +226,7 @@ export class LocalHost extends EventEmitter implements Host {
         const append = labGuestAppend(image.append, {
           name: spec.name,
           ...(spec.ip ? { ip: spec.ip } : {}),
-          ...(accel === 'tcg' ? { extra: TCG_SAFE_APPEND } : {}),
+          ...(needsPti ? { extra: TCG_SAFE_APPEND } : {}),
         });
         return { kernel: { kernel: image.kernel, initrd: image.initrd, append }, labload: true };
       }
@@ -280,7 +298,7 @@ export class LocalHost extends EventEmitter implements Host {
 
   private async launch(spec: GuestSpec, opts: StartGuestOptions): Promise<Guest> {
     const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
-    const boot = await this.resolveBoot(spec, accel.accel);
+    const boot = await this.resolveBoot(spec, labGuestNeedsPti(accel.accel, qemu));
     const guestDir = join(await this.dir(), spec.name);
     await removeDir(guestDir); // a stale dir from a crashed run must not hold old sockets
     await mkdir(guestDir, { recursive: true });
@@ -304,7 +322,8 @@ export class LocalHost extends EventEmitter implements Host {
       incoming,
     };
     const startedAt = performance.now();
-    const proc = new QemuProcess(qemu.path, buildQemuArgv(cfg), { cwd: guestDir });
+    const argv = buildQemuArgv(cfg);
+    const proc = new QemuProcess(qemu.path, argv, { cwd: guestDir });
     this.starting.set(proc, guestDir);
     const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
     const console = new GuestConsole();
@@ -342,6 +361,7 @@ export class LocalHost extends EventEmitter implements Host {
     });
     return this.track(new LocalGuest({
       spec, hostName: this.name, proc, qmp, console, labload, control, dir: guestDir, startedAt,
+      kernelAppend: kernelAppendOf(argv),
       initialState: incoming ? 'incoming' : 'booting',
       switchPort: nic ? { id: nic.port.id, address: nic.port.address, port: nic.port.port } : null,
       adopted: false,
@@ -426,6 +446,7 @@ export class LocalHost extends EventEmitter implements Host {
     }
     return new LocalGuest({
       spec, hostName: this.name, proc, qmp, console, labload, control, dir: guestDir, startedAt: performance.now(),
+      kernelAppend: kernelAppendOf(await readProcessArgv(record.pid)),
       initialState: status?.status === 'inmigrate' ? 'incoming' : 'booting',
       switchPort: record.nic?.switchPort ?? null,
       adopted: true,
@@ -554,6 +575,8 @@ interface LocalGuestParts {
   control: Duplex | null;
   dir: string;
   startedAt: number;
+  /** The -append QEMU was started with (Guest.kernelAppend). */
+  kernelAppend: string | null;
   initialState: GuestState;
   switchPort: Guest['switchPort'];
   adopted: boolean;
@@ -568,6 +591,7 @@ export class LocalGuest extends EventEmitter implements Guest {
   readonly console: GuestConsole;
   readonly labload: LabloadChannel | null;
   readonly startedAt: number;
+  readonly kernelAppend: string | null;
   readonly switchPort: Guest['switchPort'];
   readonly adopted: boolean;
   private readonly client: QmpClient;
@@ -583,6 +607,7 @@ export class LocalGuest extends EventEmitter implements Guest {
     this.console = parts.console;
     this.labload = parts.labload;
     this.startedAt = parts.startedAt;
+    this.kernelAppend = parts.kernelAppend;
     this.switchPort = parts.switchPort;
     this.adopted = parts.adopted;
     this.client = parts.qmp;

@@ -233,7 +233,12 @@ export class RemoteHost extends EventEmitter implements Host {
 
   async info(): Promise<HostInfo> {
     const info = await this.call<HostInfo>('info');
-    return { ...info, name: this.name, kind: 'remote', address: this.address, labNetwork: this.opts.network !== undefined && info.labNetwork };
+    return {
+      ...info, name: this.name, kind: 'remote', address: this.address, labNetwork: this.opts.network !== undefined && info.labNetwork,
+      // An agent of an older MigLab does not say: unknown, for the checks to report as such.
+      cpu: info.cpu ?? null,
+      qemuCpu: info.qemuCpu ?? null,
+    };
   }
 
   override on<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this {
@@ -331,6 +336,7 @@ export class RemoteGuest extends EventEmitter implements Guest {
   readonly labload: LabloadChannel | null;
   readonly startedAt: number;
   readonly exited: Promise<ExitInfo>;
+  readonly kernelAppend: string | null;
   handle: number;
   pid: number | undefined;
   switchPort: Guest['switchPort'];
@@ -358,6 +364,7 @@ export class RemoteGuest extends EventEmitter implements Guest {
     this.adopted = d.adopted;
     this.current = d.state as GuestState;
     this.startedAt = performance.now() - d.uptimeMs;
+    this.kernelAppend = d.kernelAppend ?? null;
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
     this.consoleStream = new AgentStream((data) => this.host.sendStream('console', this.handle, data));
     void this.console.attach(this.consoleStream);

@@ -2,6 +2,7 @@
 // workload, a migration to host-b, and a check of the guest where it landed.
 import type { Guest } from '../hosts/host';
 import type { GuestSpecInput } from '../qemu/spec';
+import { queryMigrateCapabilities } from '../qmp';
 import { MigrationJournal } from '../migration/journal';
 import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import { UNREADY_GRACE_MS } from '../migration/preflight';
@@ -48,9 +49,19 @@ export interface DemoReport {
   integrity: DemoIntegrity | null;
   /** The workload as labload measured it inside the guest; null when idle or custom. */
   workload: { requestedMBps: number; measuredMBps: number; workingSetMiB: number } | null;
+  /**
+   * The migration capabilities each QEMU said were on once the job had configured them
+   * (query-migrate-capabilities); null when the job ended before it got that far.
+   */
+  capabilities: { source: string[]; destination: string[] } | null;
 }
 
 const GUEST = 'demo';
+
+async function capabilitiesOn(guest: Guest): Promise<string[]> {
+  const caps = await queryMigrateCapabilities(guest.qmp);
+  return caps.filter((c) => c.state).map((c) => c.capability).sort();
+}
 
 async function waitUntilMigratable(guest: Guest, say: (m: string) => void): Promise<void> {
   if (guest.labload || (guest.spec.boot.kind !== 'lab' && guest.spec.boot.readyPattern)) {
@@ -101,6 +112,19 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       else await guest.labload.stopLoad();
     }
 
+    // Once the job has configured both QEMUs (it then listens), ask each what is on.
+    let asked: Promise<DemoReport['capabilities']> | null = null;
+    let started: MigrationJob | null = null;
+    const onEvent = (ev: MigrationEvent) => {
+      const dst = started?.destination;
+      if (ev.type === 'phase' && ev.phase === 'listen' && dst && !asked) {
+        asked = Promise.all([capabilitiesOn(guest), capabilitiesOn(dst)]).then(
+          ([source, destination]) => ({ source, destination }),
+          () => null,
+        );
+      }
+      opts.onEvent?.(ev);
+    };
     const { job, result: running } = migrateGuest(
       {
         guest, from, to, options: opts.migration,
@@ -109,10 +133,12 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         journal: new MigrationJournal(),
         network: lab.network,
       },
-      opts.onEvent,
+      onEvent,
     );
+    started = job;
     opts.onJob?.(job);
     const result = await running;
+    const capabilities = await (asked ?? Promise.resolve(null));
     const where = result.status === 'completed' ? job.destination! : guest;
 
     let integrity: DemoIntegrity | null = null;
@@ -130,7 +156,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       const heartbeatsContinue = where.labload.heartbeats.count > beats;
       integrity = { ok: v.bad === 0 && v.sweepOk !== false && heartbeatsContinue, pages: v.pages, bad: v.bad, heartbeatsContinue };
     }
-    return { hosts, result, integrity, workload };
+    return { hosts, result, integrity, workload, capabilities };
   } finally {
     say('tearing the lab down');
     await dispose();

@@ -31,7 +31,10 @@ export class MigrationNetworkWatch {
   private probe: Probe | null = null;
   private samples: ProbeSample[] = [];
   private flushTimer: NodeJS.Timeout | null = null;
+  /** When the destination sends its announce rounds (ms after it starts); null: not known. */
   private schedule: number[] | null = null;
+  /** The destination QEMU's announce-rounds; null: it could not be asked or did not say. */
+  private expectedRounds: number | null = null;
   private readonly offs: Array<() => void> = [];
 
   constructor(
@@ -83,14 +86,20 @@ export class MigrationNetworkWatch {
     this.samples = [];
   }
 
-  /** Reads how many announce rounds the destination will send, and when. */
+  /**
+   * Reads how many announce rounds the destination will send, and when, from its own
+   * query-migrate-parameters. What it does not report stays unknown: no default is assumed.
+   */
   async learnAnnounces(destination: Guest): Promise<void> {
     const p = await queryMigrateParameters(destination.qmp).catch(() => null);
     if (!p) return;
-    this.schedule = announceSchedule({
-      initial: p['announce-initial'] ?? 50, max: p['announce-max'] ?? 550,
-      rounds: p['announce-rounds'] ?? 5, step: p['announce-step'] ?? 100,
-    });
+    this.expectedRounds = p['announce-rounds'] ?? null;
+    const initial = p['announce-initial'];
+    const max = p['announce-max'];
+    const step = p['announce-step'];
+    if (this.expectedRounds !== null && initial !== undefined && max !== undefined && step !== undefined) {
+      this.schedule = announceSchedule({ initial, max, rounds: this.expectedRounds, step });
+    }
   }
 
   /**
@@ -98,7 +107,8 @@ export class MigrationNetworkWatch {
    * probe has had replies from the destination, so the report is whole.
    */
   async settle(destinationRunningAtMs: number | null): Promise<void> {
-    const expected = this.schedule?.length ?? 0;
+    // Unknown rounds cannot be waited for: then only the probe's replies are.
+    const expected = this.expectedRounds ?? 0;
     const lastRound = this.schedule?.[this.schedule.length - 1] ?? 0;
     const from = destinationRunningAtMs !== null ? this.t0 + destinationRunningAtMs : performance.now();
     const deadline = Math.max(from + lastRound + 500, performance.now() + 100);
@@ -124,7 +134,7 @@ export class MigrationNetworkWatch {
       macMoves: [...this.moves],
       announceFrames: this.announces.length,
       announceAtMs: [...this.announces],
-      expectedAnnounceFrames: this.schedule?.length ?? null,
+      expectedAnnounceFrames: this.expectedRounds,
       probe: summary && {
         target: summary.target, intervalMs: summary.intervalMs, sent: summary.sent, received: summary.received,
         maxGapMs: summary.maxGapMs === null ? null : round1(summary.maxGapMs),

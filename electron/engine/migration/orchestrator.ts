@@ -103,6 +103,11 @@ function crashWords(console: string): string | null {
   return pick.length ? pick.join(' / ').slice(0, 400) : null;
 }
 
+/** A console's last 16 KB, escape sequences removed: room for a whole kernel oops and its panic. */
+function consoleTail(console: string, maxChars = 16_000): string {
+  return console.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').slice(-maxChars);
+}
+
 const TERMINAL: MigrationStatus[] = ['completed', 'failed', 'cancelled'];
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'pre-switchover', 'cancelling', 'wait-unplug'];
 const LINK_REPORT_MS = 500;
@@ -361,14 +366,15 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   private updatePrediction(s: MigrationSample): void {
     const p = predict({
-      remainingBytes: s.remainingBytes,
-      dirtyRateBps: s.dirtyRateBps,
-      bandwidthBps: s.throughputBps > 0 ? s.throughputBps : this.bandwidthMBps * 1e6,
+      // A figure QEMU did not report is NaN here, which predict() answers with "unknown".
+      remainingBytes: s.remainingBytes ?? NaN,
+      dirtyRateBps: s.dirtyRateBps ?? NaN,
+      bandwidthBps: s.throughputBps !== null && s.throughputBps > 0 ? s.throughputBps : this.bandwidthMBps * 1e6,
       downtimeLimitMs: this.downtimeLimitMs,
       ...(this.req.workingSetBytes !== undefined ? { workingSetBytes: this.req.workingSetBytes } : {}),
       capabilitiesOffered: this.offeredCaps,
       capabilitiesOn: ['events', ...Object.entries(this.options.capabilities).filter(([, v]) => v).map(([k]) => k)],
-      throttlePercent: s.cpuThrottlePercent,
+      ...(s.cpuThrottlePercent !== null ? { throttlePercent: s.cpuThrottlePercent } : {}),
     });
     // The verdict as soon as it changes; otherwise fresh numbers once a second, not every sample.
     const changed = !this.lastPrediction || this.lastPrediction.kind !== p.kind;
@@ -678,7 +684,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       to: this.req.to.name,
       reason,
       qemuMessage,
-      ramBytes: ram?.total ?? this.req.guest.spec.memoryMiB * 2 ** 20,
+      ramBytes: ram?.total ?? null,
       totalTimeMs: info?.['total-time'] ?? null,
       setupTimeMs: info?.['setup-time'] ?? null,
       downtimeMs: outcome === 'completed' ? (info?.downtime ?? null) : null,
@@ -693,6 +699,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       destinationRunningAtMs: outcome === 'completed' && this.destinationRunningAtMs !== null ? Math.round(this.destinationRunningAtMs * 10) / 10 : null,
       resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
       failure: outcome === 'completed' ? null : this.failureKind,
+      destinationConsoleTail: outcome !== 'completed' && this.failureKind === 'destination-crashed' && this.dst ? consoleTail(this.dst.console.text()) : null,
       network,
       tls: this.options.tls,
       link: this.lastLinkStats,

@@ -2,6 +2,7 @@
 // blocks the migration; a warning lets the user go on.
 import { stat } from 'node:fs/promises';
 import type { Guest, Host, HostInfo } from '../hosts/host';
+import { tracksTcgWritesExactly } from '../qemu/binary';
 import type { CheckStatus, PreflightCheck } from './types';
 
 /** QEMU's own overhead on top of guest RAM, so a destination is not filled to the brim. */
@@ -81,21 +82,100 @@ function versionCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightChec
   );
 }
 
-function cpuCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightCheck {
-  const cpu = guest.spec.cpuModel ?? 'QEMU\'s default CPU model';
-  if (from.accel.accel !== to.accel.accel) {
-    return check(
-      'cpu-accelerator', 'fail',
-      `${from.name} runs guests with ${from.accel.accel.toUpperCase()} but ${to.name} with ${to.accel.accel.toUpperCase()}: a guest cannot move between hardware virtualisation and emulation.`,
-    );
-  }
-  if (guest.spec.cpuModel === 'host' || guest.spec.cpuModel === 'max') {
+/** The CPU model a guest without -cpu gets from a host's QEMU for its machine type; null: unknown. */
+function defaultCpuModel(host: HostInfo, machine: string): string | null {
+  return host.qemuCpu?.machineDefaults[machine] ?? null;
+}
+
+/** Flags the source's CPU has and the destination's lacks; null when either host did not say. */
+function missingCpuFlags(from: HostInfo, to: HostInfo): string[] | null {
+  if (!from.cpu || !to.cpu) return null;
+  const there = new Set(to.cpu.flags);
+  return from.cpu.flags.filter((f) => !there.has(f));
+}
+
+const listed = (xs: string[], max = 8) => xs.slice(0, max).join(', ') + (xs.length > max ? ` and ${xs.length - max} more` : '');
+
+/** A guest whose CPU copies its host's ("host", or "max" under KVM): the two hosts' CPUs are compared. */
+function hostCopyCpuCheck(from: HostInfo, to: HostInfo, model: string): PreflightCheck {
+  const missing = missingCpuFlags(from, to);
+  if (missing === null) {
+    const silent = [from, to].filter((h) => !h.cpu).map((h) => h.name).join(' and ');
     return check(
       'cpu-accelerator', 'warn',
-      `The guest uses the "${guest.spec.cpuModel}" CPU model, which copies the host's CPU: if the two hosts' CPUs differ, the guest may crash after the move. A named model is safer.`,
+      `The guest uses the "${model}" CPU model, which copies the host's CPU, but ${silent} did not say what CPU it has: whether the guest survives the move is unknown. A named model is safer.`,
     );
   }
-  return check('cpu-accelerator', 'pass', `Both hosts use ${from.accel.accel.toUpperCase()}, and the guest uses ${cpu}, which both can provide.`);
+  if (missing.length) {
+    return check(
+      'cpu-accelerator', 'fail',
+      `The guest uses the "${model}" CPU model, a copy of ${from.name}'s CPU (${from.cpu!.model}); ${to.name}'s CPU (${to.cpu!.model}) lacks ${listed(missing)}, which the guest may be using: it could crash after the move. Give the guest a named CPU model both hosts provide.`,
+    );
+  }
+  return check(
+    'cpu-accelerator', 'pass',
+    `The guest uses the "${model}" CPU model, a copy of ${from.name}'s CPU (${from.cpu!.model}); ${to.name}'s CPU (${to.cpu!.model}) has every feature it has.`,
+  );
+}
+
+function cpuCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightCheck {
+  const accel = from.accel.accel;
+  if (accel !== to.accel.accel) {
+    return check(
+      'cpu-accelerator', 'fail',
+      `${from.name} runs guests with ${accel.toUpperCase()} but ${to.name} with ${to.accel.accel.toUpperCase()}: a guest cannot move between hardware virtualisation and emulation.`,
+    );
+  }
+  const named = guest.spec.cpuModel;
+  const machine = guest.spec.machine;
+  if (named === 'host' || (named === 'max' && accel === 'kvm')) return hostCopyCpuCheck(from, to, named);
+  if (named === 'max') {
+    // Under TCG, "max" is every feature that QEMU version emulates: the QEMU decides, not the CPU.
+    if (from.qemu.version === to.qemu.version) {
+      return check('cpu-accelerator', 'pass', `The guest uses the "max" CPU model, which under TCG is every feature QEMU ${from.qemu.version} emulates; both hosts run that QEMU.`);
+    }
+    return check(
+      'cpu-accelerator', 'warn',
+      `The guest uses the "max" CPU model, which under TCG is every feature its QEMU emulates, and ${from.name} runs QEMU ${from.qemu.version} but ${to.name} ${to.qemu.version}: the guest's CPU may change under it. A named model is safer.`,
+    );
+  }
+  let model = named ?? null;
+  let how = `the CPU model "${named}"`;
+  if (!named) {
+    const src = defaultCpuModel(from, machine);
+    const dst = defaultCpuModel(to, machine);
+    const silent = [src ? null : from.name, dst ? null : to.name].filter(Boolean);
+    if (silent.length) {
+      return check(
+        'cpu-accelerator', 'warn',
+        `The guest uses QEMU's default CPU model for "${machine}", and ${silent.join(' and ')} did not say which model that is: whether the destination gives the guest the same CPU is unknown. Name a CPU model to be sure.`,
+      );
+    }
+    if (src !== dst) {
+      return check(
+        'cpu-accelerator', 'warn',
+        `The guest uses QEMU's default CPU model for "${machine}", which is "${src}" on ${from.name} but "${dst}" on ${to.name}: its CPU would change under it. Name a CPU model both offer.`,
+      );
+    }
+    model = src;
+    how = `QEMU's default CPU model for "${machine}", "${src}" on both hosts`;
+  }
+  const offered = to.qemuCpu?.models;
+  if (!offered) {
+    return check('cpu-accelerator', 'warn', `The guest uses ${how}, and ${to.name} did not say which CPU models its QEMU offers: whether it can run the guest's CPU is unknown.`);
+  }
+  if (!offered.includes(model!)) {
+    return check('cpu-accelerator', 'fail', `The guest uses ${how}, which QEMU ${to.qemu.version} on ${to.name} does not offer: it cannot run this guest. Pick a CPU model both QEMUs know.`);
+  }
+  if (accel === 'kvm') {
+    // Under KVM a named model also needs the host CPU's features; only equal CPUs prove that here.
+    const missing = missingCpuFlags(from, to);
+    if (missing === null || missing.length) {
+      const why = missing === null ? "MigLab could not compare the two hosts' CPUs" : `${to.name}'s CPU lacks ${listed(missing)}, which ${from.name}'s has`;
+      return check('cpu-accelerator', 'warn', `Both hosts use KVM and QEMU on ${to.name} offers ${how}, but ${why}: if the model needs one of those features, the destination cannot provide it.`);
+    }
+  }
+  return check('cpu-accelerator', 'pass', `Both hosts use ${accel.toUpperCase()}, and QEMU on ${to.name} offers ${how}${accel === 'kvm' ? `, on a CPU with every feature of ${from.name}'s` : ''}.`);
 }
 
 async function disksCheck(guest: Guest, to: Host): Promise<PreflightCheck> {
@@ -119,19 +199,40 @@ async function disksCheck(guest: Guest, to: Host): Promise<PreflightCheck> {
   return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
 }
 
-/** See TCG_SAFE_APPEND: under TCG a guest kernel needs pti=on to survive a migration intact. */
-function tcgDirtyTrackingCheck(from: HostInfo, guest: Guest): PreflightCheck | null {
-  if (from.accel.accel !== 'tcg') return null;
-  const boot = guest.spec.boot;
-  if (boot.kind === 'lab') {
-    return check('tcg-dirty-tracking', 'pass', 'Under TCG the lab guest runs with pti=on, which keeps QEMU\'s tracking of its memory writes exact.');
+const majorOf = (version: string): number => Number(version.split('.')[0]);
+
+/**
+ * Under TCG, QEMU before 10.0 can miss a busy guest's memory writes while it migrates (see
+ * TCG_SAFE_APPEND); QEMU 10 does not. On an older QEMU the guest kernel's real command line
+ * decides: with pti=on such a loss is rare.
+ */
+function tcgDirtyTrackingCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightCheck | null {
+  if (from.accel.accel !== 'tcg' && to.accel.accel !== 'tcg') return null;
+  const old = [from, to].filter((h) => !tracksTcgWritesExactly({ major: majorOf(h.qemu.version) }));
+  if (!old.length) {
+    return check(
+      'tcg-dirty-tracking', 'pass',
+      from.qemu.version === to.qemu.version
+        ? `Both hosts run QEMU ${from.qemu.version}, which tracks the guest's memory writes exactly under TCG.`
+        : `The hosts run QEMU ${from.qemu.version} and ${to.qemu.version}, which both track the guest's memory writes exactly under TCG.`,
+    );
   }
-  if (boot.kind === 'kernel' && /(^|\s)pti=on(\s|$)/.test(boot.append ?? '')) {
-    return check('tcg-dirty-tracking', 'pass', 'The guest kernel runs with pti=on, which keeps QEMU\'s tracking of its memory writes exact under TCG.');
+  const risk =
+    `Under TCG (no KVM), ${old.map((h) => `${h.name}'s QEMU ${h.qemu.version}`).join(' and ')} can miss memory writes of a busy guest during a migration, ` +
+    'and the guest may then crash on the destination (MigLab would put it back on the source).';
+  const append = guest.kernelAppend;
+  if (append === null) {
+    return check(
+      'tcg-dirty-tracking', 'warn',
+      `${risk} ${guest.name}'s kernel command line is unknown (it booted without -kernel, or its host does not say), so whether "pti=on" guards it is unknown. QEMU 10 on both hosts removes the risk.`,
+    );
+  }
+  if (/(^|\s)pti=on(\s|$)/.test(append)) {
+    return check('tcg-dirty-tracking', 'pass', `${risk} ${guest.name}'s kernel was started with pti=on, which makes that rare.`);
   }
   return check(
     'tcg-dirty-tracking', 'warn',
-    'Under TCG (no KVM), QEMU 7.2 can miss memory writes of a busy guest during a migration, and the guest may then crash on the destination (MigLab would put it back on the source). A Linux guest is safe with "pti=on" on its kernel command line.',
+    `${risk} ${guest.name}'s kernel was started without "pti=on" (its command line: "${append.slice(0, 200)}"): add it, or run QEMU 10 on both hosts.`,
   );
 }
 
@@ -191,7 +292,7 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(versionCheck(fromInfo, toInfo, ctx.guest));
   add(cpuCheck(fromInfo, toInfo, ctx.guest));
   add(await disksCheck(ctx.guest, ctx.to));
-  const tcg = tcgDirtyTrackingCheck(fromInfo, ctx.guest);
+  const tcg = tcgDirtyTrackingCheck(fromInfo, toInfo, ctx.guest);
   if (tcg) add(tcg);
   const net = networkCheck(ctx.guest, toInfo);
   if (net) add(net);

@@ -3,66 +3,73 @@
 import type { MigrationInfo, MigrationStats } from '../qmp';
 import type { MigrationPass, MigrationSample } from './types';
 
-/** x86's target page size; only used if a QEMU leaves page-size out (7.2 always sends it). */
-const FALLBACK_PAGE_SIZE = 4096;
-
-/** QMP answers are cast, not validated: a missing or odd counter reads as 0 rather than NaN. */
-function num(n: unknown): number {
-  return typeof n === 'number' && Number.isFinite(n) ? n : 0;
+/**
+ * A counter as QEMU reported it, or null when it did not (QMP answers are cast, not validated):
+ * an unreported figure must read as unknown, never as a measured-looking 0.
+ */
+function reported(n: unknown): number | null {
+  return typeof n === 'number' && Number.isFinite(n) ? n : null;
 }
 
-function pageSize(ram: MigrationStats): number {
-  const p = num(ram['page-size']);
-  return p > 0 ? p : FALLBACK_PAGE_SIZE;
-}
-
-/** QEMU reports dirty-pages-rate in pages/s; MigLab speaks bytes/s. */
-function dirtyRateOf(ram: MigrationStats): number {
-  return Math.max(0, num(ram['dirty-pages-rate'])) * pageSize(ram);
+/**
+ * QEMU reports dirty-pages-rate in pages/s; MigLab speaks bytes/s. Needs both figures: a page
+ * size QEMU did not send is not guessed.
+ */
+function dirtyRateOf(ram: MigrationStats): number | null {
+  const pages = reported(ram['dirty-pages-rate']);
+  const pageSize = reported(ram['page-size']);
+  if (pages === null || pageSize === null || pageSize <= 0) return null;
+  return Math.max(0, pages) * pageSize;
 }
 
 /** One query-migrate answer as a sample; null until QEMU reports both a status and ram stats. */
 export function sampleFromInfo(info: MigrationInfo, atMs: number): MigrationSample | null {
   const ram = info.ram;
   if (!ram || !info.status) return null;
-  const expected = info['expected-downtime'];
+  const mbps = reported(ram.mbps);
   return {
     atMs,
     status: info.status,
-    transferredBytes: num(ram.transferred),
-    remainingBytes: num(ram.remaining),
-    totalBytes: num(ram.total),
+    transferredBytes: reported(ram.transferred),
+    remainingBytes: reported(ram.remaining),
+    totalBytes: reported(ram.total),
     dirtyRateBps: dirtyRateOf(ram),
     // mbps is megabits (10^6) per second.
-    throughputBps: (num(ram.mbps) * 1e6) / 8,
-    expectedDowntimeMs: typeof expected === 'number' && Number.isFinite(expected) ? expected : null,
-    cpuThrottlePercent: num(info['cpu-throttle-percentage']),
-    pass: num(ram['dirty-sync-count']),
+    throughputBps: mbps === null ? null : (mbps * 1e6) / 8,
+    expectedDowntimeMs: reported(info['expected-downtime']),
+    cpuThrottlePercent: reported(info['cpu-throttle-percentage']),
+    pass: reported(ram['dirty-sync-count']),
   };
 }
 
+/** A pass boundary's counters; each null when QEMU did not report it. */
 interface Counters {
-  transferred: number;
-  normal: number;
-  duplicate: number;
+  transferred: number | null;
+  normal: number | null;
+  duplicate: number | null;
 }
 
-const ZERO: Counters = { transferred: 0, normal: 0, duplicate: 0 };
+/** QEMU resets its counters when a migration begins: at its start they are 0, as QEMU set them. */
+const COUNTERS_AT_START: Counters = { transferred: 0, normal: 0, duplicate: 0 };
 
 function countersOf(info: MigrationInfo | null): Counters | null {
   if (!info) return null;
   if (info.ram) {
-    return { transferred: num(info.ram.transferred), normal: num(info.ram.normal), duplicate: num(info.ram.duplicate) };
+    return { transferred: reported(info.ram.transferred), normal: reported(info.ram.normal), duplicate: reported(info.ram.duplicate) };
   }
   // QEMU emits pass 1 from its setup, and query-migrate has no ram stats in `setup`: nothing has
-  // been sent yet and the counters were reset when the migration began, so they are zero.
-  if (info.status === 'setup') return ZERO;
+  // been sent yet, and the counters are the ones QEMU reset when the migration began.
+  if (info.status === 'setup') return COUNTERS_AT_START;
   return null;
 }
 
-/** A delta between two counters; QEMU's never go backwards, but a restarted migration's would. */
-function delta(end: number, start: number): number {
-  return Math.max(0, end - start);
+/**
+ * A delta between two counters, null unless both ends were reported. QEMU's counters never go
+ * backwards; a restarted migration's would, and then what the pass sent is unknown, not 0.
+ */
+function delta(end: number | null | undefined, start: number | null | undefined): number | null {
+  if (end === null || end === undefined || start === null || start === undefined || end < start) return null;
+  return end - start;
 }
 
 interface OpenPass {
@@ -84,14 +91,15 @@ interface OpenPass {
  * the pass ran (less the little sent since), so remaining / duration is that pass's rate.
  * Passes under MIN_PASS_FOR_RATE_MS keep QEMU's figure.
  */
-export function passDirtyRate(info: MigrationInfo | null, durationMs: number): number {
+export function passDirtyRate(info: MigrationInfo | null, durationMs: number): number | null {
   const ram = info?.ram;
-  if (!ram) return 0;
+  if (!ram) return null;
   const qemu = dirtyRateOf(ram);
-  if (durationMs >= 1000 && qemu > 0) return qemu;
+  if (durationMs >= 1000 && qemu !== null && qemu > 0) return qemu;
   // Syncs a few ms apart (QEMU's last rounds before the switchover) make a rate of noise.
   if (durationMs < MIN_PASS_FOR_RATE_MS) return qemu;
-  return Math.max(0, num(ram.remaining)) / (durationMs / 1000);
+  const remaining = reported(ram.remaining);
+  return remaining === null ? null : Math.max(0, remaining) / (durationMs / 1000);
 }
 
 /** Below this, a pass is too short for its dirty set to say anything about a rate. */
@@ -140,18 +148,18 @@ export class PassTracker {
   private close(open: OpenPass, atMs: number, info: MigrationInfo | null): MigrationPass {
     const end = countersOf(info);
     const start = open.start;
-    const known = start !== null && end !== null;
-    const bytes = known ? delta(end.transferred, start.transferred) : 0;
+    const bytes = delta(end?.transferred, start?.transferred);
     const durationMs = Math.max(0, atMs - open.startMs);
     const record: MigrationPass = {
       pass: open.pass,
       startMs: open.startMs,
       durationMs,
       bytes,
-      normalPages: known ? delta(end.normal, start.normal) : 0,
-      zeroPages: known ? delta(end.duplicate, start.duplicate) : 0,
+      normalPages: delta(end?.normal, start?.normal),
+      zeroPages: delta(end?.duplicate, start?.duplicate),
       dirtyRateBps: passDirtyRate(info, durationMs),
-      throughputBps: durationMs > 0 ? bytes / (durationMs / 1000) : 0,
+      // A pass of 0 ms has no rate to speak of.
+      throughputBps: bytes !== null && durationMs > 0 ? bytes / (durationMs / 1000) : null,
     };
     this.closed.push(record);
     return record;

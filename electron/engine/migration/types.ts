@@ -71,33 +71,40 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   link: null,
 };
 
-/** One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. */
+/**
+ * One query-migrate sample on the source. Bytes and bytes/s; ms on the job's clock. A figure QEMU
+ * did not report is null ("unknown"), never 0: a 0 here is a 0 QEMU measured.
+ */
 export interface MigrationSample {
   atMs: number;
   status: MigrationStatus;
-  transferredBytes: number;
-  remainingBytes: number;
-  totalBytes: number;
+  transferredBytes: number | null;
+  remainingBytes: number | null;
+  totalBytes: number | null;
   /** QEMU's dirty-pages-rate x page size. */
-  dirtyRateBps: number;
+  dirtyRateBps: number | null;
   /** QEMU's mbps, as bytes/s. */
-  throughputBps: number;
+  throughputBps: number | null;
   expectedDowntimeMs: number | null;
-  cpuThrottlePercent: number;
+  /** QEMU reports it only while auto-converge is on. */
+  cpuThrottlePercent: number | null;
   /** QEMU's dirty-sync-count: the pass QEMU is in. */
-  pass: number;
+  pass: number | null;
 }
 
-/** One pre-copy pass, delimited by QEMU's MIGRATION_PASS events. */
+/**
+ * One pre-copy pass, delimited by QEMU's MIGRATION_PASS events. Its figures are differences of
+ * QEMU's counters at both ends; null where a query at either end failed or lacked the counter.
+ */
 export interface MigrationPass {
   pass: number;
   startMs: number;
   durationMs: number;
-  bytes: number;
-  normalPages: number;
-  zeroPages: number;
-  dirtyRateBps: number;
-  throughputBps: number;
+  bytes: number | null;
+  normalPages: number | null;
+  zeroPages: number | null;
+  dirtyRateBps: number | null;
+  throughputBps: number | null;
 }
 
 export type Prediction =
@@ -140,7 +147,10 @@ export interface MigrationNetworkReport {
   /** RARP frames from the guest's MAC after the switchover (QEMU's announce-self rounds). */
   announceFrames: number;
   announceAtMs: number[];
-  /** How many rounds the destination QEMU was set to send (announce-rounds). */
+  /**
+   * How many rounds the destination QEMU was set to send: its announce-rounds, as
+   * query-migrate-parameters reported it; null when it could not be asked or did not say.
+   */
   expectedAnnounceFrames: number | null;
   probe: { target: string; intervalMs: number; sent: number; received: number; maxGapMs: number | null } | null;
   /** The longest run without probe replies: the migration's downtime as the network saw it. */
@@ -165,7 +175,8 @@ export interface MigrationResult {
   reason: string | null;
   /** QEMU's own message (error-desc, stderr), when there is one. */
   qemuMessage: string | null;
-  ramBytes: number;
+  /** The guest's RAM as QEMU counted it (query-migrate's ram.total); null when QEMU did not say. */
+  ramBytes: number | null;
   totalTimeMs: number | null;
   setupTimeMs: number | null;
   /** Downtime as QEMU reports it. */
@@ -187,6 +198,11 @@ export interface MigrationResult {
   resumedAtMs: number | null;
   /** Why a failure happened, as a category a program can act on. */
   failure: FailureKind | null;
+  /**
+   * For a guest that crashed on the destination ("destination-crashed"): the last lines the
+   * destination's console printed, where a kernel oops or panic shows; null otherwise.
+   */
+  destinationConsoleTail: string | null;
   /** The network remap; null for a guest without a NIC on the lab switch. */
   network: MigrationNetworkReport | null;
   /** The stream was encrypted with QEMU's TLS. */
