@@ -7,6 +7,10 @@ import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 
 const require = createRequire(import.meta.url);
+// app-builder-lib loads its config helpers through jiti, which would leave a cache in the temp
+// folder (the run's leak check finds it).
+process.env.JITI_FS_CACHE = 'false';
+process.env.JITI_CACHE = 'false';
 const root = join(import.meta.dirname, '..', '..');
 
 describe('electron-builder.yml', () => {
