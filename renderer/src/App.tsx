@@ -23,7 +23,7 @@ export function App({ conn }: { conn: LabConnection }) {
   }, [conn, store]);
   const state = useLab(store);
   const [selected, setSelected] = useState<string | null>(null);
-  const [dialog, setDialog] = useState<GuestView | null>(null);
+  const [dialog, setDialog] = useState<{ guest: GuestView; to?: string } | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [closed, setClosed] = useState<string | null>(null);
   /** A migration picked in History; otherwise the newest is shown. */
@@ -72,11 +72,13 @@ export function App({ conn }: { conn: LabConnection }) {
           </span>
         )}
       </header>
-      <LabView snapshot={snapshot} conn={conn} selected={selected} onSelect={setSelected} onMigrate={setDialog} onError={setError} />
+      <LabView snapshot={snapshot} conn={conn} selected={selected} onSelect={setSelected} onMigrate={(guest, to) => setDialog({ guest, ...(to ? { to } : {}) })} onError={setError} />
       {chosen && <WorkloadControl key={chosen.name} guest={chosen} conn={conn} onError={setError} />}
       {dialog && (
         <MigrateDialog
-          guest={dialog}
+          key={`${dialog.guest.name}>${dialog.to ?? ''}`} // a new guest or drop target starts a fresh dialog
+          guest={dialog.guest}
+          {...(dialog.to ? { to: dialog.to } : {})}
           snapshot={snapshot}
           conn={conn}
           onClose={() => setDialog(null)}

@@ -63,7 +63,7 @@ function completed(id: string): MigrationResult {
     id, status: 'completed', guest: 'db', from: 'alpha', to: 'beta', reason: null, qemuMessage: null, ramBytes: 268_435_456,
     totalTimeMs: 4200, setupTimeMs: 10, downtimeMs: 95, guestDowntimeMs: 120, transferredBytes: 300e6, passes: [pass(1, 300)],
     phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', destinationRunningAtMs: 4300, resumedAtMs: 4320,
-    failure: null, network: null, tls: false, link: null,
+    failure: null, destinationConsoleTail: null, network: null, tls: false, link: null,
   };
 }
 
@@ -249,6 +249,21 @@ describe('MigrationView', () => {
     expect(rounds.textContent).toContain('3 passes');
   });
 
+  it('draws one Memory row per pass, the pass under way after the closed ones, even when the last sample lags', () => {
+    // The last sample still says sync 3 while passes 1-3 are closed and 120 MB more were sent:
+    // the pass under way is 4.
+    const errors = vi.spyOn(console, 'error');
+    const store = buildStore();
+    const lagging = sampleEvent(6400, 3, 150e6);
+    if (lagging.type === 'sample') lagging.sample.transferredBytes = 900e6;
+    store.apply({ type: 'migration', id: NEW, guest: 'web:1', event: lagging });
+    render(h(MigrationView, { t: store.get().migrations.get(NEW)!, conn: fakeConn() }));
+    const strip = screen.getByRole('region', { name: 'Memory' });
+    const passes = [...strip.querySelectorAll('.strip')].map((row) => row.getAttribute('aria-label')!.replace(/:.*/, ''));
+    expect(passes).toEqual(['Pass 1', 'Pass 2', 'Pass 3', 'Pass 4']);
+    expect(errors).not.toHaveBeenCalled(); // React complains of duplicate keys with console.error
+  });
+
   it('alerts that it will not converge, with the advice', () => {
     renderRunning();
     const alert = within(screen.getByRole('region', { name: 'Counters' })).getByRole('alert');
@@ -263,6 +278,28 @@ describe('MigrationView', () => {
     expect(conn.call).toHaveBeenCalledExactlyOnceWith({ type: 'cancelMigration', id: NEW });
     // The call resolved: no error shown.
     await waitFor(() => expect(screen.queryByRole('region', { name: 'Migration controls' })?.querySelector('[role="alert"]')).toBeNull());
+  });
+
+  it('shows a counter QEMU did not report as n/a, never as 0', () => {
+    const store = new LabStore();
+    const unknown: MigrationEvent[] = [
+      { type: 'phase', atMs: 0, phase: 'monitor', previous: null },
+      {
+        type: 'sample', atMs: 400,
+        sample: { atMs: 400, status: 'active', transferredBytes: null, remainingBytes: null, totalBytes: null, dirtyRateBps: null, throughputBps: null, expectedDowntimeMs: null, cpuThrottlePercent: null, pass: null },
+      },
+      { type: 'pass', atMs: 2300, pass: { pass: 1, startMs: 300, durationMs: 2000, bytes: null, normalPages: null, zeroPages: null, dirtyRateBps: null, throughputBps: null } },
+    ];
+    for (const event of unknown) store.apply({ type: 'migration', id: NEW, guest: 'web:1', event });
+    const t = store.get().migrations.get(NEW)!;
+    expect(t.totalBytes).toBeNull();
+    render(h(MigrationView, { t, conn: fakeConn() }));
+    const counters = screen.getByRole('region', { name: 'Counters' });
+    const figures = [...counters.querySelectorAll('dd')].map((dd) => dd.textContent);
+    expect(figures).toEqual(['n/a', 'n/a', 'n/a', 'n/a']); // sent, remaining, dirty rate, link
+    expect(counters.textContent).not.toMatch(/\b0\.0 MB/);
+    const row = screen.getByRole('region', { name: 'Rounds' }).querySelector('table.passes tbody tr')!;
+    expect([...row.querySelectorAll('td')].map((td) => td.textContent)).toEqual(['1', 'n/a', '2.0 s', 'n/a', 'n/a']);
   });
 
   it('shows no controls and the result once the migration is over', () => {

@@ -8,7 +8,8 @@ export interface LabViewProps {
   conn: LabConnection;
   selected: string | null;
   onSelect: (guest: string) => void;
-  onMigrate: (guest: GuestView) => void;
+  /** Open the migration dialog; `to` is the host it was dropped on, if it was dragged. */
+  onMigrate: (guest: GuestView, to?: string) => void;
   /** A refusal to show, or null to clear the one shown. */
   onError: (message: string | null) => void;
 }
@@ -152,7 +153,7 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
               onDragOver={(e) => teacher && e.preventDefault()}
               onDrop={(e) => {
                 const g = all.find((x) => x.name === e.dataTransfer.getData('text/miglab-guest'));
-                if (g && g.host !== h.name) onMigrate(g);
+                if (g && g.host !== h.name) onMigrate(g, h.name);
               }}
             >
               <h2>{h.name}</h2>

@@ -16,15 +16,17 @@ const CAPABILITY_HINTS: Record<string, string> = {
   'postcopy-ram': 'allows switching to post-copy (not started from here)',
 };
 
-export function MigrateDialog({ guest, snapshot, conn, onClose, onStarted }: {
+export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, onStarted }: {
   guest: GuestView;
+  /** The host the guest was dragged onto; otherwise the first other host. */
+  to?: string;
   snapshot: LabSnapshot;
   conn: LabConnection;
   onClose: () => void;
   onStarted: (id: string) => void;
 }) {
   const others = snapshot.hosts.filter((h) => h.name !== guest.host);
-  const [to, setTo] = useState(others[0]?.name ?? '');
+  const [to, setTo] = useState((others.find((h) => h.name === dropTarget) ?? others[0])?.name ?? '');
   const [bandwidth, setBandwidth] = useState(1000);
   const [downtime, setDowntime] = useState(300);
   const [caps, setCaps] = useState<Record<string, boolean>>({});

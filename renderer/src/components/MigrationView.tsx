@@ -11,6 +11,9 @@ import { describeLink, LinkPanel } from './LinkPanel';
 
 const MB = 1e6;
 
+/** Bytes (or bytes/s) in MB for a chart; a figure QEMU did not report stays null, a gap. */
+const inMB = (v: number | null): number | null => (v === null ? null : v / MB);
+
 function Timeline({ t }: { t: MigrationTrack }) {
   const total = Math.max(1, t.result?.wallTimeMs ?? t.lastAtMs);
   return (
@@ -50,9 +53,9 @@ function Rounds({ t }: { t: MigrationTrack }) {
   const data = useMemo<uPlot.AlignedData>(
     () => [
       t.passes.map((p) => p.pass),
-      t.passes.map((p) => p.bytes / MB),
-      t.passes.map((p) => p.dirtyRateBps / MB),
-      t.passes.map((p) => p.throughputBps / MB),
+      t.passes.map((p) => inMB(p.bytes)),
+      t.passes.map((p) => inMB(p.dirtyRateBps)),
+      t.passes.map((p) => inMB(p.throughputBps)),
       t.passes.map(() => t.params?.bandwidthMBps ?? null),
     ],
     // eslint-disable-next-line react-hooks/exhaustive-deps
@@ -96,7 +99,7 @@ function Convergence({ t }: { t: MigrationTrack }) {
   const threshold = (bw * MB * dl) / 1000 / MB;
   const n = t.samples.t.length;
   const data = useMemo<uPlot.AlignedData>(
-    () => [t.samples.t.slice(), t.samples.remaining.map((b) => b / MB), t.samples.t.map(() => threshold)],
+    () => [t.samples.t.slice(), t.samples.remaining.map(inMB), t.samples.t.map(() => threshold)],
     // eslint-disable-next-line react-hooks/exhaustive-deps
     [n, t.lastAtMs, threshold], // the length stops changing once the ring buffer is full
   );
@@ -126,12 +129,19 @@ const PASS_COLOURS = ['#4a90d9', '#f0ad4e', '#d9534f', '#9b59b6', '#5cb85c'];
  * not say, so each pass is drawn as a share, not as page positions.
  */
 function MemoryStrip({ t }: { t: MigrationTrack }) {
-  const total = t.totalBytes || t.result?.ramBytes || 0;
+  const total = t.totalBytes ?? t.result?.ramBytes ?? null;
   if (!total) return null;
-  const closed = t.passes.reduce((n, p) => n + p.bytes, 0);
-  const lastSent = t.samples.transferred.at(-1) ?? closed;
-  const running = t.result ? null : { pass: (t.samples.pass.at(-1) ?? t.passes.length + 1), bytes: Math.max(0, lastSent - closed) };
-  const rows = [...t.passes.map((p) => ({ pass: p.pass, bytes: p.bytes })), ...(running && running.bytes > 0 ? [running] : [])];
+  // The running pass's share is what QEMU sent since the closed ones: only when all are known.
+  const known = t.passes.every((p) => p.bytes !== null);
+  const closed = t.passes.reduce((n, p) => n + (p.bytes ?? 0), 0);
+  const lastSent = known ? (t.samples.transferred.at(-1) ?? null) : null;
+  // The pass under way, or the one a cancel or a failure cut short: what it sent was sent.
+  // Its number: the sample's sync count, but never one of a closed pass (a sample can lag the
+  // MIGRATION_PASS event that closed it).
+  const after = (t.passes.at(-1)?.pass ?? 0) + 1;
+  const runningPass = Math.max(t.samples.pass.at(-1) ?? after, after);
+  const running = t.result?.status === 'completed' ? null : { pass: runningPass, bytes: lastSent === null ? 0 : Math.max(0, lastSent - closed) };
+  const rows: Array<{ pass: number; bytes: number | null }> = [...t.passes.map((p) => ({ pass: p.pass, bytes: p.bytes })), ...(running && running.bytes > 0 ? [running] : [])];
   return (
     <section aria-label="Memory" className="panel">
       <h3>Memory <span className="detail">{formatBytes(total)} of RAM; each row is one pass, as a share of RAM sent (QEMU counts bytes, not which pages)</span></h3>
@@ -139,7 +149,7 @@ function MemoryStrip({ t }: { t: MigrationTrack }) {
         <StripRow
           key={r.pass}
           pass={r.pass}
-          cells={Math.min(STRIP_CELLS, Math.round((r.bytes / total) * STRIP_CELLS))}
+          cells={r.bytes === null ? 0 : Math.min(STRIP_CELLS, Math.round((r.bytes / total) * STRIP_CELLS))}
           colour={PASS_COLOURS[i % PASS_COLOURS.length]!}
           label={formatBytes(r.bytes)}
         />
@@ -171,10 +181,10 @@ function Counters({ t }: { t: MigrationTrack }) {
     <section aria-label="Counters" className="panel counters">
       {i >= 0 && (
         <dl>
-          <dt>sent</dt><dd>{formatBytes(t.samples.transferred[i]!)}{t.totalBytes ? ` of ${formatBytes(t.totalBytes)} RAM` : ''}</dd>
-          <dt>remaining</dt><dd>{formatBytes(t.samples.remaining[i]!)}</dd>
-          <dt>dirty rate</dt><dd>{formatBytesRate(t.samples.dirtyRate[i]!)}</dd>
-          <dt>link</dt><dd>{formatBytesRate(t.samples.throughput[i]!)}</dd>
+          <dt>sent</dt><dd>{formatBytes(t.samples.transferred[i] ?? null)}{t.totalBytes !== null ? ` of ${formatBytes(t.totalBytes)} RAM` : ''}</dd>
+          <dt>remaining</dt><dd>{formatBytes(t.samples.remaining[i] ?? null)}</dd>
+          <dt>dirty rate</dt><dd>{formatBytesRate(t.samples.dirtyRate[i] ?? null)}</dd>
+          <dt>link</dt><dd>{formatBytesRate(t.samples.throughput[i] ?? null)}</dd>
         </dl>
       )}
       {p?.kind === 'eta' && !r && <p>ETA {formatMs(p.etaMs)}: {p.reason}</p>}
