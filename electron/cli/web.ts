@@ -1,5 +1,6 @@
 // `miglab web`: the lab in a browser. Serves the built UI and the API on a local address with an
 // access token, plus a read-only spectator address, until Ctrl-C.
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
@@ -22,6 +23,10 @@ export async function webCommand(args: WebArgs): Promise<number> {
   const port = args.port === undefined ? 5199 : Number(args.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port takes a port number from 0 to 65535 (got "${args.port}")`);
   const host = args.host ?? '127.0.0.1';
+  // An empty --host would make Node listen on every address and print a URL without a host.
+  if (host !== 'localhost' && !isIP(host)) {
+    throw new UsageError(`--host takes an IP address of this machine, like 127.0.0.1 or 192.168.1.10, or localhost (got "${host}")`);
+  }
   let file: LabFile | null = null;
   if (args.labFile) {
     // `npm start -- lab.yaml` runs in the project folder: a relative path means the user's folder.
@@ -53,6 +58,9 @@ export async function webCommand(args: WebArgs): Promise<number> {
   } catch (err) {
     service.close();
     await lab.dispose();
+    if ((err as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test((err as Error).message)) {
+      throw new UsageError(`${host} is not an address of this machine: give --host one of its own addresses (see "ip -brief address")`);
+    }
     throw new UsageError((err as Error).message);
   }
   if (args.json) {
@@ -60,7 +68,8 @@ export async function webCommand(args: WebArgs): Promise<number> {
   } else {
     console.log(`MigLab is open at ${server.url}`);
     console.log(`Spectators (read-only) follow at ${server.spectatorUrl}`);
-    if (host !== '127.0.0.1' && host !== 'localhost') console.log(`Listening on ${host}: anyone on the network with a token can reach it.`);
+    const loopback = host === 'localhost' || host === '::1' || host.startsWith('127.');
+    if (!loopback) console.log(`Listening on ${host}: anyone on the network with a token can reach it.`);
     console.log('Ctrl-C stops the lab and every guest in it.');
   }
   if (file) {
