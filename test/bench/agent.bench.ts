@@ -5,11 +5,14 @@
 //    back and heartbeats flow again; 4. faults repeated (destination QEMU killed, link cut): the
 //    guest stays, once, on the source, memory intact. A benchmark: it prints, it asserts nothing.
 // Needs root (network namespaces). Prints tables and writes test-artifacts/bench/agent.json.
+// --smoke: one run of each, 2 idle guests, 1 s samples (see smoke.ts); a migration that did not
+// complete, a fault that left other than one intact copy, a restart that did not reattach
+// everything, or anything left behind fails it.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Guest, Host } from '../../electron/engine/hosts/host';
 import { listNetnsObjects, netnsRunTag } from '../../electron/engine/hosts/netns';
 import type { RemoteHost } from '../../electron/engine/hosts/remote';
@@ -22,23 +25,19 @@ import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { agentPids, qemuPids } from '../helpers/leaks';
 import { runningCopies } from '../helpers/copies';
+import { failSmokeOn, resultFile, setting, SMOKE, smokeBanner } from './smoke';
+import { runBenchmark, teardownOnStop } from './stop-signals';
 
-function count(name: string, fallback: number): number {
-  const v = Number(process.env[name] ?? fallback);
-  if (!(Number.isInteger(v) && v >= 1)) throw new Error(`${name}=${process.env[name]} is not a positive whole number`);
-  return v;
-}
-
-const RUNS = count('BENCH_AGENT_RUNS', 5); // migrations each way, per setup
-const RESTARTS = count('BENCH_AGENT_RESTARTS', 5);
-const FAULTS = count('BENCH_AGENT_FAULTS', 10); // per fault
+const RUNS = setting('BENCH_AGENT_RUNS', 5, 1, { whole: true }); // migrations each way, per setup
+const RESTARTS = setting('BENCH_AGENT_RESTARTS', 5, 1, { whole: true });
+const FAULTS = setting('BENCH_AGENT_FAULTS', 10, 1, { whole: true }); // per fault
 const GUEST = 'bench';
 const MEMORY_MIB = 256;
 const PATTERN_MIB = 64;
-const IDLE_GUESTS = 4;
+const IDLE_GUESTS = SMOKE ? 2 : 4;
 const IDLE_GUEST_MIB = 128;
-const SETTLE_MS = 3000;
-const SAMPLE_MS = 10_000;
+const SETTLE_MS = SMOKE ? 500 : 3000;
+const SAMPLE_MS = SMOKE ? 1000 : 10_000;
 const RSS_EVERY_MS = 250;
 const FAULT_AFTER_MS = 800;
 /** The same options for both setups: the rest are MigLab's defaults. */
@@ -203,12 +202,7 @@ function teardown(): Promise<void> {
   return tearingDown;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping every guest, agent and namespace of the benchmark`);
-    void teardown().finally(() => process.exit(130));
-  });
-}
+teardownOnStop('every guest, agent and namespace of the benchmark', teardown);
 
 function checkStopping(): void {
   if (stopping) throw new Error('interrupted');
@@ -424,6 +418,7 @@ async function faultOnce(n: NetnsAgentLab, fault: FaultKind, run: number): Promi
 // ---- main --------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  smokeBanner();
   const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
   const cpu = cpus();
   const machine = `${cpu.length} cores (${cpu[0]?.model.trim() ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, QEMU ${qemu.version}, ${accel.accel.toUpperCase()}, Node ${process.version}`;
@@ -564,7 +559,7 @@ async function main(): Promise<void> {
     ['(ii) engine RemoteHost connected', fmt(median(rs((r) => r.connectedMs))), fmt(max(rs((r) => r.connectedMs)))],
     ['(ii) - (i): agent listening -> engine connected', fmt(median(rs((r) => r.connectedMs - r.listeningMs))), fmt(max(rs((r) => r.connectedMs - r.listeningMs)))],
     ['(iii) first heartbeat, fastest guest', fmt(median(rs((r) => r.firstBeatingMs))), fmt(max(rs((r) => r.firstBeatingMs)))],
-    ['(iii) first heartbeat, from all 4 guests', fmt(median(rs((r) => r.allBeatingMs))), fmt(max(rs((r) => r.allBeatingMs)))],
+    [`(iii) first heartbeat, from all ${IDLE_GUESTS} guests`, fmt(median(rs((r) => r.allBeatingMs))), fmt(max(rs((r) => r.allBeatingMs)))],
     ['(before) SIGKILL -> engine sees the loss', fmt(median(rs((r) => r.lossSeenMs))), fmt(max(rs((r) => r.lossSeenMs)))],
   ]);
   console.log(`all ${IDLE_GUESTS} adopted: ${restarts.filter((r) => r.allAdopted).length}/${restarts.length} restarts`);
@@ -593,9 +588,8 @@ async function main(): Promise<void> {
       `QEMU from the temp dirs: ${leftQemu.join(', ') || 'none'}; agents: ${leftAgents.join(', ') || 'none'}`,
   );
 
-  const outDir = join(import.meta.dirname, '..', '..', 'test-artifacts', 'bench');
-  await mkdir(outDir, { recursive: true });
-  const file = join(outDir, 'agent.json');
+  const file = resultFile('agent');
+  await mkdir(dirname(file), { recursive: true });
   await writeFile(
     file,
     `${JSON.stringify(
@@ -611,6 +605,22 @@ async function main(): Promise<void> {
     )}\n`,
   );
   console.log(`written to ${file}`);
+  const ownAgents = leftAgents.filter((pid) => {
+    try {
+      return procCmdline(pid).some((a) => a.startsWith(netnsDir!));
+    } catch {
+      return false; // gone since
+    }
+  });
+  failSmokeOn([
+    ...migRuns.filter((r) => r.status !== 'completed').map((r) => `migration ${r.setup} run ${r.run} ${r.from}->${r.to}: ${r.status}${r.failure ? ` (${r.failure})` : ''}: ${r.reason ?? ''}`),
+    ...faults.filter((f) => !f.ok).map((f) => `${f.fault} ${f.run}: ${f.status}, on ${f.runningOn}: ${f.note ?? ''}`),
+    ...restarts.filter((r) => !r.allAdopted || r.note).map((r) => `restart ${r.run}: adopted ${r.adopted.join(', ') || 'none'}${r.note ? `; ${r.note}` : ''}`),
+    ...idle.filter((x) => x.guests > 0 && !(x.heartbeatsPerS > 0)).map((x) => `no heartbeats relayed from ${x.guests} idle guests`),
+    ...[...leftNetns.namespaces, ...leftNetns.links].map((o) => `left behind: ${o}`),
+    ...leftQemu.map((pid) => `left behind: QEMU pid ${pid}`),
+    ...ownAgents.map((pid) => `left behind: agent pid ${pid}`),
+  ]);
 }
 
-await main();
+await runBenchmark(main);

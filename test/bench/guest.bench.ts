@@ -1,13 +1,16 @@
 // npm run bench:guest: boot-to-ready of the lab guest (median of 5) and heartbeat jitter.
 // Prints a table and writes test-artifacts/bench/guest.json. A benchmark, not a test.
+// --smoke: one run, a 1 s heartbeat window (see smoke.ts).
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname } from 'node:path';
 import { LocalHost } from '../../electron/engine/hosts/local';
 import { chooseAccelerator, findQemu } from '../../electron/engine/qemu/binary';
 import { delay } from '../../electron/engine/util/time';
+import { failSmokeOn, resultFile, setting, SMOKE, smokeBanner } from './smoke';
+import { runBenchmark, teardownOnStop } from './stop-signals';
 
-const RUNS = Number(process.env.BENCH_RUNS ?? 5);
-const HB_WINDOW_MS = 3000;
+const RUNS = setting('BENCH_RUNS', 5, 1, { whole: true });
+const HB_WINDOW_MS = SMOKE ? 1000 : 3000;
 
 function percentile(sorted: number[], p: number): number {
   if (!sorted.length) return NaN;
@@ -31,8 +34,13 @@ interface Run {
   hbMissed: number;
 }
 
+/** The run's host: stopped with its guest on Ctrl-C. */
+let current: LocalHost | null = null;
+teardownOnStop('the guest of the benchmark', async () => current?.dispose());
+
 async function oneRun(run: number): Promise<Run> {
   const host = new LocalHost({ name: 'bench' });
+  current = host;
   try {
     const guest = await host.startGuest({ name: 'lab1' });
     await guest.waitReady(60_000);
@@ -61,6 +69,7 @@ async function oneRun(run: number): Promise<Run> {
 }
 
 async function main(): Promise<void> {
+  smokeBanner();
   const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
   console.log(`lab guest benchmark: QEMU ${qemu.version}, ${accel.accel.toUpperCase()}, 256 MiB, 1 vCPU, ${RUNS} runs\n`);
   const runs: Run[] = [];
@@ -88,11 +97,11 @@ async function main(): Promise<void> {
   console.log('* median of the runs, except max gap: the largest of all runs');
   const target = 5000;
   console.log(`\nboot-to-ready median ${fmt(summary.bootToReadyMedianMs, 0)} ms (target <= ${target} ms): ${summary.bootToReadyMedianMs <= target ? 'met' : 'NOT met'}`);
-  const outDir = join(import.meta.dirname, '..', '..', 'test-artifacts', 'bench');
-  await mkdir(outDir, { recursive: true });
-  const file = join(outDir, 'guest.json');
+  const file = resultFile('guest');
+  await mkdir(dirname(file), { recursive: true });
   await writeFile(file, `${JSON.stringify({ date: new Date().toISOString(), qemu: qemu.version, accel: accel.accel, runs, summary }, null, 2)}\n`);
   console.log(`written to ${file}`);
+  failSmokeOn(runs.filter((r) => r.hbCount < 2).map((r) => `run ${r.run}: ${r.hbCount} heartbeats in ${HB_WINDOW_MS} ms`));
 }
 
-await main();
+await runBenchmark(main);

@@ -3,9 +3,10 @@
 // fresh guest on host-a (not measured), then migrates it once, MigLab's way (migrateGuest to
 // host-b) or the raw way (a destination QEMU the raw script spawns itself), and tears down.
 // Prints a table per scenario and writes test-artifacts/bench/migrate.json. A benchmark, not a test.
+// --smoke: one run each way per scenario (see smoke.ts); a run that did not complete fails it.
 import { readFile, mkdir, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { LabloadChannel } from '../../electron/engine/guest/labload-channel';
 import type { Guest, Host } from '../../electron/engine/hosts/host';
 import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
@@ -17,8 +18,10 @@ import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { qemuPids } from '../helpers/leaks';
 import { RawMigrateError, killAllRaw, labDestination, rawQmpMigrate, type RawDestination, type RawSteps } from './raw-qmp-migrate';
+import { failSmokeOn, resultFile, setting, smokeBanner } from './smoke';
+import { runBenchmark, teardownOnStop } from './stop-signals';
 
-const RUNS = Number(process.env.BENCH_RUNS ?? 5);
+const RUNS = setting('BENCH_RUNS', 5, 1, { whole: true });
 const GUEST = 'bench';
 const MEMORY_MIB = 256;
 /** The same options both ways: MigLab's default bandwidth, a 300 ms downtime limit. */
@@ -133,12 +136,7 @@ function teardown(): Promise<void> {
   return tearingDown;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping every guest of the benchmark`);
-    void teardown().finally(() => process.exit(130));
-  });
-}
+teardownOnStop('every guest of the benchmark', teardown);
 
 // ---- one run each way ----------------------------------------------------------------------------
 
@@ -559,7 +557,7 @@ function runLine(r: Run): string {
 // ---- main ----------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  if (!(Number.isInteger(RUNS) && RUNS >= 1)) throw new Error(`BENCH_RUNS=${process.env.BENCH_RUNS} is not a positive whole number`);
+  smokeBanner();
   const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
   console.log(
     `migration benchmark: QEMU ${qemu.version}, ${accel.accel.toUpperCase()}, ${MEMORY_MIB} MiB, 1 vCPU, ` +
@@ -608,9 +606,8 @@ async function main(): Promise<void> {
   const left = (await Promise.all([runtimeDir, ...allRawDirs].map((d) => qemuPids(d)))).flat();
   if (left.length) console.log(`WARNING: QEMU processes of this benchmark still run: ${left.join(', ')}`);
 
-  const outDir = join(import.meta.dirname, '..', '..', 'test-artifacts', 'bench');
-  await mkdir(outDir, { recursive: true });
-  const file = join(outDir, 'migrate.json');
+  const file = resultFile('migrate');
+  await mkdir(dirname(file), { recursive: true });
   await writeFile(
     file,
     `${JSON.stringify(
@@ -631,6 +628,10 @@ async function main(): Promise<void> {
     )}\n`,
   );
   console.log(`written to ${file}`);
+  failSmokeOn([
+    ...runs.filter((r) => r.status !== 'completed').map((r) => `${r.scenario} run ${r.run} ${r.method}: ${r.status}${r.error ? `: ${r.error}` : ''}${r.deathNote ? ` (${r.deathNote})` : ''}`),
+    ...(left.length ? [`QEMU processes left running: ${left.join(', ')}`] : []),
+  ]);
 }
 
-await main();
+await runBenchmark(main);

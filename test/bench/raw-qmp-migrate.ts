@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { findLabGuest, labGuestAppend } from '../../electron/engine/guest/image';
-import { TCG_SAFE_APPEND } from '../../electron/engine/hosts/local';
+import { labGuestNeedsPti, TCG_SAFE_APPEND } from '../../electron/engine/hosts/local';
 import { buildQemuArgv } from '../../electron/engine/qemu/argv';
 import { chooseAccelerator, findQemu } from '../../electron/engine/qemu/binary';
 import type { GuestSpec } from '../../electron/engine/qemu/spec';
@@ -127,7 +127,7 @@ interface QueryMigrate {
 
 /**
  * The destination for a lab guest: the argv of the source's LaunchConfig (as LocalHost builds
- * it: the image's command line, the guest's name and ip, and TCG_SAFE_APPEND under TCG) with
+ * it: the image's command line, the guest's name and ip, and TCG_SAFE_APPEND where LocalHost adds it) with
  * `incoming: true, startPaused: false` and sockets in `dir`.
  */
 export async function labDestination(spec: GuestSpec, dir: string): Promise<{ qemuPath: string; argv: string[]; qmpSocket: string }> {
@@ -137,7 +137,7 @@ export async function labDestination(spec: GuestSpec, dir: string): Promise<{ qe
   const append = labGuestAppend(image.append, {
     name: spec.name,
     ...(spec.ip ? { ip: spec.ip } : {}),
-    ...(accel.accel === 'tcg' ? { extra: TCG_SAFE_APPEND } : {}),
+    ...(labGuestNeedsPti(accel.accel, qemu) ? { extra: TCG_SAFE_APPEND } : {}),
   });
   const argv = buildQemuArgv({
     spec,

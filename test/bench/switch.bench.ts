@@ -5,20 +5,23 @@
 // has two or more; the traffic comes from udp-blast, a small C program built here with gcc and
 // pinned to another core, so that the generator is never the bottleneck it measures. A bare Node
 // UDP forwarder is measured the same way, as the reference for what Node alone could do.
-// Prints tables and writes test-artifacts/bench/switch.json.
+// Prints tables and writes test-artifacts/bench/switch.json. --smoke: 0.5 s per case, 1 s of
+// overload (see smoke.ts).
 import { execFile, execFileSync, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { canBind } from '../../electron/engine/hosts/ports';
 import { LabSwitch } from '../../electron/engine/network/switch';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { failSmokeOn, resultFile, setting, smokeBanner } from './smoke';
+import { runBenchmark, teardownOnStop } from './stop-signals';
 
 const run = promisify(execFile);
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
-const OVERLOAD_SECONDS = Number(process.env.BENCH_OVERLOAD_SECONDS ?? 10);
+const SECONDS = setting('BENCH_SECONDS', 3, 0.5);
+const OVERLOAD_SECONDS = setting('BENCH_OVERLOAD_SECONDS', 10, 1);
 const TICK = 100; // clock ticks per second in /proc/<pid>/stat
 
 interface Blast {
@@ -92,8 +95,13 @@ async function bareNode(bin: string, src: number, sink: number): Promise<{ fps64
 }
 
 async function main(): Promise<void> {
+  smokeBanner();
   const dir = await makeTempDir('bench-switch');
   const sw = new LabSwitch();
+  teardownOnStop('the switch of the benchmark', async () => {
+    await sw.close();
+    await removeDir(dir);
+  });
   try {
     const bin = join(dir, 'udp-blast');
     await run('gcc', ['-O2', '-pthread', '-o', bin, join(import.meta.dirname, '../../scripts/bench/udp-blast.c')]);
@@ -168,14 +176,20 @@ async function main(): Promise<void> {
     const inPort = stats.ports.find((p) => p.guest === 'src')!.counters;
     console.log(`  the switch took in ${fmt(inPort.rxFrames - rxBefore)} of the ${fmt(overload.sent)} frames offered and sent each on to 9 ports; the rest of what was offered was dropped by the kernel before the switch read it; egress drops: ${stats.ports.reduce((n, p) => n + p.counters.drops.egress, 0)}`);
 
-    const outDir = join(process.cwd(), 'test-artifacts', 'bench');
-    await mkdir(outDir, { recursive: true });
-    await writeFile(join(outDir, 'switch.json'), JSON.stringify({ pinned: PIN, rows, direct, bareNode: bare, overload, rssMiB: mem, drops: stats.ports }, null, 2));
-    console.log(`\nwritten: ${join(outDir, 'switch.json')}`);
+    const file = resultFile('switch');
+    await mkdir(dirname(file), { recursive: true });
+    await writeFile(file, JSON.stringify({ pinned: PIN, rows, direct, bareNode: bare, overload, rssMiB: mem, drops: stats.ports }, null, 2));
+    console.log(`\nwritten: ${file}`);
+    failSmokeOn([
+      ...rows.filter((r) => r.forwardedFps === 0).map((r) => `${r.case}: the switch forwarded nothing`),
+      ...(bare.fps64 === 0 ? ['the bare Node forwarder forwarded nothing'] : []),
+      ...(inPort.rxFrames - rxBefore === 0 ? ['overload: the switch took in no frame'] : []),
+      ...(mem.length === 0 ? ['overload: no RSS sample of the switch'] : []),
+    ]);
   } finally {
     await sw.close();
     await removeDir(dir);
   }
 }
 
-await main();
+await runBenchmark(main);

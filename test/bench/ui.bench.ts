@@ -51,10 +51,14 @@
 // another). Prints tables and writes test-artifacts/bench/ui.json; BENCH_UI_TRACE=<file> and
 // BENCH_UI_PROFILE=<file>.cpuprofile also keep the raw trace and profile (both open in DevTools'
 // Performance panel; the bundle they point into is removed with the temp dir).
+//
+// --smoke: one load, a 256 MiB guest, a 2 s window and a 1 s profile (see smoke.ts); what the
+// bench could not do (no chart, no frame or sample in the window, a cancel that failed, the result
+// not shown, something left behind) fails it; rates and times never do.
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
-import { join, relative } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { build } from 'vite';
@@ -69,15 +73,17 @@ import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { WebServer } from '../../electron/engine/web/server';
 import { leakedSince, snapshot as leakSnapshot, qemuPids } from '../helpers/leaks';
+import { failSmokeOn, resultFile, setting, SMOKE, smokeBanner } from './smoke';
+import { runBenchmark, teardownOnStop } from './stop-signals';
 import { analyzeFrames, BundleMapper, median, percentile, summarizeProfile, traceEvents, type CpuProfile, type EntryPoint } from './ui-trace';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CHROMIUM = process.env.MIGLAB_CHROMIUM ?? '/usr/bin/chromium';
-const LOADS = Number(process.env.BENCH_LOADS ?? 5);
-const WINDOW_S = Number(process.env.BENCH_SECONDS ?? 8);
-const PROFILE_S = Number(process.env.BENCH_PROFILE_SECONDS ?? 4);
+const LOADS = setting('BENCH_LOADS', 5, 1, { whole: true });
+const WINDOW_S = setting('BENCH_SECONDS', 8, 2);
+const PROFILE_S = setting('BENCH_PROFILE_SECONDS', 4, 1);
 const GUEST = 'uibench';
-const MEMORY_MIB = 512;
+const MEMORY_MIB = SMOKE ? 256 : 512;
 const WORKLOAD = { rateMBps: 60, workingSetMiB: 128 };
 const MIGRATION = { bandwidthMBps: 20, sampleIntervalMs: 50 };
 const TARGET = { p95ScriptingMs: 8, loadMs: 1500, samplesPerS: 1000 / MIGRATION.sampleIntervalMs };
@@ -257,6 +263,7 @@ function guestState(s: LabSnapshot, name: string): string | null {
 // ---- main ----------------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  smokeBanner();
   if (!(await findLabGuest())) throw new Error('The lab guest is not built: run "npm test" (its set-up builds it) or "npx miglab guest build"');
   if (!existsSync(CHROMIUM)) throw new Error(`No Chromium at ${CHROMIUM}: sudo apt-get install chromium, or set MIGLAB_CHROMIUM`);
   const before = await leakSnapshot();
@@ -268,6 +275,27 @@ async function main(): Promise<void> {
   let counter: EventCounter | null = null;
   let ctx: BrowserContext | null = null;
   const problems: string[] = [];
+  /** What the benchmark could not do (not how fast it was): fails a smoke run. */
+  const broken: string[] = [];
+  let cleaningUp: Promise<void> | null = null;
+  /** Everything this run made, in order; once, whether the run ends or is stopped. */
+  const cleanup = () => (cleaningUp ??= (async () => {
+    const step = async (what: string, f: () => unknown) => {
+      try {
+        await f();
+      } catch (err) {
+        console.warn(`[cleanup] ${what}: ${(err as Error).message}`);
+      }
+    };
+    await step('event counter', () => counter?.close());
+    await step('context', () => ctx?.close());
+    await step('browser', () => browser?.close());
+    await step('web server', () => server?.close());
+    await step('service', () => service?.close());
+    await step('lab', () => lab?.dispose());
+    await step('temp dir', () => removeDir(work));
+  })());
+  teardownOnStop('the browser and the guests of the benchmark', cleanup);
   try {
     // 1. The bundle, built into our temp dir.
     const uiDir = join(work, 'ui');
@@ -280,7 +308,8 @@ async function main(): Promise<void> {
     service = new LabService(lab, new MigrationJournal(join(work, 'state')));
     server = await WebServer.start(service, { port: 0, uiDir });
     const origin = new URL(server.url).origin;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
+    // Our teardown closes it on Ctrl-C (Playwright's own handlers would kill it, leaving its temp files).
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS, handleSIGINT: false, handleSIGTERM: false, handleSIGHUP: false });
 
     // 2. Initial loads, each in a fresh context.
     const loads: Load[] = [];
@@ -355,6 +384,7 @@ async function main(): Promise<void> {
         await svc.execute({ type: 'cancelMigration', id });
       } catch (err) {
         problems.push(`cancelMigration: ${(err as Error).message}`);
+        broken.push(`cancelMigration: ${(err as Error).message}`);
       }
       result = await until('the migration result', 120_000, () => results.get(id) ?? null).catch((err: Error) => {
         problems.push(err.message);
@@ -459,10 +489,15 @@ async function main(): Promise<void> {
     if (chartCanvases < 1) problems.push('the page showed no Convergence chart');
     if (samplesPerS < 0.9 * TARGET.samplesPerS) problems.push(`the engine streamed ${fmt(samplesPerS, 1)} samples/s, not ${TARGET.samplesPerS}: its sampling was held up (all cores ${fmt(machineBusyPct, 0)}% busy)`);
     for (const p of problems) console.log(`note: ${p}`);
+    if (chartCanvases < 1) broken.push('the page showed no Convergence chart');
+    if (!sampleTimes.length) broken.push('no migration sample reached our WebSocket client in the window');
+    if (!frames.frames.length) broken.push('the trace shows no frame the page drew in the window');
+    if (!frames.webSocketMessages) broken.push('the trace shows no WebSocket message the page received in the window');
+    if (!result) broken.push('the migration gave no result');
+    else if (!shownResult) broken.push('the page did not show the migration result');
 
-    const outDir = join(ROOT, 'test-artifacts', 'bench');
-    await mkdir(outDir, { recursive: true });
-    const out = join(outDir, 'ui.json');
+    const out = resultFile('ui');
+    await mkdir(dirname(out), { recursive: true });
     const r2 = (n: number) => Math.round(n * 100) / 100;
     await writeFile(out, JSON.stringify({
       chromium: browser.version(),
@@ -502,27 +537,18 @@ async function main(): Promise<void> {
     }, null, 2));
     console.log(`\nwritten: ${out}`);
   } finally {
-    const step = async (what: string, f: () => unknown) => {
-      try {
-        await f();
-      } catch (err) {
-        console.warn(`[cleanup] ${what}: ${(err as Error).message}`);
-      }
-    };
-    await step('event counter', () => counter?.close());
-    await step('context', () => ctx?.close());
-    await step('browser', () => browser?.close());
-    await step('web server', () => server?.close());
-    await step('service', () => service?.close());
-    await step('lab', () => lab?.dispose());
-    await step('temp dir', () => removeDir(work));
+    await cleanup();
   }
   const leaked = await leakedSince(before);
-  const left = [...leaked.qemu.map((p) => `qemu pid ${p}`), ...leaked.switchd.map((p) => `miglab-switchd pid ${p}`), ...leaked.tempDirs];
+  const left = [
+    ...leaked.qemu.map((p) => `qemu pid ${p}`), ...leaked.switchd.map((p) => `miglab-switchd pid ${p}`),
+    ...leaked.chromium.map((p) => `chromium pid ${p}`), ...leaked.tempDirs,
+  ];
   if (left.length) {
     console.error(`LEFT BEHIND: ${left.join(', ')}`);
     process.exitCode = 1;
-  } else console.log('clean: no QEMU, no miglab-switchd and no temp dir of this run left behind');
+  } else console.log('clean: no QEMU, no miglab-switchd, no Chromium and no temp dir of this run left behind');
+  failSmokeOn([...broken, ...left.map((l) => `left behind: ${l}`)]);
 }
 
-await main();
+await runBenchmark(main);
