@@ -11,11 +11,18 @@ export interface RunCounts {
   failed: number;
   skipped: number;
   tcgRetries: number;
+  /** A -t name filter was given: the tests it left out are not skipped ones (the suite has no .skip). */
+  nameFilter?: boolean;
 }
 
-/** The closing line any CI can read: "tests: N passed, N failed[, N skipped], R tcg retries". */
+/**
+ * The closing line any CI can read: "tests: N passed, N failed[, N skipped], R tcg retries", or
+ * with a name filter "tests: N passed, N failed, R tcg retries (N left out by the name filter)".
+ */
 export function summaryLine(c: RunCounts): string {
-  return `tests: ${c.passed} passed, ${c.failed} failed${c.skipped ? `, ${c.skipped} skipped` : ''}, ${c.tcgRetries} tcg retries`;
+  const skipped = c.skipped && !c.nameFilter ? `, ${c.skipped} skipped` : '';
+  const filtered = c.skipped && c.nameFilter ? ` (${c.skipped} left out by the name filter)` : '';
+  return `tests: ${c.passed} passed, ${c.failed} failed${skipped}, ${c.tcgRetries} tcg retries${filtered}`;
 }
 
 export function countTests(testModules: ReadonlyArray<TestModule>): Pick<RunCounts, 'passed' | 'failed' | 'skipped'> {
@@ -43,9 +50,11 @@ export default class SummaryReporter implements Reporter {
   private run: TestRunDirs | null = null;
   private baseline: RunBaseline | null = null;
   private watching = false;
+  private nameFilter = false;
 
   async onInit(vitest: Vitest): Promise<void> {
     this.watching = vitest.config.watch;
+    this.nameFilter = Boolean(vitest.config.testNamePattern);
     // Read before the run points MIGLAB_STATE_DIR at its own dir: the user's dirs, to guard.
     const userStateDir = defaultStateDir();
     const userCacheDir = defaultCacheRoot();
@@ -54,7 +63,7 @@ export default class SummaryReporter implements Reporter {
   }
 
   async onTestRunEnd(testModules: ReadonlyArray<TestModule>): Promise<void> {
-    const counts: RunCounts = { ...countTests(testModules), tcgRetries: 0 };
+    const counts: RunCounts = { ...countTests(testModules), tcgRetries: 0, nameFilter: this.nameFilter };
     const out: string[] = [];
     if (this.run && this.baseline) {
       const retries = readTcgRetries(this.run);

@@ -165,5 +165,6 @@ describe('the closing summary line', () => {
   it('says passed, failed and tcg retries, and skipped only when some were', () => {
     expect(summaryLine({ passed: 562, failed: 0, skipped: 0, tcgRetries: 0 })).toBe('tests: 562 passed, 0 failed, 0 tcg retries');
     expect(summaryLine({ passed: 12, failed: 1, skipped: 3, tcgRetries: 2 })).toBe('tests: 12 passed, 1 failed, 3 skipped, 2 tcg retries');
+    expect(summaryLine({ passed: 10, failed: 0, skipped: 12, tcgRetries: 1, nameFilter: true })).toBe('tests: 10 passed, 0 failed, 1 tcg retries (12 left out by the name filter)');
   });
 });
