@@ -1,14 +1,10 @@
-import { execFile } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { promisify } from 'node:util';
 import { defaultCacheRoot } from '../util/cache-dir';
 import { verifyKvm } from './kvm-check';
 import { BACKPORTS_SUITE, EXACT_TCG_TRACKING_MAJOR, findPrivateQemu, verifyQemuBinary } from './private-qemu';
-import { parseQemuVersion } from './version';
-
-const run = promisify(execFile);
+import { parseQemuVersion, readQemuVersion } from './version';
 
 export const QEMU_SYSTEM = 'qemu-system-x86_64';
 export const INSTALL_QEMU_HINT = 'sudo apt-get install qemu-system-x86 qemu-utils';
@@ -62,15 +58,11 @@ export interface ChosenQemu extends QemuBinary {
 /** Runs `path --version`; throws QemuNotFoundError naming the problem. */
 async function readBinary(path: string): Promise<QemuBinary> {
   if (!(await isExecutable(path))) throw new QemuNotFoundError(`${path} is not an executable file`);
-  let out: string;
   try {
-    out = (await run(path, ['--version'], { timeout: 10_000 })).stdout;
+    return { path, ...(await readQemuVersion(path)) };
   } catch (err) {
-    throw new QemuNotFoundError(`${path} --version failed (${(err as Error).message.split('\n')[0]})`);
+    throw new QemuNotFoundError((err as Error).message);
   }
-  const v = parseQemuVersion(out);
-  if (!v) throw new QemuNotFoundError(`${path} printed an unknown version: ${out.trim().slice(0, 80)}`);
-  return { path, ...v };
 }
 
 /** True for a QEMU that tracks dirty pages exactly under TCG (see private-qemu.ts). */

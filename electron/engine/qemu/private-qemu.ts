@@ -17,7 +17,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { parseQemuVersion } from './version';
+import { readQemuVersion } from './version';
 
 const run = promisify(execFile);
 
@@ -173,14 +173,9 @@ export async function verifyQemuBinary(path: string): Promise<{ version: string;
   }
   const missing = ldd.split('\n').filter((l) => l.includes('not found')).map((l) => l.trim().split(/\s+/)[0]);
   if (missing.length) throw new PrivateQemuError(`${path} needs libraries this system lacks: ${missing.join(', ')}`);
-  let out: string;
-  try {
-    out = (await run(path, ['--version'], { timeout: 10_000 })).stdout;
-  } catch (err) {
-    throw new PrivateQemuError(`${path} --version failed (${(err as Error).message.split('\n')[0]})`);
-  }
-  const v = parseQemuVersion(out);
-  if (!v) throw new PrivateQemuError(`${path} printed an unknown version: ${out.trim().slice(0, 80)}`);
+  const v = await readQemuVersion(path).catch((err: Error) => {
+    throw new PrivateQemuError(err.message);
+  });
   const own = join(dirname(path), '..', 'share', 'qemu');
   if (![own, ...BIOS_DIRS].some((d) => existsSync(join(d, 'bios-256k.bin')))) {
     throw new PrivateQemuError(`no PC BIOS (bios-256k.bin) for ${path}: install it with "sudo apt-get install seabios"`);
