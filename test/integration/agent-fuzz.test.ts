@@ -173,7 +173,9 @@ class Wire {
     const o = oracleOf(Buffer.from(text, 'utf8').toString('utf8'));
     if (o.id !== null) {
       this.owed.set(o.id, (this.owed.get(o.id) ?? 0) + 1);
-      if (o.id >= FIRST_ID) this.oracles.set(o.id, { ...o, what: text.length > 300 ? `${text.slice(0, 300)}…` : text });
+      // Only ids this wire handed out are unique: a weird id (Number.MAX_SAFE_INTEGER, say) may be
+      // in flight in several requests at once, and its replies cannot be told apart.
+      if (o.id >= FIRST_ID && o.id < this.nextId) this.oracles.set(o.id, { ...o, what: text.length > 300 ? `${text.slice(0, 300)}…` : text });
     }
     this.ws.send(text);
     return true;

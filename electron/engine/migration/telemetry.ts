@@ -22,6 +22,17 @@ function dirtyRateOf(ram: MigrationStats): number | null {
   return Math.max(0, pages) * pageSize;
 }
 
+/**
+ * The dirty rate a sample can stand behind. QEMU computes dirty-pages-rate at a bitmap sync, and
+ * its first sync (dirty-sync-count 1, when the migration starts) computes none: until the second,
+ * the 0 it reports means "not measured yet", not an idle guest.
+ */
+function sampleDirtyRate(ram: MigrationStats): number | null {
+  const syncs = reported(ram['dirty-sync-count']);
+  if (syncs === null || syncs < 2) return null;
+  return dirtyRateOf(ram);
+}
+
 /** One query-migrate answer as a sample; null until QEMU reports both a status and ram stats. */
 export function sampleFromInfo(info: MigrationInfo, atMs: number): MigrationSample | null {
   const ram = info.ram;
@@ -33,7 +44,7 @@ export function sampleFromInfo(info: MigrationInfo, atMs: number): MigrationSamp
     transferredBytes: reported(ram.transferred),
     remainingBytes: reported(ram.remaining),
     totalBytes: reported(ram.total),
-    dirtyRateBps: dirtyRateOf(ram),
+    dirtyRateBps: sampleDirtyRate(ram),
     // mbps is megabits (10^6) per second.
     throughputBps: mbps === null ? null : (mbps * 1e6) / 8,
     expectedDowntimeMs: reported(info['expected-downtime']),
