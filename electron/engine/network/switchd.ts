@@ -4,7 +4,8 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { defaultCacheRoot } from '../guest/image';
+import { defaultCacheRoot } from '../util/cache-dir';
+import { PromiseCache } from '../util/promise-cache';
 import { runTool } from '../guest/tools';
 import { findScriptsSubdir } from '../util/scripts-dir';
 
@@ -15,19 +16,13 @@ export class SwitchdBuildError extends Error {
   }
 }
 
-const built = new Map<string, Promise<string>>();
+const built = new PromiseCache<string>(); // a failed build is tried again next time
 
 /** The switchd binary: $MIGLAB_SWITCHD, else the cached build of this source, built if missing. */
 export function ensureSwitchd(opts: { cacheRoot?: string } = {}): Promise<string> {
   if (process.env.MIGLAB_SWITCHD) return Promise.resolve(process.env.MIGLAB_SWITCHD);
   const root = opts.cacheRoot ?? defaultCacheRoot();
-  let p = built.get(root);
-  if (!p) {
-    p = build(root);
-    built.set(root, p);
-    p.catch(() => built.delete(root)); // a failed build is tried again next time
-  }
-  return p;
+  return built.get(root, () => build(root));
 }
 
 async function build(cacheRoot: string): Promise<string> {

@@ -2,6 +2,7 @@ import { access } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { defaultCacheRoot } from '../util/cache-dir';
+import { PromiseCache } from '../util/promise-cache';
 import { verifyKvm } from './kvm-check';
 import { BACKPORTS_SUITE, EXACT_TCG_TRACKING_MAJOR, findPrivateQemu, verifyQemuBinary } from './private-qemu';
 import { parseQemuVersion, readQemuVersion } from './version';
@@ -70,12 +71,12 @@ export function tracksTcgWritesExactly(q: { major: number }): boolean {
   return q.major >= EXACT_TCG_TRACKING_MAJOR;
 }
 
-const cache = new Map<string, Promise<ChosenQemu>>();
+const chosen = new PromiseCache<ChosenQemu>();
 
 /** Forget the chosen QEMU and accelerator (after a fetch put a new QEMU in the cache). */
 export function forgetQemuChoice(): void {
-  cache.clear();
-  accelCache.clear();
+  chosen.clear();
+  accelerators.clear();
 }
 
 /**
@@ -89,12 +90,7 @@ export function forgetQemuChoice(): void {
 export function findQemu(): Promise<ChosenQemu> {
   const override = process.env.MIGLAB_QEMU;
   const key = `${override ?? ''}\0${process.env.PATH ?? ''}\0${defaultCacheRoot()}\0${process.env.MIGLAB_ACCEL ?? ''}`;
-  let cached = cache.get(key);
-  if (cached) return cached;
-  cached = chooseQemu(override);
-  cache.set(key, cached);
-  cached.catch(() => cache.delete(key)); // a later install should be picked up
-  return cached;
+  return chosen.get(key, () => chooseQemu(override));
 }
 
 async function chooseQemu(override: string | undefined): Promise<ChosenQemu> {
@@ -140,7 +136,7 @@ export interface AccelChoice {
   reason: string;
 }
 
-const accelCache = new Map<string, Promise<AccelChoice>>();
+const accelerators = new PromiseCache<AccelChoice>();
 
 /**
  * KVM when /dev/kvm is there, we may open it read-write, and a Linux kernel really boots under
@@ -148,13 +144,7 @@ const accelCache = new Map<string, Promise<AccelChoice>>();
  */
 export function chooseAccelerator(devKvm = '/dev/kvm'): Promise<AccelChoice> {
   const key = `${devKvm}\0${process.env.MIGLAB_ACCEL ?? ''}\0${process.env.MIGLAB_QEMU ?? ''}\0${defaultCacheRoot()}`;
-  let p = accelCache.get(key);
-  if (!p) {
-    p = decideAccelerator(devKvm);
-    accelCache.set(key, p);
-    p.catch(() => accelCache.delete(key));
-  }
-  return p;
+  return accelerators.get(key, () => decideAccelerator(devKvm));
 }
 
 async function decideAccelerator(devKvm: string): Promise<AccelChoice> {

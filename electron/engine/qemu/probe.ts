@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { QmpClient, queryMachines, queryMigrateCapabilities, queryVersion, qemuVersionString, type QmpExecutor } from '../qmp';
 import { makeTempDir, removeDir } from '../util/fs';
+import { PromiseCache } from '../util/promise-cache';
 import { findQemu } from './binary';
 import { QemuProcess, QemuStartError, describeExit } from './process';
 
@@ -44,21 +45,14 @@ async function queryCpuOffer(qmp: QmpExecutor): Promise<QemuCpuOffer | null> {
   }
 }
 
-const probes = new Map<string, Promise<QemuProbe>>();
+const probes = new PromiseCache<QemuProbe>();
 
 /**
  * Asks a QEMU binary what it can do by starting it with no machine and querying QMP.
  * Cached per binary path: the answer does not change while we run.
  */
 export function probeQemu(binaryPath?: string): Promise<QemuProbe> {
-  const key = binaryPath ?? '';
-  let p = probes.get(key);
-  if (!p) {
-    p = runProbe(binaryPath);
-    probes.set(key, p);
-    p.catch(() => probes.delete(key));
-  }
-  return p;
+  return probes.get(binaryPath ?? '', () => runProbe(binaryPath));
 }
 
 async function runProbe(binaryPath?: string): Promise<QemuProbe> {
