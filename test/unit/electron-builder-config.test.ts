@@ -26,3 +26,24 @@ describe('electron-builder.yml', () => {
     await expect(validateConfiguration({ ...config, linux: { ...config.linux, colour: 'blue' } }, { add() {}, isEnabled: false })).rejects.toThrow();
   });
 });
+
+describe('forge.config.ts fuses', () => {
+  it('sets every V1 fuse for Linux: no claims that only hold on macOS or Windows, no file:// privileges', async () => {
+    const { FuseV1Options } = await import('@electron/fuses');
+    const { default: config } = await import('../../forge.config');
+    const plugin = (config.plugins ?? []).find((p) => (p as { name?: string }).name === 'fuses') as { fusesConfig: Record<string, unknown> } | undefined;
+    expect(plugin, 'forge.config.ts has a FusesPlugin').toBeDefined();
+    const fuses = plugin!.fusesConfig;
+    // Every fuse this @electron/fuses knows is decided on purpose, not left to its default.
+    const known = Object.values(FuseV1Options).filter((v): v is number => typeof v === 'number');
+    expect(known.filter((i) => typeof fuses[i] !== 'boolean').map((i) => FuseV1Options[i])).toEqual([]);
+    expect(fuses[FuseV1Options.RunAsNode]).toBe(false);
+    expect(fuses[FuseV1Options.EnableNodeOptionsEnvironmentVariable]).toBe(false);
+    expect(fuses[FuseV1Options.EnableNodeCliInspectArguments]).toBe(false);
+    expect(fuses[FuseV1Options.OnlyLoadAppFromAsar]).toBe(true);
+    // ASAR integrity is validated on macOS and Windows only: on Linux the fuse would be a false promise.
+    expect(fuses[FuseV1Options.EnableEmbeddedAsarIntegrityValidation]).toBe(false);
+    // The UI comes from app://, so file:// needs nothing extra.
+    expect(fuses[FuseV1Options.GrantFileProtocolExtraPrivileges]).toBe(false);
+  });
+});
