@@ -9,6 +9,8 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { readFile, mkdir } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,7 +19,6 @@ import { connectAgent } from '../../electron/engine/agent/connect';
 import {
   AGENT_MAX_MESSAGE_BYTES,
   AgentRequestSchemas,
-  MIGRATION_URI,
   QMP_ALLOWED,
   WireMessageSchema,
   type AgentErrorCode,
@@ -25,9 +26,10 @@ import {
   type GuestDescriptor,
 } from '../../electron/engine/agent/protocol';
 import { AgentRpcError, type RpcPeer } from '../../electron/engine/agent/rpc';
+import { parseTcpUri } from '../../electron/engine/agent/lab-peers';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
-import { startAgent, stopAgent, type AgentProcess } from '../helpers/agents';
+import { MIGLAB_BIN, startAgent, stopAgent, type AgentProcess } from '../helpers/agents';
 import { requireLabGuest } from '../helpers/lab';
 import { qemuPids } from '../helpers/leaks';
 import { Rng } from '../helpers/rng';
@@ -51,6 +53,16 @@ const FIRST_ID = 1_000_000;
 let work: string;
 let agent: AgentProcess;
 let token: string;
+/** The fuzz workers' token: another engine's, which must reach nothing of `token`'s. */
+let fuzzToken: string;
+/** The agent's migration ports (--ports): the lab every connection is told (labPeers). */
+const LAB_PORTS = { first: 50400, last: 50499 };
+const LAB = [{ address: '127.0.0.1', ports: LAB_PORTS }];
+/** What `token`'s engine holds while the fuzz runs: a migration port and a link relay to it. */
+let victim: { port: number; relayPort: number } | null = null;
+/** Requests whose refusal the oracle demanded by the rules of issue 12, by rule (printed). */
+const ruleChecks: Record<string, number> = {};
+const checked = (rule: string) => (ruleChecks[rule] = (ruleChecks[rule] ?? 0) + 1);
 let agentGone = false;
 
 const address = (t = token) => ({ url: agent.info.url, token: t, fingerprint: agent.info.fingerprint });
@@ -98,7 +110,47 @@ interface Oracle {
   neverOk: boolean;
 }
 
-function oracleOf(text: string): Oracle {
+// The agent's rules, written out again here (not imported), for what must be refused.
+/** The QMP commands the engine sends through an agent. */
+const ENGINE_QMP = new Set([
+  'cont', 'stop', 'quit', 'system_powerdown', 'announce-self', 'migrate', 'migrate-incoming', 'migrate_cancel',
+  'migrate-continue', 'migrate-set-capabilities', 'migrate-set-parameters',
+  'query-status', 'query-migrate', 'query-migrate-parameters', 'query-migrate-capabilities',
+]);
+const BAD_PARAMETER_KEYS = ['tls-authz', 'block-bitmap-mapping', 'mode', 'direct-io', 'x-checkpoint-delay', 'no-such-parameter'];
+const BAD_CAPABILITIES = ['x-colo', 'mapped-ram', 'block', 'dirty-bitmaps', 'background-snapshot', 'rdma-pin-all', 'x-ignore-shared'];
+const NO_ARGUMENTS = new Set(['cont', 'stop', 'quit', 'system_powerdown', 'migrate_cancel', 'query-status', 'query-migrate', 'query-migrate-parameters', 'query-migrate-capabilities']);
+
+/** The port of tcp:127.0.0.1:PORT written plainly, or null. */
+function loopbackPort(uri: unknown): number | null {
+  const m = typeof uri === 'string' ? /^tcp:127\.0\.0\.1:([1-9]\d{0,4})$/.exec(uri) : null;
+  return m ? Number(m[1]) : null;
+}
+
+/** Whether a QMP call must be refused whatever the guest: the rules of issue 12, checked on their own. */
+function qmpMustBeRefused(command: string, args: Record<string, unknown> | undefined, crossToken: boolean): boolean {
+  if (!ENGINE_QMP.has(command)) return true;
+  const a = args ?? {};
+  const keys = Object.keys(a);
+  if (NO_ARGUMENTS.has(command)) return keys.length > 0;
+  if (command === 'migrate') {
+    const port = loopbackPort(a.uri);
+    return port === null || port < LAB_PORTS.first || port > LAB_PORTS.last || keys.some((k) => !['uri', 'detach', 'resume'].includes(k));
+  }
+  if (command === 'migrate-incoming') {
+    const port = loopbackPort(a.uri);
+    return port === null || (crossToken && port === victim?.port) || keys.some((k) => k !== 'uri');
+  }
+  if (command === 'migrate-set-parameters') return keys.some((k) => BAD_PARAMETER_KEYS.includes(k));
+  if (command === 'migrate-set-capabilities') {
+    const list = a.capabilities;
+    return Array.isArray(list) && list.some((c) => BAD_CAPABILITIES.includes((c as { capability?: string } | null)?.capability as string));
+  }
+  if (command === 'announce-self') return keys.includes('interfaces') || keys.includes('id');
+  return false;
+}
+
+function oracleOf(text: string, crossToken: boolean): Oracle {
   const none: Oracle = { id: null, codes: null, neverOk: false };
   let v: { t?: unknown; id?: unknown; method?: unknown; params?: unknown } | null;
   try {
@@ -115,10 +167,23 @@ function oracleOf(text: string): Oracle {
   if (!parsed.success) return { id, codes: ['invalid'], neverOk: false };
   if (method === 'qmp') {
     const q = parsed.data as unknown as { command: string; args?: Record<string, unknown> };
-    if (!QMP_ALLOWED.has(q.command) && !q.command.startsWith('query-')) return { id, codes: ['forbidden'], neverOk: false };
-    if ((q.command === 'migrate' || q.command === 'migrate-incoming') && !(typeof q.args?.uri === 'string' && MIGRATION_URI.test(q.args.uri))) {
+    if (!QMP_ALLOWED.has(q.command)) return { id, codes: ['forbidden'], neverOk: false };
+    if ((q.command === 'migrate' || q.command === 'migrate-incoming') && !parseTcpUri(q.args?.uri)) {
       return { id, codes: ['forbidden'], neverOk: false };
     }
+    if (qmpMustBeRefused(q.command, q.args, crossToken)) {
+      checked(`qmp ${q.command}`);
+      return { id, codes: ['forbidden'], neverOk: false };
+    }
+  }
+  if (crossToken && victim) {
+    // Another token's port and relay: never released, cut, closed or forwarded to by this one.
+    const p = parsed.data as { port?: unknown; targetPort?: unknown };
+    const other = (codes: string[]): Oracle => (checked(`other token's ${method}`), { id, codes, neverOk: false });
+    if (method === 'releaseMigrationPort' && p.port === victim.port) return other(['forbidden']);
+    if (method === 'releaseMigrationPort' && p.port === victim.relayPort) return other(['not-found']);
+    if (method === 'linkRelay' && p.port === victim.relayPort) return other(['forbidden']);
+    if (method === 'openLinkRelay' && p.targetPort === victim.port) return other(['invalid', 'forbidden']);
   }
   if (method === 'startGuest') {
     const kind = ((v.params as { spec?: { boot?: { kind?: unknown } } }).spec?.boot as { kind?: unknown } | undefined)?.kind;
@@ -144,6 +209,8 @@ class Wire {
   private constructor(
     readonly peer: RpcPeer,
     readonly problems: Problems,
+    /** Another engine's token than the victim's. */
+    readonly crossToken: boolean,
   ) {
     this.ws = (peer as unknown as { ws: WebSocket }).ws;
     this.ws.on('message', (data, isBinary) => {
@@ -156,8 +223,11 @@ class Wire {
     });
   }
 
-  static async open(problems = new Problems()): Promise<Wire> {
-    return new Wire((await connectAgent(address())).peer, problems);
+  /** Connects with `t` and tells the agent the lab, as an engine does. */
+  static async open(problems = new Problems(), t = token): Promise<Wire> {
+    const { peer } = await connectAgent(address(t));
+    await peer.request('labPeers', { peers: LAB });
+    return new Wire(peer, problems, t !== token);
   }
 
   id(): number {
@@ -170,7 +240,7 @@ class Wire {
    */
   send(text: string): boolean {
     if (Buffer.byteLength(text, 'utf8') > AGENT_MAX_MESSAGE_BYTES - 1024) return false;
-    const o = oracleOf(Buffer.from(text, 'utf8').toString('utf8'));
+    const o = oracleOf(Buffer.from(text, 'utf8').toString('utf8'), this.crossToken);
     if (o.id !== null) {
       this.owed.set(o.id, (this.owed.get(o.id) ?? 0) + 1);
       // Only ids this wire handed out are unique: a weird id (Number.MAX_SAFE_INTEGER, say) may be
@@ -373,19 +443,33 @@ beforeAll(async () => {
   void agent.exited.then(() => (agentGone = true));
   token = agent.info.pairingToken!;
   expect(token).toMatch(/^mlt_/);
+  const made = await promisify(execFile)(process.execPath, [MIGLAB_BIN, 'agent', 'token', 'new', '--data-dir', join(work, 'agent'), '--label', 'fuzz', '--json']);
+  fuzzToken = (JSON.parse(made.stdout) as { token: string }).token;
 });
 
 afterAll(async () => {
   // SIGTERM makes the agent detach from its guests: stop them first.
   let left: number[] = [];
   if (agent && !agentGone) {
+    // Each token sees and stops only its own guests: the fuzz's token may have started some.
+    const fuzzer = fuzzToken ? await Wire.open(undefined, fuzzToken).catch(() => null) : null;
+    for (const g of ((await fuzzer?.request('guests').catch(() => null))?.result as GuestDescriptor[] | undefined) ?? []) {
+      await fuzzer!.request('stopGuest', { name: g.name }, 30_000).catch(() => null);
+    }
+    fuzzer?.close();
     const w = await Wire.open().catch(() => null);
     if (w) left = await stopAllGuests(w).catch(() => []);
     w?.close();
   }
   if (agent) await stopAgent(agent);
   left.push(...(await qemuPids(work)));
-  for (const pid of left) process.kill(pid, 'SIGKILL');
+  for (const pid of left) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // killed already by stopAllGuests
+    }
+  }
   await removeDir(work);
   expect(left, 'QEMU processes left behind by the agent').toEqual([]);
 });
@@ -544,7 +628,7 @@ describe('requests agent.test.ts does not try', () => {
       }
       after = await w.request('allocateMigrationPort');
     } finally {
-      // Undo the leak (any peer may release any port), so the fuzz below has ports to use.
+      // Give back whatever this test holds (ports it never held answer not-found), for the fuzz below.
       for (let port = 50400; port <= 50499; port++) await w.request('releaseMigrationPort', { port });
       w.close();
     }
@@ -637,6 +721,27 @@ const DANGEROUS_QMP: Array<[string, Record<string, unknown> | undefined]> = [
   ['migrate-set-parameters', { 'tls-creds': 'miglab-tls-server-x' }],
   ['migrate-set-parameters', { 'tls-authz': 'fz' }],
   ['migrate-set-parameters', { 'tls-authz': null }],
+  ['migrate-set-parameters', { 'block-bitmap-mapping': [] }],
+  ['migrate-set-parameters', { mode: 'cpr-reboot' }],
+  ['migrate-set-parameters', { 'max-bandwidth': -1 }],
+  ['migrate-set-parameters', { 'tls-hostname': 'a b' }],
+  ['migrate-set-capabilities', { capabilities: [{ capability: 'x-colo', state: true }] }],
+  ['migrate-set-capabilities', { capabilities: [{ capability: 'mapped-ram', state: true }] }],
+  ['migrate-set-capabilities', { capabilities: [{ capability: 'events', state: 'on' }] }],
+  ['migrate', { uri: 'tcp:127.0.0.1:6379' }],
+  ['migrate', { uri: 'tcp:169.254.169.254:80' }],
+  ['migrate', { uri: 'tcp:0.0.0.0:50450' }],
+  ['migrate', { uri: 'tcp:[::1]:50450' }],
+  ['migrate', { uri: 'tcp:127.1:50450' }],
+  ['migrate', { uri: 'tcp:127.0.0.1:50450', blk: true }],
+  ['migrate-incoming', { uri: 'tcp:127.0.0.1:50499' }],
+  ['migrate-incoming', { uri: 'tcp:0.0.0.0:50450' }],
+  ['query-block', undefined],
+  ['query-chardev', undefined],
+  ['query-blockstats', undefined],
+  ['query-qmp-schema', undefined],
+  ['announce-self', { initial: 50, max: 550, rounds: 5, step: 100, interfaces: ['x'] }],
+  ['cont', { x: 1 }],
   ['dump-guest-memory', { paging: false, protocol: 'file:/tmp/miglab-fz-dump' }],
   ['screendump', { filename: '/tmp/miglab-fz.ppm' }],
   ['pmemsave', { val: 0, size: 4096, filename: '/tmp/miglab-fz-mem' }],
@@ -686,7 +791,7 @@ function badMigrationUri(rng: Rng): string {
     const scheme = rng.pick(['exec', 'unix', 'fd', 'file', 'rdma', 'vsock', 'EXEC', 'Tcp', ' tcp', 'tcp', 'tcp:', 'defer']);
     const tail = rng.pick(['touch /tmp/miglab-fz-pwned', '/tmp/miglab-fz.sock', '3', '127.0.0.1:4444', '127.0.0.1:4444,exec:x', '127.0.0.1:4444\nexec:x', '127.0.0.1:4444 ', '$(id)', '[::1]:4444;id', '127.0.0.1:99999999', '']);
     const uri = `${scheme}:${tail}`;
-    if (!MIGRATION_URI.test(uri)) return uri;
+    if (!parseTcpUri(uri)) return uri;
   }
 }
 
@@ -725,7 +830,7 @@ describe('a real lab guest behind the agent', () => {
         continue;
       }
       const mutated = rng.pick(NAME_MUTATIONS)(name, rng);
-      if (mutated.length === 0 || mutated.length > 64 || QMP_ALLOWED.has(mutated) || mutated.startsWith('query-')) continue;
+      if (mutated.length === 0 || mutated.length > 64 || QMP_ALLOWED.has(mutated)) continue;
       calls.push([mutated, args]);
     }
     const answers: Array<[string, string]> = [];
@@ -830,7 +935,36 @@ function randomHandle(rng: Rng): unknown {
   return rng.pick([0, -1, 1.5, 2 ** 31, 2 ** 31 + 1, 2 ** 32, 1e6 + rng.int(1e6), 1 + rng.int(2 ** 31 - 1), 1 + rng.int(5)]);
 }
 
+/** tcp: URIs close to a lab host's port: the lab's ports, the victim's, loopback services, odd spellings. */
+function nearMissUri(rng: Rng): string {
+  const lab = LAB_PORTS.first + rng.int(LAB_PORTS.last - LAB_PORTS.first + 1);
+  return rng.pick([
+    `tcp:127.0.0.1:${lab}`, `tcp:127.0.0.1:${victim?.port ?? lab}`, 'tcp:127.0.0.1:6379', 'tcp:127.0.0.1:22', `tcp:127.0.0.1:${LAB_PORTS.last + 1}`,
+    'tcp:169.254.169.254:80', `tcp:0.0.0.0:${lab}`, `tcp:[::1]:${lab}`, `tcp:[::]:${lab}`, `tcp:127.1:${lab}`, `tcp:0177.0.0.1:${lab}`,
+    `tcp:127.0.0.1:0${lab}`, `tcp:localhost:${lab}`, `tcp:10.0.0.1:${lab}`, `tcp:224.0.0.1:${lab}`, `tcp:127.0.0.2:${lab}`,
+  ]);
+}
+
+/** Arguments for the commands the agent passes, from right to refused. */
+const QMP_ARG_CASES: Record<string, Array<Record<string, unknown> | undefined>> = {
+  'migrate-set-parameters': [
+    { 'max-bandwidth': 200_000_000, 'downtime-limit': 300 }, { 'tls-creds': 'miglab-tls-server' }, { 'tls-creds': '', 'tls-hostname': '' },
+    { 'tls-authz': 'x' }, { 'block-bitmap-mapping': [] }, { mode: 'cpr-reboot' }, { 'direct-io': true }, { 'x-checkpoint-delay': 5 },
+    { 'no-such-parameter': 1 }, { 'max-bandwidth': -1 }, { 'xbzrle-cache-size': 2 ** 60 }, { 'multifd-channels': 10_000 }, { 'tls-hostname': '$(id)' },
+  ],
+  'migrate-set-capabilities': [
+    { capabilities: [{ capability: 'events', state: true }] }, { capabilities: [{ capability: 'xbzrle', state: true }, { capability: 'x-colo', state: true }] },
+    { capabilities: [{ capability: 'mapped-ram', state: true }] }, { capabilities: [{ capability: 'background-snapshot', state: true }] },
+    { capabilities: [{ capability: 'events', state: 1 }] }, { capabilities: 'events' }, { capabilities: [] },
+  ],
+  'announce-self': [{ initial: 50, max: 550, rounds: 5, step: 100 }, { initial: 50, max: 550, rounds: 5, step: 100, interfaces: ['eth0'] }, { id: 'x' }, { rounds: 1e12 }],
+  'migrate-continue': [{ state: 'pre-switchover' }, { state: 'active' }, {}],
+  cont: [undefined, {}, { x: 1 }],
+  'query-status': [undefined, { x: 1 }],
+};
+
 function randomPort(rng: Rng): unknown {
+  if (victim && rng.chance(0.15)) return rng.pick([victim.port, victim.relayPort]);
   if (rng.chance(0.1)) return randomJson(rng);
   return rng.pick([0, -1, 1, 9, 22, 65535, 65536, 1e9, 50400 + rng.int(100), 1024 + rng.int(60_000)]);
 }
@@ -895,6 +1029,12 @@ function baseParams(rng: Rng, method: string): unknown {
       const pem = () => rng.pick(['', '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n', 'x'.repeat(rng.pick([10, 16_385])), randomString(rng)]);
       return { caCertPem: pem(), certPem: pem(), keyPem: pem() };
     }
+    case 'labPeers':
+      // The lab as it is (nothing changes), or with a host that is none (refused whole): the oracle
+      // of migrate URIs holds either way.
+      return rng.chance(0.5)
+        ? { peers: LAB }
+        : { peers: [...LAB, { address: rng.pick(['0.0.0.0', '169.254.169.254', '224.0.0.1', '::1', 'localhost', '127.0.0.1']), ports: rng.pick([LAB_PORTS, { first: 1, last: 65535 }, { first: 50499, last: 50400 }]) }] };
     default:
       return rng.pick([undefined, {}, {}]);
   }
@@ -904,7 +1044,10 @@ function qmpParams(rng: Rng): Record<string, unknown> {
   const name = rng.chance(0.8) ? rng.pick(QMP_NAMES) : randomString(rng);
   const command = rng.chance(0.2) ? rng.pick(NAME_MUTATIONS)(name, rng) : name;
   let args: unknown;
-  if (command === 'migrate' || command === 'migrate-incoming') args = { uri: rng.chance(0.8) ? badMigrationUri(rng) : randomString(rng) };
+  if (command === 'migrate' || command === 'migrate-incoming') {
+    const uri = rng.chance(0.4) ? badMigrationUri(rng) : rng.chance(0.7) ? nearMissUri(rng) : randomString(rng);
+    args = { uri, ...(rng.chance(0.15) ? { [rng.pick(['detach', 'resume', 'blk', 'inc', 'channels'])]: rng.pick([true, false, 1, 'x']) } : {}) };
+  } else if (rng.chance(0.4) && Object.hasOwn(QMP_ARG_CASES, command)) args = rng.pick(QMP_ARG_CASES[command]!);
   else if (rng.chance(0.5)) args = rng.pick(DANGEROUS_QMP)[1];
   else if (rng.chance(0.5)) args = randomJson(rng);
   // "doesn't exist": high handles; the fuzz's own guests (if any start) take the low ones
@@ -1022,7 +1165,7 @@ interface FuzzStats {
 }
 
 async function fuzzWorker(rng: Rng, problems: Problems, wires: Wire[], stats: FuzzStats, deadline: number): Promise<void> {
-  let w = await Wire.open(problems);
+  let w = await Wire.open(problems, fuzzToken);
   wires.push(w);
   const count = (kind: string) => (stats.frames[kind] = (stats.frames[kind] ?? 0) + 1);
   while (performance.now() < deadline && !agentGone) {
@@ -1048,13 +1191,13 @@ async function fuzzWorker(rng: Rng, problems: Problems, wires: Wire[], stats: Fu
       count('burst');
     } else if (r < 0.975) {
       w.close(rng.chance(0.5));
-      w = await Wire.open(problems);
+      w = await Wire.open(problems, fuzzToken);
       wires.push(w);
       count('reconnect');
     }
     if (w.closedWith) {
       // the agent hung up on us (recorded as a problem): carry on over a new connection
-      w = await Wire.open(problems);
+      w = await Wire.open(problems, fuzzToken);
       wires.push(w);
     }
     while (w.ws.bufferedAmount > 1024 * 1024) await delay(5);
@@ -1080,6 +1223,13 @@ describe('fuzz', () => {
         if (rssAfter1s === null && performance.now() - t0 >= 1000) rssAfter1s = kb;
       });
     }, 200);
+    // What another engine (the first token) holds while the fuzz's token hammers the agent.
+    const owner = await Wire.open();
+    const held = await owner.request('allocateMigrationPort');
+    const relay = await owner.request('openLinkRelay', { targetPort: held.result, profile: { bandwidthMBps: 10 } });
+    expect([held.ok, relay.ok], JSON.stringify([held.error, relay.error])).toEqual([true, true]);
+    victim = { port: held.result as number, relayPort: (relay.result as { port: number }).port };
+    console.log(`agent fuzz: the other token holds port ${victim.port} and a link relay on ${victim.relayPort}`);
     const before = await rssKiB(pid);
     try {
       await Promise.all(Array.from({ length: WORKERS }, () => fuzzWorker(rng.fork(), problems, wires, stats, t0 + FUZZ_MS)));
@@ -1101,9 +1251,19 @@ describe('fuzz', () => {
     const failures = new Set<string>();
     for (const w of wires) for (const l of w.replies.values()) for (const r of l) if (r.error?.code === 'failed') failures.add(r.error.message.slice(0, 70));
     console.log(`kinds of "failed" answers: ${JSON.stringify([...failures].slice(0, 20), null, 1)}`);
+    console.log(`agent fuzz ${WHY}: refusals the oracle demanded by the new rules: ${JSON.stringify(ruleChecks)}`);
     console.log(`agent RSS: ${before} KiB before, ${rssAfter1s} KiB after 1 s, peak ${peak} KiB, ${end} KiB at the end`);
 
     expectAlive();
+    // The other token's relay and port came through untouched, and are still its own to use.
+    const relayNow = await owner.request('linkRelay', { port: victim.relayPort, action: 'stats' });
+    const closed = await owner.request('linkRelay', { port: victim.relayPort, action: 'close' });
+    const released = await owner.request('releaseMigrationPort', { port: victim.port });
+    victim = null;
+    owner.close();
+    expect.soft([relayNow.ok && (relayNow.result as { cut: boolean; profile: { bandwidthMBps: number } }), closed.ok, released.ok], WHY).toEqual([
+      expect.objectContaining({ cut: false, profile: expect.objectContaining({ bandwidthMBps: 10 }) }), true, true,
+    ]);
     // a fresh connection is served
     const fresh = await Wire.open();
     const pong = await fresh.request('ping');

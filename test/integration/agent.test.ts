@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { connectAgent, AgentConnectError } from '../../electron/engine/agent/connect';
 import { AgentRpcError, type RpcPeer } from '../../electron/engine/agent/rpc';
+import { AGENT_PROTOCOL_VERSION } from '../../electron/engine/agent/protocol';
 import { RemoteHost } from '../../electron/engine/hosts/remote';
 import { Lab } from '../../electron/engine/lab/lab';
 import { LabNetwork } from '../../electron/engine/network/lab-network';
@@ -32,6 +33,14 @@ let tokenA: string;
 let tokenB: string;
 
 const addrOf = (p: AgentProcess, token: string) => ({ url: p.info.url, token, fingerprint: p.info.fingerprint });
+
+/** Another engine's token on an agent (`miglab agent token new`), connected. */
+async function intruderOn(dataDir: string): Promise<RpcPeer> {
+  const { stdout } = await run(process.execPath, [MIGLAB_BIN, 'agent', 'token', 'new', '--data-dir', dataDir, '--label', 'intruder', '--json']);
+  const token = (JSON.parse(stdout) as { token: string }).token;
+  const p = dataDir === join(work, 'a') ? a : b;
+  return (await connectAgent(addrOf(p, token))).peer;
+}
 
 function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -81,7 +90,7 @@ describe('access to an agent', () => {
     }
     const ok = await httpGet(healthUrl(a), { authorization: `Bearer ${tokenA}` });
     expect(ok.status).toBe(200);
-    expect(JSON.parse(ok.body)).toMatchObject({ name: 'agent-a', protocol: 1 });
+    expect(JSON.parse(ok.body)).toMatchObject({ name: 'agent-a', protocol: AGENT_PROTOCOL_VERSION });
     // a WebSocket upgrade without the token
     const ws = new WebSocket(a.info.url, { rejectUnauthorized: false });
     const status = await new Promise<number>((resolve) => {
@@ -203,7 +212,16 @@ describe('guests through agents', () => {
   });
 
   it('boots a guest on an agent: console, labload and QMP travel over the connection; QMP is filtered', async () => {
-    const g = await lab.startGuest('host-a', { name: 'g1' });
+    // Another engine says hello to agent-a after this lab did: the lab switch still stays with
+    // the engine that starts the guest (it used to go to the last hello).
+    const intruder = await intruderOn(join(work, 'a'));
+    const asked: string[] = [];
+    intruder.handle(async (method) => {
+      asked.push(method);
+      throw new AgentRpcError('failed', 'not this engine');
+    });
+    const g = await lab.startGuest('host-a', { name: 'g1' }).finally(() => intruder.close());
+    expect(asked).toEqual([]);
     await g.waitReady(90_000);
     expect(g.hostName).toBe('host-a');
     expect(g.console.text()).toMatch(/guest g1 up at 10\.81\.0\.10/);
@@ -213,7 +231,11 @@ describe('guests through agents', () => {
     const st = await g.qmp.execute<{ status: string }>('query-status');
     expect(st.status).toBe('running');
     await expect(g.qmp.execute('human-monitor-command', { 'command-line': 'info registers' })).rejects.toThrow(/does not pass QMP command "human-monitor-command"/);
-    await expect(g.qmp.execute('migrate', { uri: 'exec:touch /tmp/pwned' })).rejects.toThrow(/only tcp:ADDRESS:PORT is allowed/);
+    await expect(g.qmp.execute('migrate', { uri: 'exec:touch /tmp/pwned' })).rejects.toThrow(/only tcp:ADDRESS:PORT/);
+    // The lab told its agents its hosts: a stream may go to their migration ports, not to a
+    // service on the agent's loopback; and no query names the agent's files.
+    await expect(g.qmp.execute('migrate', { uri: 'tcp:127.0.0.1:6379' })).rejects.toThrow(/not a migration port of a host in this engine's lab \(127\.0\.0\.1:50100-50199, 127\.0\.0\.1:50200-50299\)/);
+    await expect(g.qmp.execute('query-block')).rejects.toThrow(/does not pass QMP command "query-block"/);
     expect(g.switchPort).not.toBeNull();
     expect(network.switch.portInfo().map((p) => p.host)).toContain('host-a');
   });
@@ -246,6 +268,10 @@ describe('guests through agents', () => {
     await expectOneCopyOn(lab, 'g1', 'host-b');
 
     await lab.prepareMigrationTls(join(work, 'state'));
+    // Another engine's token installs its own CA on host-a: this lab's CA there stays.
+    const intruder = await intruderOn(join(work, 'a'));
+    await intruder.request('installTls', { caCertPem: foreign.certPem, ...(await foreign.issue({ commonName: 'x', ipAddresses: [ha.address] })) });
+    intruder.close();
     const r = await completeDespiteTcgCrashes(lab, 'g1', () =>
       migrateGuest({ guest: hb.guest('g1')!, from: hb, to: ha, options: { tls: true }, network }).result,
     );
@@ -291,6 +317,12 @@ describe('guests through agents', () => {
     await delay(500);
     expect(g.labload!.heartbeats.count).toBeGreaterThan(before + 5);
     expect((await g.qmp.execute<{ status: string }>('query-status')).status).toBe('running');
+    // The restarted agent knows whose guest it is: another token neither sees nor stops it.
+    const intruder = await intruderOn(join(work, 'b'));
+    expect(await intruder.request('guests')).toEqual([]);
+    await expect(intruder.request('stopGuest', { name: 'g1' })).rejects.toMatchObject({ code: 'forbidden' });
+    intruder.close();
+    expect(pidAlive(pid)).toBe(true);
     await g.stop();
     // Reparented when its first agent died, it may linger as a zombie of a pid 1 that never reaps.
     expect(qemuPidAlive(pid)).toBe(false);

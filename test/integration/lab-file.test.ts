@@ -1,10 +1,12 @@
 // A lab opened from a lab file with real guests: its hosts, network and guests (one with its
 // workload running), hosts added and removed, and the lab saved back as a file.
+import { copyFile, link, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LabService } from '../../electron/engine/api/service';
 import type { Lab } from '../../electron/engine/lab/lab';
-import { labFromFile, parseLabFile } from '../../electron/engine/lab/lab-file';
+import { labFromFile, parseLabFile, readLabFile } from '../../electron/engine/lab/lab-file';
+import { commandLine } from '../helpers/leaks';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { expectDirtyingAt, expectScopeClean, requireLabGuest } from '../helpers/lab';
 
@@ -74,5 +76,46 @@ describe('a lab from a lab file', () => {
       { name: 'web1', host: 'left', memoryMiB: 256, boot: { kind: 'lab' }, start: true, workload: { rateMBps: 10, workingSetMiB: 32 } },
       { name: 'web2', host: 'right', memoryMiB: 192, boot: { kind: 'lab' }, start: true },
     ]);
+  });
+});
+
+describe('a lab file in another folder than the engine\'s', () => {
+  let dir: string;
+  let other: Lab | null = null;
+  let otherService: LabService | null = null;
+
+  afterAll(async () => {
+    otherService?.close();
+    await other?.dispose();
+    await expectScopeClean(join(work, 'class-run', 'solo'));
+  });
+
+  it('boots a guest from the paths next to the file, as absolute paths QEMU opens from its own folder', async () => {
+    const image = await requireLabGuest();
+    dir = join(work, 'class');
+    await mkdir(join(dir, 'images'), { recursive: true });
+    for (const [from, name] of [[image.kernel, 'vmlinux'], [image.initrd, 'initrd.gz']] as const) {
+      await link(from, join(dir, 'images', name)).catch(() => copyFile(from, join(dir, 'images', name)));
+    }
+    await writeFile(join(dir, 'lab.yaml'), [
+      'network: null',
+      'hosts: [{ name: solo }]',
+      'guests:',
+      `  - { name: near, host: solo, boot: { kind: kernel, kernel: ./images/vmlinux, initrd: images/initrd.gz, append: "${image.append} miglab.name=near" } }`,
+      '',
+    ].join('\n'));
+    expect(process.cwd()).not.toBe(dir); // the engine runs elsewhere: the paths must not depend on it
+    const file = await readLabFile(join(dir, 'lab.yaml'));
+    other = await labFromFile(file, { runtimeDir: join(work, 'class-run') });
+    otherService = new LabService(other);
+    const startProblems: string[] = [];
+    await otherService.startGuests(file.guests, (m) => startProblems.push(m));
+    expect(startProblems).toEqual([]);
+    const g = other.host('solo').guest('near')!;
+    expect(g.spec.boot).toMatchObject({ kernel: join(dir, 'images', 'vmlinux'), initrd: join(dir, 'images', 'initrd.gz') });
+    const argv = await commandLine(g.pid!);
+    expect(argv).toContain(`-kernel ${join(dir, 'images', 'vmlinux')} -initrd ${join(dir, 'images', 'initrd.gz')}`);
+    await g.console.waitFor('near', 60_000, true); // the kernel QEMU loaded really boots
+    await g.stop();
   });
 });

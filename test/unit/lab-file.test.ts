@@ -1,6 +1,9 @@
 // Lab files: what parses, what is refused and how the refusal reads, and the text a lab saves.
-import { describe, expect, it } from 'vitest';
-import { LabFileError, labFileText, labFromFile, parseLabFile } from '../../electron/engine/lab/lab-file';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LabFileError, MAX_LAB_FILE_BYTES, labFileText, labFromFile, parseLabFile, readLabFile } from '../../electron/engine/lab/lab-file';
+import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 
 const GOOD = `
 name: two web servers
@@ -153,5 +156,120 @@ hosts:
       "host lan-b has no token: add the token its agent printed, or make one with 'miglab agent token new'",
     ]);
     expect((err as Error).message).toMatch(/^The lab file class\.yaml cannot be used: host lan-a has no token/);
+  });
+});
+
+describe('every lab-file problem is a LabFileError that names it', () => {
+  let work: string;
+  beforeAll(async () => {
+    work = await makeTempDir('ut-labfile');
+  });
+  afterAll(async () => {
+    await removeDir(work);
+  });
+
+  const readProblems = async (path: string): Promise<string[]> => {
+    const err = await readLabFile(path).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(LabFileError);
+    expect((err as Error).message).toContain(`The lab file ${path} cannot be used: `);
+    return (err as LabFileError).problems;
+  };
+
+  it('a YAML alias bomb ("billion laughs")', () => {
+    const levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
+    for (let i = 1; i < 10; i++) {
+      const prev = String.fromCharCode(96 + i);
+      levels.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${prev}`).join(',')}]`);
+    }
+    const bomb = `${levels.join('\n')}\nhosts: [{ name: solo }]\n`;
+    expect(bomb.length).toBeLessThan(1000);
+    expect(problems(bomb)).toEqual(['it repeats YAML aliases (*name) so often that it would grow without bound (a "billion laughs" file): a lab file needs few aliases or none']);
+  });
+
+  it('an alias to an anchor that is not there', () => {
+    expect(problems('hosts: [{ name: *nowhere }]')).toEqual([expect.stringMatching(/^the YAML cannot be read: Unresolved alias .*nowhere/)]);
+  });
+
+  it('text, or a file, larger than 1 MiB', async () => {
+    const big = `hosts: [{ name: solo }]\n${'#'.repeat(MAX_LAB_FILE_BYTES)}\n`;
+    expect(problems(big)).toEqual([expect.stringMatching(/more than the 1 MiB a lab file may be/)]);
+    await writeFile(join(work, 'big.yaml'), `hosts: [{ name: solo }]\n${'#'.repeat(2 * MAX_LAB_FILE_BYTES)}\n`);
+    expect(await readProblems(join(work, 'big.yaml'))).toEqual([expect.stringMatching(/^it is 2\.0 MiB, more than the 1 MiB a lab file may be/)]);
+  });
+
+  it('a folder, or a file that is not there', async () => {
+    expect(await readProblems(work)).toEqual(['it is not a file: give the path of a .yaml lab file']);
+    expect(await readProblems(join(work, 'nope.yaml'))).toEqual(['it cannot be read (ENOENT): check the path']);
+  });
+});
+
+describe('paths in a lab file', () => {
+  let work: string;
+  beforeAll(async () => {
+    work = await makeTempDir('ut-labfile-paths');
+    await mkdir(join(work, 'class'));
+  });
+  afterAll(async () => {
+    await removeDir(work);
+  });
+
+  const FP = 'AB:'.repeat(31) + 'CD';
+  const TOKEN = 'mlt_' + 'x'.repeat(32);
+  const text = (bootHere: string, bootThere = '{ kind: kernel, kernel: alpine/vmlinuz }') => `
+images: ./images
+network: null
+hosts:
+  - name: here
+  - name: there
+    agent: { url: "wss://192.0.2.1:7800", token: ${TOKEN}, fingerprint: "${FP}" }
+guests:
+  - { name: mine, host: here, boot: ${bootHere} }
+  - { name: theirs, host: there, boot: ${bootThere} }
+`;
+
+  it('resolve against the lab file\'s folder, not the engine\'s; an agent\'s guest keeps its library-relative ones', async () => {
+    const file = join(work, 'class', 'lab.yaml');
+    await writeFile(file, text('{ kind: kernel, kernel: ./k/vmlinuz, initrd: k/initrd.gz }'));
+    expect(process.cwd()).not.toBe(join(work, 'class'));
+    const lab = await readLabFile(file);
+    expect(lab.images).toBe(join(work, 'class', 'images'));
+    expect(lab.guests[0]!.boot).toEqual({ kind: 'kernel', kernel: join(work, 'class', 'k', 'vmlinuz'), initrd: join(work, 'class', 'k', 'initrd.gz'), labload: false });
+    expect(lab.guests[1]!.boot).toEqual({ kind: 'kernel', kernel: 'alpine/vmlinuz', labload: false });
+    // given as text with its folder, the same
+    expect(parseLabFile(await readFile(file, 'utf8'), 'lab.yaml', { dir: join(work, 'class') })).toEqual(lab);
+  });
+
+  it('refuse a relative path when the file\'s folder is not known, and an absolute one on an agent host', () => {
+    expect(problems(text('{ kind: disk, path: disk.qcow2 }', '{ kind: disk, path: /srv/disk.qcow2 }'))).toEqual([
+      'guests.0.boot.path: "disk.qcow2" is relative, and this lab file has no folder to find it in: write an absolute path',
+      'guests.1.boot.path: "/srv/disk.qcow2" is absolute, but host there is an agent: name the file relative to its image library (the agent\'s --images folder)',
+      'images: "./images" is relative, and this lab file has no folder to find it in: write an absolute path',
+    ]);
+  });
+
+  it('refuse a name QEMU would read as a protocol; ./ makes it a file next to the lab file', () => {
+    const dir = join(work, 'class');
+    const p = (() => {
+      try {
+        parseLabFile(text('{ kind: disk, path: "nbd:127.0.0.1:10809" }', '{ kind: disk, path: "json:{}" }'), 'test.yaml', { dir });
+      } catch (err) {
+        expect(err).toBeInstanceOf(LabFileError);
+        return (err as LabFileError).problems;
+      }
+      throw new Error('it parsed');
+    })();
+    expect(p).toEqual([
+      'guests.0.boot.path: "nbd:127.0.0.1:10809" reads as a QEMU protocol (nbd:), not a file: for a file with a colon in its name, write ./nbd:127.0.0.1:10809',
+      'guests.1.boot.path: "json:{}" reads as a QEMU protocol (json:), not a file: for a file with a colon in its name, write ./json:{}',
+    ]);
+    const lab = parseLabFile(text('{ kind: disk, path: "./nbd:127.0.0.1:10809" }'), 'test.yaml', { dir });
+    expect(lab.guests[0]!.boot).toEqual({ kind: 'disk', path: join(dir, 'nbd:127.0.0.1:10809') });
+  });
+
+  it('an images: folder that is not there stops the lab before anything starts', async () => {
+    const lab = parseLabFile(text('{ kind: lab }'), 'class.yaml', { dir: join(work, 'class') });
+    const err = await labFromFile(lab, { source: 'class.yaml' }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(LabFileError);
+    expect((err as LabFileError).problems).toEqual([`images: ${join(work, 'class', 'images')} is not a folder: create it and put the images guests may use in it, or leave images: out`]);
   });
 });

@@ -3,7 +3,7 @@
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
 import { normalizeFingerprint } from './certs';
-import { AGENT_MAX_MESSAGE_BYTES, AGENT_PROTOCOL_VERSION, AGENT_WS_PATH } from './protocol';
+import { AGENT_MAX_MESSAGE_BYTES, AGENT_PROTOCOL_VERSION, AGENT_WS_PATH, type HelloReply } from './protocol';
 import { RpcPeer } from './rpc';
 
 export interface AgentAddress {
@@ -70,7 +70,7 @@ function pinnedTls(host: string, port: number, fingerprint: string, timeoutMs: n
 }
 
 /** Connects, authenticates with the token and says hello; resolves with the live peer. */
-export async function connectAgent(addr: AgentAddress, opts: { timeoutMs?: number; name?: string } = {}): Promise<{ peer: RpcPeer; hello: { name: string; address: string } }> {
+export async function connectAgent(addr: AgentAddress, opts: { timeoutMs?: number; name?: string } = {}): Promise<{ peer: RpcPeer; hello: HelloReply }> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const { host, port } = parseAgentUrl(addr.url);
   const fingerprint = normalizeFingerprint(addr.fingerprint);
@@ -85,16 +85,30 @@ export async function connectAgent(addr: AgentAddress, opts: { timeoutMs?: numbe
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('unexpected-response', (_req, res) => {
-      ws.terminate();
       const code = res.statusCode ?? 0;
-      if (code === 401) reject(new AgentConnectError('unauthorized', `The agent at ${host}:${port} refused the token (401): it is wrong or was revoked. Ask the agent for a new one ("miglab agent token new").`));
-      else reject(new AgentConnectError('refused', `The agent at ${host}:${port} answered ${code} to the connection`));
+      if (code === 401) {
+        ws.terminate();
+        reject(new AgentConnectError('unauthorized', `The agent at ${host}:${port} refused the token (401): it is wrong or was revoked. Ask the agent for a new one ("miglab agent token new").`));
+        return;
+      }
+      // The agent says why in a line of text (a connection limit, say): passed on, cut short.
+      let why = '';
+      const done = () => {
+        clearTimeout(timer);
+        ws.terminate();
+        const text = why.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 300);
+        reject(new AgentConnectError('refused', `The agent at ${host}:${port} answered ${code} to the connection${text ? `: ${text}` : ''}`));
+      };
+      const timer = setTimeout(done, 1000);
+      res.on('data', (d: Buffer) => (why += d.toString('latin1')));
+      res.once('end', done);
+      res.once('error', done);
     });
     ws.once('error', (err) => reject(new AgentConnectError('unreachable', `The agent at ${host}:${port}: ${err.message}`)));
   });
   const peer = new RpcPeer(ws, { name: opts.name ?? `agent ${host}:${port}`, timeoutMs: 30_000 });
   try {
-    const hello = await peer.request<{ name: string; address: string }>('hello', { protocol: AGENT_PROTOCOL_VERSION, client: 'miglab-engine' }, timeoutMs);
+    const hello = await peer.request<HelloReply>('hello', { protocol: AGENT_PROTOCOL_VERSION, client: 'miglab-engine' }, timeoutMs);
     return { peer, hello };
   } catch (err) {
     peer.close();

@@ -2,7 +2,8 @@
 // requests, replies and events (either side may ask), binary frames for guest byte streams.
 import { z } from 'zod';
 
-export const AGENT_PROTOCOL_VERSION = 1;
+/** 2: the engine tells the agent its lab's hosts (labPeers); things belong to the token that made them. */
+export const AGENT_PROTOCOL_VERSION = 2;
 /** Path the agent serves its WebSocket on. */
 export const AGENT_WS_PATH = '/v1/agent';
 /** A message larger than this is refused (and the connection closed by ws). */
@@ -60,17 +61,24 @@ const handle = z.number().int().min(1).max(2 ** 31);
 const port = z.number().int().min(1).max(65535);
 
 /**
- * QMP commands a peer may run on a guest. Everything the orchestrator needs and nothing that
- * reaches the host's files or processes (no object-add, no human-monitor-command, no blockdev).
+ * QMP commands a peer may run on a guest: the ones the engine sends through RemoteGuest and
+ * nothing that reaches the host's files or processes (no object-add, no human-monitor-command,
+ * no blockdev, no query that names paths like query-block or query-chardev). Their arguments are
+ * checked too (qmp-filter.ts).
  */
 export const QMP_ALLOWED = new Set([
   'cont', 'stop', 'quit', 'system_powerdown', 'announce-self',
   'migrate', 'migrate-incoming', 'migrate_cancel', 'migrate-continue',
   'migrate-set-capabilities', 'migrate-set-parameters',
+  'query-status', 'query-migrate', 'query-migrate-parameters', 'query-migrate-capabilities',
 ]);
 
-/** A migration URI a peer may give QEMU: TCP to an address, never exec:, unix:, fd: or file:. */
-export const MIGRATION_URI = /^tcp:(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):\d{1,5}$/;
+/** A host of the engine's lab as the agent is told it: where migration streams may go. */
+export interface LabPeer {
+  address: string;
+  /** The host's migration ports: streams (and link relays) listen there. */
+  ports: { first: number; last: number };
+}
 
 export const AgentRequestSchemas = {
   hello: z.object({ protocol: z.number().int(), client: z.string().max(200) }).strict(),
@@ -89,6 +97,11 @@ export const AgentRequestSchemas = {
     .strict(),
   installTls: z.object({ caCertPem: z.string().max(16384), certPem: z.string().max(16384), keyPem: z.string().max(16384) }).strict(),
   addTlsCreds: z.object({ handle, endpoint: z.enum(['server', 'client']) }).strict(),
+  labPeers: z
+    .object({
+      peers: z.array(z.object({ address: z.string().min(1).max(64), ports: z.object({ first: port, last: port }).strict() }).strict()).max(64),
+    })
+    .strict(),
   ping: z.object({}).strict().optional(),
 } as const;
 
@@ -101,6 +114,16 @@ export const EngineRequestSchemas = {
     .object({ guest: z.string().min(1).max(64), peer: z.object({ address: z.string().max(64), port }).strict() })
     .strict(),
 } as const;
+
+/** What the agent answers to hello. */
+export interface HelloReply {
+  name: string;
+  protocol: number;
+  /** The address QEMU's migration streams and NICs use on the agent's host. */
+  address: string;
+  /** The agent's migration ports (--ports). */
+  ports: { first: number; last: number };
+}
 
 /** A guest as the agent describes it. */
 export interface GuestDescriptor {
@@ -119,6 +142,7 @@ export interface GuestDescriptor {
   kernelAppend?: string | null;
 }
 
-// Events the agent sends (RemoteHost.onAgentEvent): guest-started (a GuestDescriptor),
-// guest-state {handle, state, previous}, guest-exited {handle, exit}, qmp-event {handle, event},
-// port-closed {id} (a NIC's switch port the engine can close).
+// Events the agent sends (RemoteHost.onAgentEvent), each to the connections of the guest's owner
+// token only: guest-started (a GuestDescriptor), guest-state {handle, state, previous},
+// guest-exited {handle, exit}, qmp-event {handle, event}, port-closed {id} (a NIC's switch port
+// the engine can close).

@@ -1,9 +1,11 @@
 // `miglab agent`: a LocalHost served to the engine over a WebSocket on TLS. QMP, console and
 // labload stay on UNIX sockets on this machine; the engine reaches them only through the
-// requests below, each validated, size- and rate-limited, and allowed by a token.
+// requests below, each validated, size- and rate-limited, and allowed by a token. What a token
+// makes (ports, relays, guests) is that token's alone: other tokens get `forbidden` and none of
+// its events or bytes. Migration streams go only to the hosts of the engine's lab (labPeers).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -21,13 +23,17 @@ import {
   AGENT_PROTOCOL_VERSION,
   AGENT_WS_PATH,
   AgentRequestSchemas,
-  MIGRATION_URI,
-  QMP_ALLOWED,
   type AgentMethod,
   type GuestDescriptor,
+  type HelloReply,
+  type LabPeer,
 } from './protocol';
 import { AgentRpcError, RateLimit, RpcPeer } from './rpc';
 import { TokenStore } from './tokens';
+import { describePeers, peerProblem } from './lab-peers';
+import { qmpRefusal, type QmpFilterContext } from './qmp-filter';
+import { DiskOverlays } from './overlays';
+import { readAgentRecords, writeAgentRecord, type AgentGuestRecord } from './guest-records';
 
 export interface AgentOptions {
   /** Shown to the engine; also the default host name in a lab. */
@@ -44,6 +50,9 @@ export interface AgentOptions {
   portRange?: { first: number; last: number };
   /** Where the lab guest is looked for (tests). */
   cacheRoot?: string;
+  /** WebSocket connections at once: in all (default 64) and per token (default 16). */
+  maxConnections?: number;
+  maxConnectionsPerToken?: number;
   log?: (line: string) => void;
 }
 
@@ -56,10 +65,41 @@ export interface AgentStartInfo {
   adopted: string[];
 }
 
+/** One engine's connection. What it makes belongs to its token, not to the connection. */
 interface Conn {
   peer: RpcPeer;
   tokenId: string;
   ws: WebSocket;
+  openedAt: number;
+  saidHello: boolean;
+  /** The hosts of this engine's lab (labPeers): where its guests' migration streams may go. */
+  labPeers: LabPeer[] | null;
+  /** Why the last labPeers was refused, for the migration it leaves refused. */
+  labPeersRefused: string | null;
+}
+
+type DiskOverlay = NonNullable<AgentGuestRecord['disk']>;
+
+/** A guest as the agent serves it: its wire handle, the token that owns it, its overlay. */
+interface GuestEntry {
+  guest: LocalGuest;
+  handle: number;
+  /** The owning token's id; null for a guest adopted without a record (an older agent's). */
+  owner: string | null;
+  disk: DiskOverlay | null;
+  unsubscribe: Array<() => void>;
+}
+
+/** A start under way: counted against the limits, and whose connection asks for its NIC's port. */
+interface Starting {
+  memoryMiB: number;
+  conn: Conn;
+  disk: DiskOverlay | null;
+}
+
+/** A thing of another token: the same answer for ports, relays and guests. */
+function notYours(what: string): AgentRpcError {
+  return new AgentRpcError('forbidden', `${what} belongs to another engine's token: each engine reaches only what it made`);
 }
 
 /** A peer's guest spec: library-relative image paths resolved, nothing else touched. */
@@ -82,18 +122,20 @@ async function resolveSpecPaths(spec: GuestSpec, library: string | null): Promis
 export class AgentServer {
   private readonly conns = new Set<Conn>();
   /** Guests by the handle the wire names them with, and back. */
-  private readonly handles = new Map<number, LocalGuest>();
-  private readonly handleOfGuest = new WeakMap<Guest, number>();
+  private readonly entries = new Map<number, GuestEntry>();
+  private readonly entryOf = new WeakMap<Guest, GuestEntry>();
   private nextHandle = 1;
-  private readonly relays = new Map<number, LinkRelay>();
-  private readonly unsubscribe = new Map<LocalGuest, Array<() => void>>();
+  /** Migration ports handed out by allocateMigrationPort, with the token they belong to. */
+  private readonly portOwner = new Map<number, string>();
+  private readonly relays = new Map<number, { relay: LinkRelay; owner: string }>();
   private stopWatching: (() => void) | null = null;
   private closed = false;
   private readonly failedAuth = new Map<string, RateLimit>();
-  /** Guests whose start is under way, by name, with their memory: counted against the limits. */
-  private readonly startingNow = new Map<string, number>();
-  /** The connection whose engine owns the lab switch: the last one that said hello. */
-  private controller: Conn | null = null;
+  /** Guests whose start is under way, by name: counted against the limits. */
+  private readonly startingNow = new Map<string, Starting>();
+  /** What a previous agent on this data dir recorded about the guests it left running. */
+  private adoptedRecords = new Map<string, AgentGuestRecord>();
+  private readonly overlays: DiskOverlays;
 
   private constructor(
     private readonly opts: AgentOptions,
@@ -102,7 +144,9 @@ export class AgentServer {
     readonly identity: TlsIdentity,
     private readonly https: ReturnType<typeof createServer>,
     private readonly wss: WebSocketServer,
-  ) {}
+  ) {
+    this.overlays = new DiskOverlays(join(opts.dataDir, 'overlays'));
+  }
 
   static async start(opts: AgentOptions): Promise<{ server: AgentServer; info: AgentStartInfo }> {
     const log = opts.log ?? (() => {});
@@ -122,13 +166,14 @@ export class AgentServer {
     let self: AgentServer | null = null;
     const attachment: NetworkAttachment = {
       openPort: (label, peer) => self!.openSwitchPort(label, peer),
-      portHandle: (p) => self!.switchPortHandle(p),
+      portHandle: (p) => self!.switchPortHandle(p, null),
     };
     const range = opts.portRange ?? { first: 49152, last: 49407 };
+    const runtimeDir = join(opts.dataDir, 'guests');
     const host = new LocalHost({
       name: opts.name,
       address: opts.address,
-      runtimeDir: join(opts.dataDir, 'guests'),
+      runtimeDir,
       migrationPorts: range,
       nicPorts: range,
       network: attachment,
@@ -139,11 +184,17 @@ export class AgentServer {
     const server = new AgentServer(opts, host, tokens, identity, https, wss);
     self = server;
     host.on('guest-started', (g) => server.onGuestStarted(g as LocalGuest));
-    host.on('guest-state', (g, state, previous) => server.broadcast('guest-state', { handle: server.handleOf(g), state, previous }));
+    host.on('guest-state', (g, state, previous) => server.toOwner(g, 'guest-state', { handle: server.handleOf(g), state, previous }));
     host.on('guest-exited', (g, exit) => server.onGuestExited(g as LocalGuest, exit));
+    server.adoptedRecords = await readAgentRecords(runtimeDir);
     const { adopted, removed } = await host.adoptGuests();
+    server.adoptedRecords.clear();
     if (adopted.length) log(`reattached ${adopted.length} running guest(s): ${adopted.join(', ')}`);
     if (removed.length) log(`removed the records of ${removed.length} guest(s) whose QEMU had gone: ${removed.join(', ')}`);
+    for (const e of server.entries.values()) {
+      if (e.owner === null) log(`guest ${e.guest.name} (pid ${e.guest.pid}) has no owner record (an older agent started it): no engine can reach it; stop it with "kill ${e.guest.pid}"`);
+    }
+    await server.overlays.removeAllBut(new Set([...server.entries.values()].flatMap((e) => (e.disk ? [e.disk.overlay] : []))));
     https.on('request', (req, res) => server.onHttp(req, res));
     https.on('upgrade', (req, socket, head) => server.onUpgrade(req, socket, head));
     https.on('tlsClientError', () => {}); // a scanner's bad handshake is not our problem
@@ -165,6 +216,29 @@ export class AgentServer {
     return (this.https.address() as { port: number }).port;
   }
 
+  /**
+   * One lab may hold at most half of the agent's migration ports (its own and its link relays'),
+   * so one peer cannot take them all and stop every other lab's migrations.
+   */
+  private checkPortShare(conn: Conn): void {
+    const { first, last } = this.portRange;
+    const size = last - first + 1;
+    const share = Math.max(2, Math.floor(size / 2));
+    let held = 0;
+    for (const owner of this.portOwner.values()) if (owner === conn.tokenId) held++;
+    for (const r of this.relays.values()) if (r.owner === conn.tokenId) held++;
+    if (held >= share) {
+      throw new AgentRpcError(
+        'limit',
+        `This engine holds ${held} of agent ${this.opts.name}'s ${size} migration ports, its share (half): release the ports of finished migrations (releaseMigrationPort, linkRelay close), or give the agent a wider --ports range`,
+      );
+    }
+  }
+
+  private get portRange(): { first: number; last: number } {
+    return this.opts.portRange ?? { first: 49152, last: 49407 };
+  }
+
   // ---- access ----
 
   private tokenOf(req: IncomingMessage): { id: string } | null {
@@ -173,12 +247,18 @@ export class AgentServer {
     return this.tokens.verify(auth.slice(7).trim());
   }
 
-  /** Too many bad tokens from one address: it waits, so tokens cannot be guessed at speed. */
+  /**
+   * Counts failed token checks per remote address in a token bucket (a burst of 50, then 5 a
+   * second) and says whether this failure is over it: the caller then answers 429 instead of 401.
+   * It changes the answer only. Every token is still checked, and a right token is let in however
+   * many failures its address has, so no one can lock an engine out by failing from its address;
+   * guessing a 256-bit token is hopeless at any speed. At most 1000 addresses are counted: past
+   * that the 100 counted first are forgotten.
+   */
   private throttled(req: IncomingMessage): boolean {
     const ip = req.socket.remoteAddress ?? '?';
     let bucket = this.failedAuth.get(ip);
     if (!bucket) {
-      // Bounded memory: forget the oldest addresses, not all of them (that would reset the throttle).
       if (this.failedAuth.size >= 1000) for (const old of [...this.failedAuth.keys()].slice(0, 100)) this.failedAuth.delete(old);
       bucket = new RateLimit(5, 50);
       this.failedAuth.set(ip, bucket);
@@ -196,7 +276,7 @@ export class AgentServer {
     }
     if (req.method === 'GET' && req.url === '/v1/health') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ name: this.opts.name, protocol: AGENT_PROTOCOL_VERSION, guests: this.host.guests().length }));
+      res.end(JSON.stringify({ name: this.opts.name, protocol: AGENT_PROTOCOL_VERSION, guests: this.guestsOf(token.id).length }));
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
@@ -205,30 +285,37 @@ export class AgentServer {
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const token = this.tokenOf(req);
-    const reject = (status: string) => {
-      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+    const reject = (status: string, message = '') => {
+      const body = message ? `${message}\n` : '';
+      socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
       socket.destroy();
     };
     if (!token) return reject(this.throttled(req) ? '429 Too Many Requests' : '401 Unauthorized');
     if (req.url !== AGENT_WS_PATH) return reject('404 Not Found');
-    if (this.closed) return reject('503 Service Unavailable');
+    if (this.closed) return reject('503 Service Unavailable', `Agent ${this.opts.name} is stopping`);
+    // ws completes an upgrade synchronously, so the open connections are all there is to count.
+    const max = this.opts.maxConnections ?? 64;
+    if (this.conns.size >= max) {
+      return reject('503 Service Unavailable', `Agent ${this.opts.name} has ${max} connections open, its limit: try again when an engine has left`);
+    }
+    const perToken = this.opts.maxConnectionsPerToken ?? 16;
+    if ([...this.conns].filter((c) => c.tokenId === token.id).length >= perToken) {
+      return reject('429 Too Many Requests', `This token has ${perToken} connections open to agent ${this.opts.name}, its limit: close one (an engine needs one per host)`);
+    }
     this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, token.id));
   }
 
   private onConnection(ws: WebSocket, tokenId: string): void {
     const peer = new RpcPeer(ws, { name: `agent ${this.opts.name}`, rateLimit: new RateLimit(400, 800) });
-    const conn: Conn = { peer, tokenId, ws };
+    const conn: Conn = { peer, tokenId, ws, openedAt: performance.now(), saidHello: false, labPeers: null, labPeersRefused: null };
     this.conns.add(conn);
-    peer.on('close', () => {
-      this.conns.delete(conn);
-      if (this.controller === conn) this.controller = null;
-    });
+    peer.on('close', () => this.conns.delete(conn));
     peer.on('stream', (kind, handle, data) => {
-      const g = this.handles.get(handle);
-      if (!g) return;
+      const e = this.entries.get(handle);
+      if (!e || e.owner !== tokenId) return; // bytes for another token's guest go nowhere
       try {
-        if (kind === 'console') g.console.write(data);
-        else g.writeControl(data);
+        if (kind === 'console') e.guest.console.write(data);
+        else e.guest.writeControl(data);
       } catch {
         // the guest is going away; its exit event tells the engine
       }
@@ -240,40 +327,71 @@ export class AgentServer {
     for (const c of this.conns) if (ids.includes(c.tokenId)) c.peer.close(4001, 'token revoked');
   }
 
-  // ---- the lab switch, which lives with the engine ----
-
-  private async openSwitchPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle> {
-    const c = this.controller;
-    if (!c || c.peer.closed) throw new Error(`No engine is connected to agent ${this.opts.name}, so a NIC cannot be plugged into the lab switch`);
-    const p = await c.peer.request<{ id: number; address: string; port: number }>('network.openPort', { guest: label.guest, peer });
-    return this.switchPortHandle(p);
+  /** The connections of one token. */
+  private connsOf(tokenId: string | null): Conn[] {
+    return [...this.conns].filter((c) => c.tokenId === tokenId && !c.peer.closed);
   }
 
-  private switchPortHandle(p: { id: number; address: string; port: number }): SwitchPortHandle {
-    return { ...p, close: () => this.broadcast('port-closed', { id: p.id }) };
+  // ---- the lab switch, which lives with the engine ----
+
+  /**
+   * A NIC's switch port, asked of the engine that starts the guest: the connection that asked for
+   * the start, or (if it has gone) the newest one of the same token that said hello.
+   */
+  private async openSwitchPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle> {
+    const starting = this.startingNow.get(label.guest);
+    const owner = starting?.conn.tokenId ?? null;
+    const c = starting && !starting.conn.peer.closed
+      ? starting.conn
+      : this.connsOf(owner).filter((x) => x.saidHello).sort((a, b) => b.openedAt - a.openedAt)[0];
+    if (!c) throw new Error(`The engine that starts guest "${label.guest}" is no longer connected to agent ${this.opts.name}, so its NIC cannot be plugged into the lab switch`);
+    const p = await c.peer.request<{ id: number; address: string; port: number }>('network.openPort', { guest: label.guest, peer });
+    return this.switchPortHandle(p, c.tokenId);
+  }
+
+  /** `owner` null: an adopted guest's port, whose owner is looked up when it closes. */
+  private switchPortHandle(p: { id: number; address: string; port: number }, owner: string | null): SwitchPortHandle {
+    return {
+      ...p,
+      close: () => {
+        const to = owner ?? [...this.entries.values()].find((e) => e.guest.switchPort?.id === p.id)?.owner ?? null;
+        for (const c of this.connsOf(to)) c.peer.emitEvent('port-closed', { id: p.id });
+      },
+    };
   }
 
   // ---- guests ----
 
   private handleOf(g: Guest): number {
-    return this.handleOfGuest.get(g) ?? 0;
+    return this.entryOf.get(g)?.handle ?? 0;
+  }
+
+  private guestsOf(tokenId: string): GuestEntry[] {
+    return [...this.entries.values()].filter((e) => e.owner === tokenId);
   }
 
   /** The spec as the peer knows it: image paths relative to the library, as it sent them. */
-  private peerSpec(spec: GuestSpec): GuestSpec {
+  private peerSpec(e: GuestEntry): GuestSpec {
+    const spec = e.guest.spec;
     const lib = this.opts.imagesDir;
     const rel = (p: string) => (lib && !relative(lib, p).startsWith('..') ? relative(lib, p) : p);
     const boot = spec.boot;
     if (boot.kind === 'kernel') return { ...spec, boot: { ...boot, kernel: rel(boot.kernel), ...(boot.initrd ? { initrd: rel(boot.initrd) } : {}) } };
+    if (boot.kind === 'disk' && e.disk) {
+      // QEMU got the overlay (qcow2); the peer named a library image, in its format if it gave one.
+      const { format: _overlayFormat, ...rest } = boot;
+      return { ...spec, boot: { ...rest, path: e.disk.image, ...(e.disk.format ? { format: e.disk.format } : {}) } };
+    }
     if (boot.kind === 'disk') return { ...spec, boot: { ...boot, path: rel(boot.path) } };
     return spec;
   }
 
-  private describe(g: LocalGuest): GuestDescriptor {
+  private describe(e: GuestEntry): GuestDescriptor {
+    const g = e.guest;
     return {
-      handle: this.handleOf(g),
+      handle: e.handle,
       name: g.name,
-      spec: this.peerSpec(g.spec) as unknown as Record<string, unknown>,
+      spec: this.peerSpec(e) as unknown as Record<string, unknown>,
       state: g.state,
       pid: g.pid ?? null,
       uptimeMs: Math.round(performance.now() - g.startedAt),
@@ -286,55 +404,73 @@ export class AgentServer {
 
   private onGuestStarted(g: LocalGuest): void {
     const handle = this.nextHandle++;
-    this.handleOfGuest.set(g, handle);
-    this.handles.set(handle, g);
-    const onConsole = (d: Buffer) => this.broadcastStream('console', handle, d);
+    const starting = this.startingNow.get(g.name);
+    const record = starting ? undefined : this.adoptedRecords.get(g.name);
+    const e: GuestEntry = {
+      guest: g,
+      handle,
+      owner: starting?.conn.tokenId ?? record?.owner ?? null,
+      disk: starting ? starting.disk : (record?.disk ?? null),
+      unsubscribe: [],
+    };
+    this.entryOf.set(g, e);
+    this.entries.set(handle, e);
+    const onConsole = (d: Buffer) => this.streamToOwner(e, 'console', d);
     g.console.on('data', onConsole);
-    this.unsubscribe.set(g, [
+    e.unsubscribe.push(
       () => g.console.off('data', onConsole),
-      g.tapControl((d) => this.broadcastStream('labload', handle, d)),
-      g.qmpClient.onEvent('*', (ev) =>
-        this.broadcast('qmp-event', { handle, event: { event: ev.event, data: ev.data, timestamp: ev.timestamp } }),
-      ),
-    ]);
-    this.broadcast('guest-started', this.describe(g));
+      g.tapControl((d) => this.streamToOwner(e, 'labload', d)),
+      g.qmpClient.onEvent('*', (ev) => this.toOwner(g, 'qmp-event', { handle, event: { event: ev.event, data: ev.data, timestamp: ev.timestamp } })),
+    );
+    if (starting) {
+      // Next to LocalHost's guest.json, so the next agent on this data dir knows whose it is.
+      void writeAgentRecord(join(this.opts.dataDir, 'guests', g.name), { version: 1, owner: starting.conn.tokenId, disk: starting.disk }).catch((err: Error) =>
+        this.opts.log?.(`could not record the owner of guest ${g.name} (${err.message}): after a restart no engine could reach it`),
+      );
+    }
+    this.toOwner(g, 'guest-started', this.describe(e));
   }
 
   private onGuestExited(g: LocalGuest, exit: unknown): void {
-    const handle = this.handleOf(g);
-    for (const off of this.unsubscribe.get(g) ?? []) off();
-    this.unsubscribe.delete(g);
-    this.handles.delete(handle);
-    this.broadcast('guest-exited', { handle, exit });
+    const e = this.entryOf.get(g);
+    if (!e) return;
+    for (const off of e.unsubscribe) off();
+    this.entries.delete(e.handle);
+    this.toOwner(g, 'guest-exited', { handle: e.handle, exit });
+    if (e.disk) void this.overlays.remove(e.disk.overlay);
   }
 
-  private broadcast(event: string, data: unknown): void {
-    for (const c of this.conns) c.peer.emitEvent(event, data);
+  /** Events about a guest go to its owner's connections, and nowhere else. */
+  private toOwner(g: Guest, event: string, data: unknown): void {
+    const owner = this.entryOf.get(g)?.owner ?? null;
+    for (const c of this.connsOf(owner)) c.peer.emitEvent(event, data);
   }
 
-  private broadcastStream(kind: 'console' | 'labload', handle: number, data: Buffer): void {
-    for (const c of this.conns) c.peer.sendStream(kind, handle, data);
+  private streamToOwner(e: GuestEntry, kind: 'console' | 'labload', data: Buffer): void {
+    for (const c of this.connsOf(e.owner)) c.peer.sendStream(kind, e.handle, data);
   }
 
-  private guestByHandle(handle: number): LocalGuest {
-    const g = this.handles.get(handle);
-    if (!g) throw new AgentRpcError('not-found', `No guest has handle ${handle} on agent ${this.opts.name}: it has stopped, or list the guests again`);
-    return g;
+  /** A guest of the caller's token by its handle: not-found, or forbidden when another token owns it. */
+  private ownGuest(conn: Conn, handle: number): LocalGuest {
+    const e = this.entries.get(handle);
+    if (!e) throw new AgentRpcError('not-found', `No guest has handle ${handle} on agent ${this.opts.name}: it has stopped, or list the guests again`);
+    if (e.owner !== conn.tokenId) throw notYours(`Guest ${handle} on agent ${this.opts.name}`);
+    return e.guest;
   }
 
   /**
    * Checks the limits counting the guests still starting too, and holds the new guest's place
    * until its start ends (the returned release): two requests at once cannot both slip under.
    */
-  private reserveLimits(spec: GuestSpec): () => void {
+  private reserveLimits(spec: GuestSpec, conn: Conn): () => void {
     const maxGuests = this.opts.maxGuests ?? 8;
-    const maxMemory = this.opts.maxMemoryMiB ?? Math.floor((totalmem() / 2 ** 20) * 0.75);
+    const maxMemory = this.maxMemoryMiB;
     const running = this.host.guests().filter((g) => !this.startingNow.has(g.name));
     const count = running.length + this.startingNow.size;
     if (count >= maxGuests) {
       throw new AgentRpcError('limit', `Agent ${this.opts.name} runs or is starting ${count} guests, its limit (--max-guests ${maxGuests}): stop one first`);
     }
-    const used = running.reduce((sum, g) => sum + g.spec.memoryMiB, 0) + [...this.startingNow.values()].reduce((a, b) => a + b, 0);
+    const used = running.reduce((sum, g) => sum + g.spec.memoryMiB, 0) + [...this.startingNow.values()].reduce((a, b) => a + b.memoryMiB, 0);
     if (used + spec.memoryMiB > maxMemory) {
       throw new AgentRpcError(
         'limit',
@@ -343,30 +479,46 @@ export class AgentServer {
     }
     const key = spec.name;
     if (this.startingNow.has(key)) throw new AgentRpcError('invalid', `A guest named "${key}" is starting on agent ${this.opts.name} already: pick another name`);
-    this.startingNow.set(key, spec.memoryMiB);
+    this.startingNow.set(key, { memoryMiB: spec.memoryMiB, conn, disk: null });
     return () => this.startingNow.delete(key);
   }
 
-  private checkQmp(command: string, args: Record<string, unknown> | undefined): void {
-    if (!QMP_ALLOWED.has(command) && !command.startsWith('query-')) {
-      throw new AgentRpcError('forbidden', `The agent does not pass QMP command "${command}" on: only migration, run-state and query commands are allowed`);
-    }
-    if (command === 'migrate' || command === 'migrate-incoming') {
-      const uri = args?.uri;
-      if (typeof uri !== 'string' || !MIGRATION_URI.test(uri)) {
-        throw new AgentRpcError('forbidden', `Migration URI ${JSON.stringify(uri)} is refused: only tcp:ADDRESS:PORT is allowed (no exec:, unix:, fd: or file:)`);
-      }
-      if (args && Object.keys(args).some((k) => !['uri', 'blk', 'inc', 'detach', 'resume'].includes(k))) {
-        throw new AgentRpcError('forbidden', `QMP ${command} takes only uri (and the flags blk, inc, detach, resume) through the agent`);
-      }
-    }
-    if (command === 'migrate-set-parameters' && args) {
-      const creds = args['tls-creds'];
-      if (creds !== undefined && creds !== '' && !/^miglab-tls-(server|client)$/.test(String(creds))) {
-        throw new AgentRpcError('forbidden', 'tls-creds can only name the credentials the agent made (addTlsCreds)');
-      }
-      if (args['tls-authz'] !== undefined) throw new AgentRpcError('forbidden', 'tls-authz cannot be set through the agent');
-    }
+  private get maxMemoryMiB(): number {
+    return this.opts.maxMemoryMiB ?? Math.floor((totalmem() / 2 ** 20) * 0.75);
+  }
+
+  /**
+   * A library disk boots through its own overlay: the spec QEMU gets names the overlay, and the
+   * library file is only its read-only backing file.
+   */
+  private async withOverlay(spec: GuestSpec, peerSpec: GuestSpec): Promise<{ spec: GuestSpec; disk: DiskOverlay | null }> {
+    if (spec.boot.kind !== 'disk' || peerSpec.boot.kind !== 'disk') return { spec, disk: null };
+    const overlay = await this.overlays.create(spec.name, spec.boot.path, spec.boot.format);
+    const disk: DiskOverlay = { image: peerSpec.boot.path, ...(peerSpec.boot.format ? { format: peerSpec.boot.format } : {}), overlay };
+    return { spec: { ...spec, boot: { ...spec.boot, path: overlay, format: 'qcow2' } }, disk };
+  }
+
+  // ---- where migration streams may go ----
+
+  private qmpContext(conn: Conn): QmpFilterContext {
+    return {
+      outgoing: (address, port) => {
+        if (!conn.labPeers) {
+          if (conn.labPeersRefused) return `Migration to ${address}:${port} is refused: ${conn.labPeersRefused}`;
+          return `Agent ${this.opts.name} has not been told the hosts of this engine's lab, so it sends no migration stream: the engine tells it when the host joins a lab (labPeers)`;
+        }
+        if (conn.labPeers.some((p) => p.address === address && port >= p.ports.first && port <= p.ports.last)) return null;
+        return `Migration to ${address}:${port} is refused: it is not a migration port of a host in this engine's lab (${describePeers(conn.labPeers)})`;
+      },
+      incoming: (address, port) => {
+        if (address !== this.opts.address) return `An incoming migration listens on this agent's own address ${this.opts.address} only, not ${address}`;
+        if (this.portOwner.get(port) !== conn.tokenId) {
+          return `Port ${port} was not allocated to this engine (allocateMigrationPort): an incoming migration listens only on a port the agent gave it`;
+        }
+        return null;
+      },
+      maxCacheBytes: this.maxMemoryMiB * 2 ** 20,
+    };
   }
 
   private parse<M extends AgentMethod>(method: M, params: unknown) {
@@ -390,15 +542,30 @@ export class AgentServer {
         if (p.protocol !== AGENT_PROTOCOL_VERSION) {
           throw new AgentRpcError('invalid', `This agent speaks protocol ${AGENT_PROTOCOL_VERSION}, the engine ${p.protocol}: run the same MigLab version on both`);
         }
-        this.controller = conn;
-        return { name: this.opts.name, protocol: AGENT_PROTOCOL_VERSION, address: this.opts.address };
+        conn.saidHello = true;
+        const reply: HelloReply = { name: this.opts.name, protocol: AGENT_PROTOCOL_VERSION, address: this.opts.address, ports: this.portRange };
+        return reply;
+      }
+      case 'labPeers': {
+        const { peers } = this.parse('labPeers', params);
+        const problems = peers.flatMap((p) => {
+          const why = peerProblem(p, this.opts.address);
+          return why ? [why] : [];
+        });
+        if (problems.length) {
+          conn.labPeersRefused = `Agent ${this.opts.name} refuses these lab hosts (nothing changed): ${problems.join('; ')}`;
+          throw new AgentRpcError('forbidden', conn.labPeersRefused);
+        }
+        conn.labPeers = peers;
+        conn.labPeersRefused = null;
+        return { peers: peers.length };
       }
       case 'ping':
         return { at: Date.now() };
       case 'info':
         return this.host.info();
       case 'guests':
-        return this.host.guests().map((g) => this.describe(g as LocalGuest));
+        return this.guestsOf(conn.tokenId).map((e) => this.describe(e));
       case 'startGuest': {
         const p = this.parse('startGuest', params);
         let spec: GuestSpec;
@@ -407,12 +574,16 @@ export class AgentServer {
         } catch (err) {
           throw new AgentRpcError('invalid', (err as Error).message);
         }
-        const release = this.reserveLimits(spec);
+        const release = this.reserveLimits(spec, conn);
+        let disk: DiskOverlay | null = null;
         try {
-          spec = await resolveSpecPaths(spec, this.opts.imagesDir);
-          const g = (await this.host.startGuest(spec, { incoming: p.incoming ?? false })) as LocalGuest;
-          return this.describe(g);
+          const resolved = await this.prepareSpec(spec);
+          disk = resolved.disk;
+          this.startingNow.get(spec.name)!.disk = disk;
+          const g = (await this.host.startGuest(resolved.spec, { incoming: p.incoming ?? false })) as LocalGuest;
+          return this.describe(this.entryOf.get(g)!);
         } catch (err) {
+          if (disk) await this.overlays.remove(disk.overlay);
           // QEMU's last words name the process that signalled it, with its path: not the peer's business.
           throw err instanceof AgentRpcError ? err : new AgentRpcError('failed', (err as Error).message.replace(/ from pid \d+ \([^)]*\)/g, ''));
         } finally {
@@ -421,27 +592,47 @@ export class AgentServer {
       }
       case 'stopGuest': {
         const p = this.parse('stopGuest', params);
+        const g = this.host.guest(p.name);
+        const e = g ? this.entryOf.get(g) : undefined;
+        if (g && e?.owner !== conn.tokenId) throw notYours(`Guest "${p.name}" on agent ${this.opts.name}`);
+        let exit;
         try {
-          return await this.host.stopGuest(p.name);
+          exit = await this.host.stopGuest(p.name);
         } catch (err) {
           throw new AgentRpcError('not-found', (err as Error).message);
         }
+        if (e?.disk) await this.overlays.remove(e.disk.overlay); // gone when the answer comes
+        return exit;
       }
       case 'qmp': {
         const p = this.parse('qmp', params);
-        this.checkQmp(p.command, p.args);
-        return this.guestByHandle(p.handle).qmpClient.execute(p.command, p.args);
+        const refusal = qmpRefusal(p.command, p.args, this.qmpContext(conn));
+        if (refusal) throw new AgentRpcError('forbidden', refusal);
+        return this.ownGuest(conn, p.handle).qmpClient.execute(p.command, p.args);
       }
       case 'consoleHistory':
-        return this.guestByHandle(this.parse('consoleHistory', params).handle).console.text();
+        return this.ownGuest(conn, this.parse('consoleHistory', params).handle).console.text();
       case 'markReady':
-        this.guestByHandle(this.parse('markReady', params).handle).markReady();
+        this.ownGuest(conn, this.parse('markReady', params).handle).markReady();
         return null;
-      case 'allocateMigrationPort':
-        return this.host.allocateMigrationPort();
-      case 'releaseMigrationPort':
-        this.host.releaseMigrationPort(this.parse('releaseMigrationPort', params).port);
+      case 'allocateMigrationPort': {
+        this.checkPortShare(conn);
+        const port = await this.host.allocateMigrationPort();
+        this.portOwner.set(port, conn.tokenId);
+        return port;
+      }
+      case 'releaseMigrationPort': {
+        const { port } = this.parse('releaseMigrationPort', params);
+        const owner = this.portOwner.get(port);
+        if (owner === undefined) {
+          const why = this.relays.has(port) ? 'it is a link relay\'s: close the relay (linkRelay close)' : 'it was not handed out (allocateMigrationPort), or was released already';
+          throw new AgentRpcError('not-found', `Port ${port} on agent ${this.opts.name} cannot be released: ${why}`);
+        }
+        if (owner !== conn.tokenId) throw notYours(`Port ${port} on agent ${this.opts.name}`);
+        this.portOwner.delete(port);
+        this.host.releaseMigrationPort(port);
         return null;
+      }
       case 'openLinkRelay': {
         const p = this.parse('openLinkRelay', params);
         let profile;
@@ -450,10 +641,17 @@ export class AgentServer {
         } catch (err) {
           throw new AgentRpcError('invalid', (err as Error).message);
         }
+        // A relay forwards to a migration port this token holds: never to another service here.
+        const targetOwner = this.portOwner.get(p.targetPort);
+        if (targetOwner === undefined) {
+          throw new AgentRpcError('forbidden', `A link relay forwards only to a migration port the agent handed out (allocateMigrationPort), and ${p.targetPort} is not one`);
+        }
+        if (targetOwner !== conn.tokenId) throw notYours(`Port ${p.targetPort} on agent ${this.opts.name}`);
+        this.checkPortShare(conn);
         const port = await this.host.allocateMigrationPort();
         try {
           const relay = await LinkRelay.open({ listen: { address: this.opts.address, port }, target: { address: this.opts.address, port: p.targetPort }, profile });
-          this.relays.set(relay.port, relay);
+          this.relays.set(relay.port, { relay, owner: conn.tokenId });
           return { port: relay.port, stats: relay.stats() };
         } catch (err) {
           this.host.releaseMigrationPort(port);
@@ -462,8 +660,10 @@ export class AgentServer {
       }
       case 'linkRelay': {
         const p = this.parse('linkRelay', params);
-        const relay = this.relays.get(p.port);
-        if (!relay) throw new AgentRpcError('not-found', `No link relay listens on port ${p.port} on agent ${this.opts.name}`);
+        const held = this.relays.get(p.port);
+        if (!held) throw new AgentRpcError('not-found', `No link relay listens on port ${p.port} on agent ${this.opts.name}`);
+        if (held.owner !== conn.tokenId) throw notYours(`The link relay on port ${p.port} of agent ${this.opts.name}`);
+        const relay = held.relay;
         if (p.action === 'set') relay.setProfile(p.profile ?? {});
         else if (p.action === 'cut') relay.cut();
         else if (p.action === 'restore') relay.restore();
@@ -477,19 +677,29 @@ export class AgentServer {
       }
       case 'installTls': {
         const p = this.parse('installTls', params);
-        await writeQemuTlsDir(join(this.opts.dataDir, 'qemu-tls'), p);
+        await writeQemuTlsDir(this.tlsDirOf(conn.tokenId), p);
         return null;
       }
       case 'addTlsCreds': {
         const p = this.parse('addTlsCreds', params);
-        const g = this.guestByHandle(p.handle);
-        const dir = join(this.opts.dataDir, 'qemu-tls');
+        const g = this.ownGuest(conn, p.handle);
+        const dir = this.tlsDirOf(conn.tokenId);
         if (!(await stat(join(dir, 'ca-cert.pem')).catch(() => null))) {
-          throw new AgentRpcError('failed', `Agent ${this.opts.name} has no TLS credentials for migration yet: the lab installs them (installTls) before a TLS migration`);
+          throw new AgentRpcError('failed', `Agent ${this.opts.name} has no TLS credentials for migration from this engine yet: the lab installs them (installTls) before a TLS migration`);
         }
         return addTlsCredsObject(g.qmpClient, dir, p.endpoint);
       }
     }
+  }
+
+  /** QEMU's TLS credentials per token: one lab's CA, which another token's installTls cannot replace. */
+  private tlsDirOf(tokenId: string): string {
+    return join(this.opts.dataDir, 'qemu-tls', tokenId);
+  }
+
+  /** Resolves the peer's library paths, and gives a library disk its overlay. */
+  private async prepareSpec(spec: GuestSpec): Promise<{ spec: GuestSpec; disk: DiskOverlay | null }> {
+    return this.withOverlay(await resolveSpecPaths(spec, this.opts.imagesDir), spec);
   }
 
   /**
@@ -501,10 +711,12 @@ export class AgentServer {
     this.closed = true;
     this.stopWatching?.();
     for (const c of this.conns) c.peer.close(1001, 'agent stopping');
-    await Promise.all([...this.relays.values()].map((r) => r.close()));
+    await Promise.all([...this.relays.values()].map((r) => r.relay.close()));
     this.relays.clear();
-    if (opts.stopGuests) await this.host.dispose();
-    else await this.host.detach();
+    if (opts.stopGuests) {
+      await this.host.dispose();
+      await rm(join(this.opts.dataDir, 'overlays'), { recursive: true, force: true });
+    } else await this.host.detach();
     this.wss.close();
     await new Promise<void>((resolve) => {
       this.https.close(() => resolve());

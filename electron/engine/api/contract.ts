@@ -34,6 +34,8 @@ export interface HostView {
   agentUrl?: string;
   /** A remote host's link to its agent: its guests keep running while it is 'reconnecting'. */
   connection?: 'connected' | 'reconnecting' | 'closed';
+  /** Guests a remote host's agent described in a way the engine refuses: left out of the lab, with why. */
+  refusedGuests?: Array<{ guest: string; problem: string }>;
 }
 
 /** How to reach a LAN host's `miglab agent`: the three things it printed when it started. */
@@ -140,4 +142,5 @@ export type ServerMessage =
   | { id: number; ok: false; error: { message: string; code: ApiErrorCode } }
   | { event: ApiEvent };
 
-export type ApiErrorCode = 'invalid' | 'forbidden' | 'not-found' | 'failed';
+/** 'rate-limited': browser mode's per-connection command budget is spent for now (see web/client-budget.ts). */
+export type ApiErrorCode = 'invalid' | 'forbidden' | 'not-found' | 'failed' | 'rate-limited';

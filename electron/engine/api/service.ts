@@ -2,6 +2,7 @@
 // in and events out. The Electron IPC bridge and the browser-mode WebSocket server are thin
 // adapters over this class.
 import { EventEmitter } from 'node:events';
+import { basename } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Guest, Host } from '../hosts/host';
 import { RemoteHost } from '../hosts/remote';
@@ -16,8 +17,29 @@ import type { MigrationResult } from '../migration/types';
 import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
 import {
-  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type GuestView, type HostView, type LabSnapshot, type MigrationView,
+  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView,
 } from './contract';
+
+/**
+ * The lab file a spectator may see: a custom guest's kernel, initrd and disk keep only their file
+ * names (the teacher's folders are not the class's business) and its kernel command line is left
+ * out. The teacher's own export keeps everything.
+ */
+function withoutHostPaths(file: LabFile): LabFile {
+  const name = (path: string) => basename(path) || 'image';
+  return {
+    ...file,
+    guests: file.guests.map((g) => {
+      const b = g.boot;
+      if (b.kind === 'kernel') {
+        const { append: _commandLine, ...rest } = b;
+        return { ...g, boot: { ...rest, kernel: name(b.kernel), ...(b.initrd ? { initrd: name(b.initrd) } : {}) } };
+      }
+      if (b.kind === 'disk') return { ...g, boot: { ...b, path: name(b.path) } };
+      return g;
+    }),
+  };
+}
 
 /** A guest's console as the user sees it: one scrollback that follows the guest across hosts. */
 interface ConsoleTrail {
@@ -67,12 +89,15 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     host.on('guest-exited', onChanged);
     // A LAN host's link to its agent drops and comes back: the lab view shows it reconnecting.
     host.on('connection', onChanged);
+    // An agent described a guest wrongly: the lab view says which and why, not just leave it out.
+    host.on('guest-refused', onChanged);
     for (const g of host.guests()) this.followConsole(g);
     this.hostOffs.set(host.name, () => {
       host.off('guest-started', onStarted);
       host.off('guest-state', onChanged);
       host.off('guest-exited', onChanged);
       host.off('connection', onChanged);
+      host.off('guest-refused', onChanged);
     });
   }
 
@@ -127,6 +152,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     if (h instanceof RemoteHost) {
       view.agentUrl = h.agentUrl;
       view.connection = h.connection;
+      if (h.refusedGuests.size) view.refusedGuests = [...h.refusedGuests].map(([guest, problem]) => ({ guest, problem }));
     }
     return view;
   }
@@ -167,18 +193,21 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     return m;
   }
 
-  /** Runs one command (validated here, whoever sent it); rejects with an ApiError. */
-  async execute(input: unknown): Promise<ApiResults[ApiCommand['type']]> {
+  /**
+   * Runs one command (validated here, whoever sent it); rejects with an ApiError. `role` is who
+   * asks: the desktop app is the teacher; browser mode says which token the client holds.
+   */
+  async execute(input: unknown, opts: { role?: ApiRole } = {}): Promise<ApiResults[ApiCommand['type']]> {
     const cmd = parseCommand(input);
     try {
-      return await this.run(cmd);
+      return await this.run(cmd, opts.role ?? 'teacher');
     } catch (err) {
       if (err instanceof ApiError) throw err;
       throw new ApiError('failed', (err as Error).message);
     }
   }
 
-  private async run(cmd: ApiCommand): Promise<ApiResults[ApiCommand['type']]> {
+  private async run(cmd: ApiCommand, role: ApiRole): Promise<ApiResults[ApiCommand['type']]> {
     switch (cmd.type) {
       case 'snapshot':
         return this.snapshot();
@@ -258,7 +287,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return { name: cmd.name };
       }
       case 'exportLab':
-        return { yaml: labFileText(this.labFile()) };
+        return { yaml: labFileText(role === 'teacher' ? this.labFile() : withoutHostPaths(this.labFile())) };
     }
   }
 

@@ -103,6 +103,12 @@ export interface Guest {
 export interface StartGuestOptions {
   /** Start as a migration destination (`-incoming defer`) with the spec's device model. */
   incoming?: boolean;
+  /**
+   * Boot a disk image through a qcow2 overlay of the guest's own, the image opened read-only: for
+   * a library image that must stay as it is (a guest that came from an agent). The guest's writes
+   * stay in the overlay and go when it does.
+   */
+  overlayDisk?: boolean;
 }
 
 /** What a host tells every front end about its guests. */
@@ -112,6 +118,8 @@ export interface HostEventMap {
   'guest-exited': [guest: Guest, exit: ExitInfo];
   /** A remote host's link to its agent: lost (reconnecting), back (connected), or closed. */
   connection: [state: 'connected' | 'reconnecting' | 'closed', reason: string];
+  /** A remote host's agent described a guest the engine does not accept: it is left out of the lab. */
+  'guest-refused': [guest: string | null, problem: string];
 }
 
 /** A link-emulation relay in a migration's path, on the destination host. */
@@ -141,7 +149,7 @@ export interface Host {
   info(): Promise<HostInfo>;
   startGuest(spec: GuestSpecInput, opts?: StartGuestOptions): Promise<Guest>;
   /** A migration destination for `spec`: same device model, `-incoming defer`, not yet listening. */
-  prepareIncoming(spec: GuestSpec): Promise<Guest>;
+  prepareIncoming(spec: GuestSpec, opts?: Omit<StartGuestOptions, 'incoming'>): Promise<Guest>;
   guests(): Guest[];
   guest(name: string): Guest | undefined;
   /** Stops the named guest; an error naming the host's guests when there is none by that name. */

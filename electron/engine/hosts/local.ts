@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { cpus, freemem, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -12,7 +12,10 @@ import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
 import { chooseAccelerator, findQemu, tracksTcgWritesExactly, type Accelerator } from '../qemu/binary';
 import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, qemuPidAlive, type ExitInfo, type QemuHandle } from '../qemu/process';
 import { probeQemu } from '../qemu/probe';
-import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
+import { bootFiles, withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
+import { resolveLibraryPath } from '../agent/images';
+import { createDiskOverlay } from './disk-overlay';
+import { AgentRpcError } from '../agent/rpc';
 import { makeTempDir, removeDir } from '../util/fs';
 import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
@@ -73,6 +76,11 @@ export interface LocalHostOptions {
   cacheRoot?: string;
   /** Where this host keeps the QEMU TLS credentials (default: in its runtime dir). */
   tlsDir?: string;
+  /**
+   * The image library: the only files a guest that comes from an agent may boot from here (its
+   * spec names them relative to a library). Default: the cached lab guest's dir.
+   */
+  imagesDir?: string;
 }
 
 async function fileMustExist(path: string, what: string, hint: string): Promise<void> {
@@ -89,7 +97,7 @@ async function fileMustExist(path: string, what: string, hint: string): Promise<
  * qemu-img tells qcow2 from raw, so QEMU never has to guess (guessing raw is unsafe). -U: a
  * migration destination reads the image the running source QEMU holds locked.
  */
-async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
+export async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
   try {
     const { stdout } = await runFile('qemu-img', ['info', '-U', '--output=json', path], { timeout: 10_000 });
     const fmt = (JSON.parse(stdout) as { format?: string }).format;
@@ -204,8 +212,44 @@ export class LocalHost extends EventEmitter implements Host {
     return stopNamedGuest(this, name);
   }
 
-  prepareIncoming(spec: GuestSpec): Promise<Guest> {
-    return this.startGuest(spec, { incoming: true });
+  prepareIncoming(spec: GuestSpec, opts: Omit<StartGuestOptions, 'incoming'> = {}): Promise<Guest> {
+    return this.startGuest(spec, { ...opts, incoming: true });
+  }
+
+  /** Where guests from agents find their images here (null: no lab guest built and no images dir given). */
+  async imageLibrary(): Promise<string | null> {
+    if (this.opts.imagesDir) return this.opts.imagesDir;
+    return (await findLabGuest(this.opts.cacheRoot ? { cacheRoot: this.opts.cacheRoot } : {}))?.dir ?? null;
+  }
+
+  /**
+   * A spec an agent reported, made safe to start here: its image paths are relative to the
+   * agent's library and must name files inside this host's own library (nothing else on this
+   * machine: an agent may lie). Throws an error that names the refused path.
+   */
+  async resolvePeerSpec(spec: GuestSpec): Promise<GuestSpec> {
+    if (spec.boot.kind === 'lab') return spec; // this host boots its own cached lab guest
+    const library = await this.imageLibrary();
+    const owner = `${this.name}'s image library`;
+    const resolved = new Map<string, string>();
+    for (const { path, what } of bootFiles(spec.boot)) {
+      if (!library) {
+        throw new GuestImageError(`${this.name} has no image library, so it cannot take a guest's ${what} "${path}" from an agent: give the lab file an images: folder and copy the image into it`);
+      }
+      try {
+        resolved.set(path, await resolveLibraryPath(library, path, what, owner));
+      } catch (err) {
+        if (err instanceof AgentRpcError) throw new GuestImageError(err.message);
+        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        throw new GuestImageError(`${owner} ${library} cannot be read (${code}), so the guest's ${what} "${path}" cannot be found there: create the folder, or fix images: in the lab file`);
+      }
+    }
+    return { ...spec, boot: withBootFiles(spec.boot, (path) => resolved.get(path)!) };
+  }
+
+  /** The ports migration streams arrive on here (the lab tells its agents, see Lab). */
+  get migrationPortRange(): PortRange {
+    return this.ports.range;
   }
 
   allocateMigrationPort(): Promise<number> {
@@ -283,7 +327,10 @@ export class LocalHost extends EventEmitter implements Host {
   }
 
   async startGuest(input: GuestSpecInput, opts: StartGuestOptions = {}): Promise<Guest> {
-    const spec = parseGuestSpec(input);
+    // QEMU runs in the guest's dir: a relative path would name another file there than the one
+    // checked here, so each is made absolute against this process's folder first.
+    const parsed = parseGuestSpec(input);
+    const spec = { ...parsed, boot: withBootFiles(parsed.boot, (p) => (isAbsolute(p) ? p : resolve(p))) };
     if (this.running.has(spec.name) || this.startingNames.has(spec.name)) {
       throw new Error(`A guest named "${spec.name}" already runs on host ${this.name}: pick another name`);
     }
@@ -302,6 +349,16 @@ export class LocalHost extends EventEmitter implements Host {
     const guestDir = join(await this.dir(), spec.name);
     await removeDir(guestDir); // a stale dir from a crashed run must not hold old sockets
     await mkdir(guestDir, { recursive: true });
+    const overlayDisk = Boolean(opts.overlayDisk && boot.disk);
+    if (overlayDisk) {
+      // In the guest's own dir: it goes with the guest, whatever way its QEMU ends.
+      const overlay = join(guestDir, 'disk-overlay.qcow2');
+      await createDiskOverlay(boot.disk!.path, boot.disk!.format, overlay).catch(async (err: Error) => {
+        await removeDir(guestDir);
+        throw err;
+      });
+      boot.disk = { path: overlay, format: 'qcow2' };
+    }
     const sockets = {
       qmp: join(guestDir, 'qmp.sock'),
       console: join(guestDir, 'console.sock'),
@@ -365,6 +422,7 @@ export class LocalHost extends EventEmitter implements Host {
       initialState: incoming ? 'incoming' : 'booting',
       switchPort: nic ? { id: nic.port.id, address: nic.port.address, port: nic.port.port } : null,
       adopted: false,
+      overlayDisk,
       onGone: () => {
         nic?.unplug(); // the old switch port is retired the moment its QEMU is gone
         this.running.delete(spec.name);
@@ -580,6 +638,8 @@ interface LocalGuestParts {
   initialState: GuestState;
   switchPort: Guest['switchPort'];
   adopted: boolean;
+  /** Its disk is a library image it boots through an overlay in its dir (StartGuestOptions.overlayDisk). */
+  overlayDisk?: boolean;
   onGone: () => void;
 }
 
@@ -594,6 +654,8 @@ export class LocalGuest extends EventEmitter implements Guest {
   readonly kernelAppend: string | null;
   readonly switchPort: Guest['switchPort'];
   readonly adopted: boolean;
+  /** Boots its library disk through an overlay: a next destination must do the same. */
+  readonly overlayDisk: boolean;
   private readonly client: QmpClient;
   private readonly proc: LocalGuestParts['proc'];
   private current: GuestState;
@@ -610,6 +672,7 @@ export class LocalGuest extends EventEmitter implements Guest {
     this.kernelAppend = parts.kernelAppend;
     this.switchPort = parts.switchPort;
     this.adopted = parts.adopted;
+    this.overlayDisk = parts.overlayDisk ?? false;
     this.client = parts.qmp;
     this.proc = parts.proc;
     this.current = parts.initialState;

@@ -15,11 +15,14 @@ import type { QmpEventListener, QmpWaitOptions } from '../qmp/client';
 import type { SwitchPortHandle } from '../network/switch';
 import { connectAgent, type AgentAddress } from '../agent/connect';
 import { normalizeFingerprint } from '../agent/certs';
-import { EngineRequestSchemas, type GuestDescriptor, type StreamKind } from '../agent/protocol';
+import { EngineRequestSchemas, type GuestDescriptor, type LabPeer, type StreamKind } from '../agent/protocol';
+import { usablePeers } from '../agent/lab-peers';
+import type { PortRange } from './ports';
 import { AgentRpcError, type RpcPeer } from '../agent/rpc';
 import { delay, withTimeout } from '../util/time';
 import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
 import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
+import { checkGuestDescriptor, isGuestState, RefusedGuestError, type CheckedDescriptor } from './guest-descriptor';
 import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
 
 export interface RemoteHostOptions extends AgentAddress {
@@ -52,10 +55,15 @@ export class RemoteHost extends EventEmitter implements Host {
   readonly kind = 'remote' as const;
   readonly name: string;
   address = '';
+  /** The agent's migration ports, as it said in hello. */
+  migrationPortRange: PortRange | null = null;
+  /** The lab's hosts as this agent is told them (setLabPeers); null: not in a lab. */
+  private labPeers: LabPeer[] | null = null;
   private peer: RpcPeer | null = null;
   private state: RemoteHostState = 'reconnecting';
   private readonly byName = new Map<string, RemoteGuest>();
   private readonly byHandle = new Map<number, RemoteGuest>();
+  private readonly refused = new Map<string, string>();
   private readonly ports = new Map<number, SwitchPortHandle>();
   private connected: Promise<void> | null = null;
   private disposed = false;
@@ -81,6 +89,26 @@ export class RemoteHost extends EventEmitter implements Host {
     return this.opts.url;
   }
 
+  /** How errors name this host's agent. */
+  private get agentLabel(): string {
+    return `${this.name} (${this.opts.url})`;
+  }
+
+  /**
+   * The hosts of the lab this host is in: its agent sends migration streams to their migration
+   * ports alone. Told now and on every reconnect (the agent may have restarted and forgotten).
+   */
+  setLabPeers(peers: readonly LabPeer[]): void {
+    this.labPeers = usablePeers(this.address, peers);
+    this.sendLabPeers(this.peer);
+  }
+
+  private sendLabPeers(peer: RpcPeer | null): void {
+    if (!peer || peer.closed || !this.labPeers) return;
+    // A refusal is kept by the agent, which names it when it refuses a migration.
+    peer.request('labPeers', { peers: this.labPeers }).catch(() => {});
+  }
+
   /** The agent certificate's pinned SHA-256 fingerprint. */
   get fingerprint(): string {
     return normalizeFingerprint(this.opts.fingerprint);
@@ -89,6 +117,8 @@ export class RemoteHost extends EventEmitter implements Host {
   private async attach(): Promise<void> {
     const { peer, hello } = await connectAgent(this.opts, { name: `agent ${this.name}` });
     this.address = hello.address;
+    this.migrationPortRange = hello.ports ?? null;
+    this.sendLabPeers(peer); // first: before any migration this connection may ask for
     this.peer = peer;
     peer.handle((method, params) => this.serveAgent(method, params));
     peer.on('event', (name, data) => this.onAgentEvent(name, data));
@@ -98,24 +128,55 @@ export class RemoteHost extends EventEmitter implements Host {
     this.state = 'connected';
   }
 
-  /** After (re)connecting: the agent's guests are the truth. Known ones get their new handle. */
-  private async reconcile(list: GuestDescriptor[]): Promise<void> {
+  /**
+   * After (re)connecting: the agent's guests are the truth. Known ones get their new handle; one
+   * it describes in a way we refuse is left out (see refusedGuests), the others still shown.
+   */
+  private async reconcile(list: unknown): Promise<void> {
     this.byHandle.clear();
+    this.refused.clear();
+    if (!Array.isArray(list)) throw new Error(`Agent ${this.agentLabel} answered "guests" with something other than a list: is it a MigLab agent?`);
     const seen = new Set<string>();
-    for (const d of list) {
+    for (const raw of list) {
+      const d = this.checked(raw);
+      if (!d) continue;
       seen.add(d.name);
       const isNew = !this.byName.has(d.name);
       const g = this.know(d);
       // A guest this engine had not seen (it restarted): its console so far, from the agent.
-      if (isNew) g.seedConsole(await this.peer!.request<string>('consoleHistory', { handle: d.handle }).catch(() => ''));
+      if (isNew) {
+        const history = await this.peer!.request<unknown>('consoleHistory', { handle: d.handle }).catch(() => '');
+        g.seedConsole(typeof history === 'string' ? history : '');
+      }
     }
     for (const [name, g] of this.byName) {
       if (!seen.has(name)) g.gone({ code: null, signal: null, stderrTail: `guest "${name}" was gone when agent ${this.name} was reached again`, expected: false });
     }
   }
 
+  /**
+   * What the agent said about a guest, checked; null (and the refusal recorded and emitted as
+   * 'guest-refused') when it is not acceptable: a bad agent must not take the lab down.
+   */
+  private checked(raw: unknown): CheckedDescriptor | null {
+    try {
+      return checkGuestDescriptor(raw, this.agentLabel);
+    } catch (err) {
+      if (!(err instanceof RefusedGuestError)) throw err;
+      const key = err.guest ?? '(unnamed)';
+      if (this.refused.size < 64 || this.refused.has(key)) this.refused.set(key, err.message);
+      this.emit('guest-refused', err.guest, err.message);
+      return null;
+    }
+  }
+
+  /** Guests the agent described and the engine refused to believe, by name, with why. */
+  get refusedGuests(): ReadonlyMap<string, string> {
+    return this.refused;
+  }
+
   /** The guest a descriptor names: the known one under its (new) handle, or a new one tracked. */
-  private know(d: GuestDescriptor): RemoteGuest {
+  private know(d: CheckedDescriptor): RemoteGuest {
     const known = this.byName.get(d.name);
     if (!known) return this.track(d);
     if (known.handle !== d.handle) known.rebind(d);
@@ -123,7 +184,7 @@ export class RemoteHost extends EventEmitter implements Host {
     return known;
   }
 
-  private track(d: GuestDescriptor): RemoteGuest {
+  private track(d: CheckedDescriptor): RemoteGuest {
     const g = new RemoteGuest(this, d);
     this.byName.set(d.name, g);
     this.byHandle.set(d.handle, g);
@@ -199,11 +260,13 @@ export class RemoteHost extends EventEmitter implements Host {
   private onAgentEvent(name: string, data: unknown): void {
     const d = data as Record<string, unknown>;
     switch (name) {
-      case 'guest-started':
-        this.know(data as GuestDescriptor);
+      case 'guest-started': {
+        const checked = this.checked(data);
+        if (checked) this.know(checked);
         return;
+      }
       case 'guest-state':
-        this.byHandle.get(d.handle as number)?.setState(d.state as GuestState);
+        if (isGuestState(d.state)) this.byHandle.get(d.handle as number)?.setState(d.state);
         return;
       case 'guest-exited': {
         const g = this.byHandle.get(d.handle as number);
@@ -253,9 +316,19 @@ export class RemoteHost extends EventEmitter implements Host {
     const spec = parseGuestSpec(input);
     if (this.byName.has(spec.name)) throw new Error(`A guest named "${spec.name}" already runs on host ${this.name}: pick another name`);
     // Its guest-started event may have come first: either way, one guest object.
-    return this.know(await this.call<GuestDescriptor>('startGuest', { spec, incoming: opts.incoming ?? false }, 60_000));
+    const raw = await this.call<unknown>('startGuest', { spec, incoming: opts.incoming ?? false }, 60_000);
+    try {
+      const d = checkGuestDescriptor(raw, this.agentLabel);
+      if (d.name !== spec.name) throw new RefusedGuestError(this.agentLabel, d.name, [`it answered the start of "${spec.name}" with another guest`]);
+      return this.know(d);
+    } catch (err) {
+      // Started but described wrongly: not left running where no one in the lab sees it.
+      void this.call('stopGuest', { name: spec.name }).catch(() => {});
+      throw err;
+    }
   }
 
+  /** The agent decides about overlays itself: its library disks always boot through one. */
   prepareIncoming(spec: GuestSpec): Promise<Guest> {
     return this.startGuest(spec, { incoming: true });
   }
@@ -352,17 +425,17 @@ export class RemoteGuest extends EventEmitter implements Guest {
 
   constructor(
     private readonly host: RemoteHost,
-    d: GuestDescriptor,
+    d: CheckedDescriptor,
   ) {
     super();
     this.name = d.name;
     this.hostName = host.name;
-    this.spec = d.spec as unknown as GuestSpec;
+    this.spec = d.spec; // checked with the API's schema (checkGuestDescriptor): the agent is not trusted
     this.handle = d.handle;
     this.pid = d.pid ?? undefined;
     this.switchPort = d.switchPort;
     this.adopted = d.adopted;
-    this.current = d.state as GuestState;
+    this.current = d.state;
     this.startedAt = performance.now() - d.uptimeMs;
     this.kernelAppend = d.kernelAppend ?? null;
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
@@ -393,10 +466,10 @@ export class RemoteGuest extends EventEmitter implements Guest {
   }
 
   /** The same guest under a new handle (the agent restarted, or we reconnected). */
-  rebind(d: GuestDescriptor): void {
+  rebind(d: CheckedDescriptor): void {
     this.handle = d.handle;
     this.pid = d.pid ?? undefined;
-    if (d.state !== this.current) this.setState(d.state as GuestState);
+    if (d.state !== this.current) this.setState(d.state);
   }
 
   seedConsole(history: string): void {

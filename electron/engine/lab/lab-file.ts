@@ -1,12 +1,12 @@
 // Lab files: a lab (hosts, network, guests and their workloads) as YAML, so a teacher hands the
 // same lab to a class. `miglab web lab.yaml`, `npm start -- lab.yaml` and the app open one.
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
 import { LocalHost } from '../hosts/local';
 import { DEFAULT_LAB_SUBNET, LabNetwork, parseSubnet } from '../network/lab-network';
-import { BootSchema, labName } from '../qemu/spec';
+import { BootSchema, bootFiles, hostPath, labName, withBootFiles } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
 import { RemoteHost } from '../hosts/remote';
 import type { Host } from '../hosts/host';
@@ -38,6 +38,11 @@ export const AgentRefSchema = z.object({
 
 export const LabFileSchema = z.object({
   name: z.string().max(200).optional(),
+  /**
+   * The image library of this machine's hosts: the only files a guest that migrates here from an
+   * agent may boot from (default: the cached lab guest). Relative to the lab file's folder.
+   */
+  images: hostPath.optional(),
   network: z.object({
     subnet: z.string().default(DEFAULT_LAB_SUBNET),
     /** The switch's address: one every host reaches (default 127.0.0.1, right for local hosts only). */
@@ -87,25 +92,106 @@ export class LabFileError extends Error {
   }
 }
 
-/** Parses and checks a lab file's text; one error lists every problem, with lines for YAML ones. */
-export function parseLabFile(text: string, source = 'lab file'): LabFile {
-  const doc = parseDocument(text, { prettyErrors: true });
+/** A lab file is a few kilobytes of YAML; anything much larger is the wrong file, or an attack. */
+export const MAX_LAB_FILE_BYTES = 1024 * 1024;
+
+const tooLarge = (bytes: string) => `it is ${bytes}, more than the 1 MiB a lab file may be (one is a few kilobytes of YAML): check that this is the right file`;
+
+/** The YAML as plain data; any problem (a syntax error, an alias bomb) as a LabFileError. */
+function yamlData(text: string, source: string): unknown {
+  if (text.length > MAX_LAB_FILE_BYTES || Buffer.byteLength(text) > MAX_LAB_FILE_BYTES) throw new LabFileError(source, [tooLarge('larger')]);
+  let doc: ReturnType<typeof parseDocument>;
+  try {
+    doc = parseDocument(text, { prettyErrors: true });
+  } catch (err) {
+    throw new LabFileError(source, [`the YAML cannot be read: ${(err as Error).message.split('\n')[0]}`]);
+  }
   if (doc.errors.length) {
     throw new LabFileError(source, doc.errors.map((e) => `line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`));
   }
-  const r = LabFileSchema.safeParse(doc.toJS());
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    const message = (err as Error).message.split('\n')[0]!;
+    if (/alias count/i.test(message)) {
+      throw new LabFileError(source, ['it repeats YAML aliases (*name) so often that it would grow without bound (a "billion laughs" file): a lab file needs few aliases or none']);
+    }
+    throw new LabFileError(source, [`the YAML cannot be read: ${message}`]);
+  }
+}
+
+/**
+ * Makes the file's paths absolute: each relative one names a file next to the lab file, whatever
+ * folder the engine runs in (QEMU runs in yet another, the guest's). A guest on an agent host
+ * keeps its paths: they are relative to that agent's image library, where the agent looks.
+ */
+function resolvePaths(lab: LabFile, source: string, dir: string | undefined): LabFile {
+  const problems: string[] = [];
+  const onAgent = new Set(lab.hosts.filter((h) => h.agent).map((h) => h.name));
+  const field = { kernel: 'kernel', initrd: 'initrd', 'disk image': 'path' } as const;
+  const here = (path: string, where: string): string => {
+    if (isAbsolute(path)) return path;
+    if (dir) return resolve(dir, path);
+    problems.push(`${where}: "${path}" is relative, and this lab file has no folder to find it in: write an absolute path`);
+    return path;
+  };
+  const guests = lab.guests.map((g, i) => {
+    if (!onAgent.has(g.host)) return { ...g, boot: withBootFiles(g.boot, (p, what) => here(p, `guests.${i}.boot.${field[what]}`)) };
+    for (const f of bootFiles(g.boot)) {
+      if (isAbsolute(f.path)) {
+        problems.push(`guests.${i}.boot.${field[f.what]}: "${f.path}" is absolute, but host ${g.host} is an agent: name the file relative to its image library (the agent's --images folder)`);
+      }
+    }
+    return g;
+  });
+  const images = lab.images === undefined ? undefined : here(lab.images, 'images');
+  if (problems.length) throw new LabFileError(source, problems);
+  return { ...lab, ...(images !== undefined ? { images } : {}), guests };
+}
+
+export interface ParseLabFileOptions {
+  /** The folder the lab file is in: its relative paths name files there. */
+  dir?: string;
+}
+
+/** Parses and checks a lab file's text; one error lists every problem, with lines for YAML ones. */
+export function parseLabFile(text: string, source = 'lab file', opts: ParseLabFileOptions = {}): LabFile {
+  const r = LabFileSchema.safeParse(yamlData(text, source));
   if (!r.success) throw new LabFileError(source, r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'lab'}: ${i.message}`));
-  return r.data;
+  return resolvePaths(r.data, source, opts.dir);
+}
+
+/** At most MAX_LAB_FILE_BYTES of a regular file: a FIFO or a device is not waited on or read forever. */
+async function readCapped(path: string): Promise<string> {
+  const cannot = (err: unknown) =>
+    new LabFileError(path, [`it cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): check the path`]);
+  const st = await stat(path).catch((err: unknown) => {
+    throw cannot(err);
+  });
+  if (!st.isFile()) throw new LabFileError(path, ['it is not a file: give the path of a .yaml lab file']);
+  if (st.size > MAX_LAB_FILE_BYTES) throw new LabFileError(path, [tooLarge(`${(st.size / 2 ** 20).toFixed(1)} MiB`)]);
+  const fh = await open(path, 'r').catch((err: unknown) => {
+    throw cannot(err);
+  });
+  try {
+    const buf = Buffer.alloc(MAX_LAB_FILE_BYTES + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      if (n > MAX_LAB_FILE_BYTES) throw new LabFileError(path, [tooLarge('larger')]); // it grew since the stat
+    }
+    return buf.subarray(0, n).toString('utf8');
+  } catch (err) {
+    throw err instanceof LabFileError ? err : cannot(err);
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function readLabFile(path: string): Promise<LabFile> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new LabFileError(path, [`it cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): check the path`]);
-  }
-  return parseLabFile(text, path);
+  return parseLabFile(await readCapped(path), path, { dir: dirname(resolve(path)) });
 }
 
 /** The YAML for a lab file (what "Save lab file" writes). */
@@ -126,6 +212,12 @@ export async function labFromFile(file: LabFile, opts: { runtimeDir?: string; so
       tokenless.map((name) => `host ${name} has no token: add the token its agent printed, or make one with 'miglab agent token new'`),
     );
   }
+  if (file.images && file.hosts.some((h) => !h.agent)) {
+    const st = await stat(file.images).catch(() => null);
+    if (!st?.isDirectory()) {
+      throw new LabFileError(opts.source ?? 'lab file', [`images: ${file.images} is not a folder: create it and put the images guests may use in it, or leave images: out`]);
+    }
+  }
   const network = file.network
     ? new LabNetwork({ subnet: file.network.subnet, ...(file.network.address ? { address: file.network.address } : {}) })
     : null;
@@ -141,7 +233,10 @@ export async function labFromFile(file: LabFile, opts: { runtimeDir?: string; so
         connected.push(remote);
         hosts.push(remote);
       } else {
-        hosts.push(new LocalHost({ name: h.name, runtimeDir: join(dir!, h.name), migrationPorts: localPortRange(i), ...(network ? { network } : {}) }));
+        hosts.push(new LocalHost({
+          name: h.name, runtimeDir: join(dir!, h.name), migrationPorts: localPortRange(i),
+          ...(network ? { network } : {}), ...(file.images ? { imagesDir: file.images } : {}),
+        }));
       }
     }
     return new Lab(hosts, { ...(dir ? { runtimeDir: dir } : {}), ownsDir: !opts.runtimeDir, network });

@@ -4,6 +4,7 @@ import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
 import { RemoteHost } from '../hosts/remote';
 import type { AgentAddress } from '../agent/connect';
 import type { PortRange } from '../hosts/ports';
+import type { LabPeer } from '../agent/protocol';
 import { LabNetwork, type LabNetworkOptions } from '../network/lab-network';
 import { labName, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
@@ -54,6 +55,19 @@ export class Lab {
       this.byName.set(h.name, h);
     }
     liveLabs.add(this);
+    this.tellAgentsTheLab();
+  }
+
+  /**
+   * Tells every agent of the lab its hosts: an agent's QEMU sends migration streams only to their
+   * addresses and migration ports. Again whenever a host joins or leaves.
+   */
+  private tellAgentsTheLab(): void {
+    const peers: LabPeer[] = this.hosts().flatMap((h) => {
+      const ports = (h as { migrationPortRange?: PortRange | null }).migrationPortRange;
+      return ports && h.address ? [{ address: h.address, ports: { first: ports.first, last: ports.last } }] : [];
+    });
+    for (const h of this.hosts()) if (h instanceof RemoteHost) h.setLabPeers(peers);
   }
 
   hosts(): Host[] {
@@ -85,6 +99,7 @@ export class Lab {
       ...(this.network ? { network: this.network } : {}),
     });
     this.byName.set(name, host);
+    this.tellAgentsTheLab();
     return host;
   }
 
@@ -107,6 +122,7 @@ export class Lab {
       throw err;
     }
     this.byName.set(name, host);
+    this.tellAgentsTheLab();
     return host;
   }
 
@@ -117,6 +133,7 @@ export class Lab {
     if (guests.length) throw new Error(`Host ${name} still runs ${guests.join(', ')}: stop or migrate ${guests.length === 1 ? 'it' : 'them'} first`);
     if (this.byName.size === 1) throw new Error('A lab needs at least one host');
     this.byName.delete(name);
+    this.tellAgentsTheLab();
     await host.dispose();
   }
 

@@ -25,7 +25,7 @@ import { delay } from '../util/time';
 import type { LabNetwork } from '../network/lab-network';
 import type { MigrationJournal } from './journal';
 import { MigrationNetworkWatch } from './network-watch';
-import { runPreflight } from './preflight';
+import { destinationStart, runPreflight } from './preflight';
 import { predict } from './prediction';
 import { PassTracker, SampleRing, sampleFromInfo } from './telemetry';
 import {
@@ -289,7 +289,9 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
       await this.transition('prepare');
       try {
-        this.dst = await to.prepareIncoming(guest.spec);
+        // Never guest.spec as such: an agent's guest names files that must resolve in a local destination's library.
+        const start = await destinationStart(guest, from, to);
+        this.dst = await to.prepareIncoming(start.spec, { overlayDisk: start.overlayDisk });
       } catch (err) {
         throw new JobEnd('failed', `The destination QEMU could not be started on ${to.name}: ${(err as Error).message}`, null, 'destination-start');
       }

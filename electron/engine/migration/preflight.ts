@@ -2,6 +2,8 @@
 // blocks the migration; a warning lets the user go on.
 import { stat } from 'node:fs/promises';
 import type { Guest, Host, HostInfo } from '../hosts/host';
+import type { LocalHost } from '../hosts/local';
+import { bootFiles, type GuestSpec } from '../qemu/spec';
 import { tracksTcgWritesExactly } from '../qemu/binary';
 import type { CheckStatus, PreflightCheck } from './types';
 
@@ -178,23 +180,50 @@ function cpuCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightCheck {
   return check('cpu-accelerator', 'pass', `Both hosts use ${accel.toUpperCase()}, and QEMU on ${to.name} offers ${how}${accel === 'kvm' ? `, on a CPU with every feature of ${from.name}'s` : ''}.`);
 }
 
-async function disksCheck(guest: Guest, to: Host): Promise<PreflightCheck> {
-  const boot = guest.spec.boot;
-  const files =
-    boot.kind === 'disk' ? [boot.path] : boot.kind === 'kernel' ? [boot.kernel, ...(boot.initrd ? [boot.initrd] : [])] : [];
-  if (files.length === 0) return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
+/**
+ * The spec the destination starts. A guest on an agent names its images relative to that agent's
+ * library, and an agent may name anything: on a local destination those names must resolve
+ * inside the local host's own library, and only the resolved paths reach its QEMU.
+ */
+export async function destinationSpec(guest: Guest, from: Host, to: Host): Promise<GuestSpec> {
+  if (from.kind === 'remote' && to.kind === 'local') return (to as LocalHost).resolvePeerSpec(guest.spec);
+  return guest.spec;
+}
+
+/**
+ * How the destination starts: a disk that came from an agent is a library image here too, so it
+ * boots through an overlay (the library file opened read-only), and so does every later copy of
+ * that guest. Its writes do not follow it between hosts: there is no storage migration yet.
+ */
+export async function destinationStart(guest: Guest, from: Host, to: Host): Promise<{ spec: GuestSpec; overlayDisk: boolean }> {
+  const overlayDisk = from.kind === 'remote' || (guest as { overlayDisk?: boolean }).overlayDisk === true;
+  return { spec: await destinationSpec(guest, from, to), overlayDisk };
+}
+
+async function disksCheck(guest: Guest, from: Host, to: Host): Promise<PreflightCheck> {
+  if (bootFiles(guest.spec.boot).length === 0) return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
   if (to.kind !== 'local') {
     return check('disks', 'warn', `MigLab cannot yet look at ${to.name}'s files: make sure the guest's images are there at the same paths.`);
   }
+  let spec: GuestSpec;
+  try {
+    spec = await destinationSpec(guest, from, to);
+  } catch (err) {
+    return check('disks', 'fail', `${to.name} will not open the images agent ${from.name} reported for ${guest.name}: ${(err as Error).message}`);
+  }
+  const files = bootFiles(spec.boot);
   for (const f of files) {
     try {
-      await stat(f);
+      await stat(f.path);
     } catch {
-      return check('disks', 'fail', `${to.name} cannot reach ${f}, which the guest needs: put it where both hosts can read it.`);
+      return check('disks', 'fail', `${to.name} cannot reach ${f.path}, which the guest needs: put it where both hosts can read it.`);
     }
   }
-  if (boot.kind === 'disk') {
-    return check('disks', 'pass', `${to.name} reads the guest's disk ${boot.path} directly (shared storage), so only memory and device state move.`);
+  if (from.kind === 'remote') {
+    return check('disks', 'pass', `${to.name} has the guest's ${files.map((f) => f.what).join(' and ')} in its image library: ${files.map((f) => f.path).join(', ')}.`);
+  }
+  if (spec.boot.kind === 'disk') {
+    return check('disks', 'pass', `${to.name} reads the guest's disk ${spec.boot.path} directly (shared storage), so only memory and device state move.`);
   }
   return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
 }
@@ -291,7 +320,7 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(memoryCheck(ctx.guest, toInfo));
   add(versionCheck(fromInfo, toInfo, ctx.guest));
   add(cpuCheck(fromInfo, toInfo, ctx.guest));
-  add(await disksCheck(ctx.guest, ctx.to));
+  add(await disksCheck(ctx.guest, ctx.from, ctx.to));
   const tcg = tcgDirtyTrackingCheck(fromInfo, toInfo, ctx.guest);
   if (tcg) add(tcg);
   const net = networkCheck(ctx.guest, toInfo);

@@ -13,7 +13,25 @@ const cidr = z
     return addr.split('.').every((o) => Number(o) <= 255) && Number(prefix) <= 32;
   }, 'each octet must be 0-255 and the prefix 0-32');
 
-const hostPath = z.string().min(1, 'give a file path');
+/**
+ * A name QEMU would read as a protocol rather than a file (json:{...}, nbd:..., http:...): its
+ * block layer parses "-drive file=" that way. "./" in front makes it a plain file name again.
+ */
+export const PROTOCOL_PREFIX = /^[A-Za-z][A-Za-z0-9+.-]*:/;
+
+/** A file for QEMU to open: never a protocol, never a NUL (file names end there). */
+export const hostPath = z
+  .string()
+  .min(1, 'give a file path')
+  .max(4096, 'the path is longer than 4096 characters')
+  .refine((p) => !p.includes('\0'), 'the path holds a NUL character')
+  .superRefine((p, ctx) => {
+    const protocol = PROTOCOL_PREFIX.exec(p)?.[0];
+    if (protocol) {
+      const shown = p.length > 60 ? `${p.slice(0, 60)}…` : p;
+      ctx.addIssue({ code: 'custom', message: `"${shown}" reads as a QEMU protocol (${protocol}), not a file: for a file with a colon in its name, write ./${shown}` });
+    }
+  });
 
 /** A unicast MAC (the group bit of the first octet clear), as the NIC and the lab switch see it. */
 const unicastMac = z
@@ -86,4 +104,20 @@ export function parseGuestSpec(input: unknown): GuestSpec {
   throw new InvalidGuestSpecError(
     r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'guest'}: ${i.message}`),
   );
+}
+
+export type BootFileKind = 'kernel' | 'initrd' | 'disk image';
+
+/** The files a boot source makes QEMU read, each with what it is (the lab guest's are the engine's own). */
+export function bootFiles(boot: BootSpec): Array<{ what: BootFileKind; path: string }> {
+  if (boot.kind === 'kernel') return [{ what: 'kernel', path: boot.kernel }, ...(boot.initrd ? [{ what: 'initrd' as const, path: boot.initrd }] : [])];
+  if (boot.kind === 'disk') return [{ what: 'disk image', path: boot.path }];
+  return [];
+}
+
+/** The boot source with each of its file paths replaced by what `to` makes of it. */
+export function withBootFiles(boot: BootSpec, to: (path: string, what: BootFileKind) => string): BootSpec {
+  if (boot.kind === 'kernel') return { ...boot, kernel: to(boot.kernel, 'kernel'), ...(boot.initrd ? { initrd: to(boot.initrd, 'initrd') } : {}) };
+  if (boot.kind === 'disk') return { ...boot, path: to(boot.path, 'disk image') };
+  return boot;
 }

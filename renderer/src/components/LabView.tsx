@@ -171,6 +171,11 @@ export const LabView = memo(function LabView({ snapshot, conn, selected, onSelec
                 )}
               </p>
               {h.agentUrl && <p className="detail agent-url">agent {h.agentUrl}</p>}
+              {h.refusedGuests?.map((r) => (
+                <p key={r.guest} className="check warn refused-guest" aria-label={`Guest ${r.guest} refused`}>
+                  {r.problem}
+                </p>
+              ))}
               <ul className="guests">
                 {h.guests.map((g) => (
                   <GuestCard key={`${g.host}/${g.name}`} g={g} selected={g.name === selected} onSelect={() => onSelect(g.name)} role={roleInMigration(g, snapshot.migrations)} />
