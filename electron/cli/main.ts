@@ -39,7 +39,9 @@ Usage:
                                     cannot open, the same UI in browser mode
   miglab web [lab.yaml] [--port N] [--host 127.0.0.1] [--json]
                                     the lab in a browser: serves the UI and its API with an access
-                                    token, and a read-only address for spectators (default port 5199)
+                                    token, and a read-only address for spectators (default port 5199);
+                                    a --host that is not loopback is served over HTTPS with MigLab's
+                                    own certificate (--json prints its fingerprint)
   miglab agent [--listen ADDR:PORT] [--data-dir DIR] [--images DIR] [--name NAME]
                [--max-guests N] [--max-memory MiB] [--ports FIRST-LAST] [--json]
                                     run this machine as a lab host: QEMU driven by the app over TLS
@@ -105,6 +107,9 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  // The agent's guests outlive it on purpose (the next agent reattaches them): a crash of the
+  // agent leaves them be, as its signal handlers do.
+  if (cmd === 'agent') fatalCleanup = { what: 'its guests keep running for the next agent to reattach', run: async () => {} };
   if (cmd === 'agent' && sub === 'token') return agentTokenCommand(rest[0], rest[1], values);
   if (cmd === 'migrate') {
     if (rest.length > 1) throw new UsageError(`Unexpected arguments: ${rest.slice(1).join(' ')}`);
@@ -170,7 +175,53 @@ function installShutdown(): void {
   process.on('SIGHUP', () => shutdown('SIGHUP', 129));
 }
 
+/**
+ * What an error nobody caught must undo before the process exits. Like a signal, by default: stop
+ * every guest this run started (web, start, demo, guest boot, migrate), which would otherwise
+ * keep running with nobody to stop them.
+ */
+let fatalCleanup: { what: string; run: () => Promise<void> } = { what: 'stopping the guests this run started', run: disposeAllLabs };
+/** How long the clean-up may take before the process exits anyway. */
+const FATAL_CLEANUP_MS = 20_000;
+/** EX_SOFTWARE: an internal error, told apart from usage errors (2) and failed commands (1). */
+const EXIT_INTERNAL_ERROR = 70;
+
+/** An exception or a rejection that no code handled: a MigLab bug. Clean up, say so, exit. */
+function installFatalHandlers(): void {
+  let dying = false;
+  const fatal = (kind: string, err: unknown) => {
+    const e = err instanceof Error ? err : new Error(String(err));
+    const say = (text: string) => {
+      try {
+        process.stderr.write(text);
+      } catch {
+        // the terminal may be gone: cleaning up matters more than saying so
+      }
+    };
+    if (dying) {
+      say(`miglab: another internal error while cleaning up (${kind}): ${e.message}\n`);
+      return; // the first one's clean-up goes on
+    }
+    dying = true;
+    process.exitCode = EXIT_INTERNAL_ERROR;
+    say(`miglab: internal error (${kind}): ${e.message}\n`);
+    say(`miglab: ${fatalCleanup.what}, then exiting. This is a MigLab bug: please report it with this output${process.env.MIGLAB_DEBUG ? '' : ' (MIGLAB_DEBUG=1 adds the stack)'}.\n`);
+    if (process.env.MIGLAB_DEBUG) say(`${e.stack}\n`);
+    setTimeout(() => {
+      say(`miglab: the clean-up did not finish within ${FATAL_CLEANUP_MS / 1000} s; look for leftover qemu-system processes\n`);
+      process.exit(EXIT_INTERNAL_ERROR);
+    }, FATAL_CLEANUP_MS);
+    fatalCleanup
+      .run()
+      .catch((cleanupErr: Error) => say(`miglab: the clean-up failed too: ${cleanupErr.message}; look for leftover qemu-system processes\n`))
+      .finally(() => process.exit(EXIT_INTERNAL_ERROR));
+  };
+  process.on('uncaughtException', (err) => fatal('uncaught exception', err));
+  process.on('unhandledRejection', (reason) => fatal('unhandled promise rejection', reason));
+}
+
 installShutdown();
+installFatalHandlers();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -5,9 +5,10 @@ import { resolve } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile, type LabFile } from '../engine/lab/lab-file';
-import { MigrationJournal } from '../engine/migration/journal';
 import { describeRecovery, recoverInterruptedMigrations } from '../engine/migration/recovery';
+import { defaultStateDir, MigrationJournal } from '../engine/migration/journal';
 import { WebServer } from '../engine/web/server';
+import { isLoopbackHost, loadOrCreateWebIdentity } from '../engine/web/tls-identity';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { printJson, UsageError } from './output';
 
@@ -53,8 +54,14 @@ export async function webCommand(args: WebArgs): Promise<number> {
   }
   const service = new LabService(lab, journal);
   let server: WebServer;
+  let identity: Awaited<ReturnType<typeof loadOrCreateWebIdentity>> | null = null;
   try {
-    server = await WebServer.start(service, { host, port, uiDir: findBuiltUi() });
+    // On the network the token must not travel in clear: HTTPS with a certificate of our own.
+    if (!isLoopbackHost(host)) identity = await loadOrCreateWebIdentity(defaultStateDir(), host);
+    server = await WebServer.start(service, {
+      host, port, uiDir: findBuiltUi(),
+      ...(identity ? { tls: { certPem: identity.certPem, keyPem: identity.keyPem } } : {}),
+    });
   } catch (err) {
     service.close();
     await lab.dispose();
@@ -64,12 +71,18 @@ export async function webCommand(args: WebArgs): Promise<number> {
     throw new UsageError((err as Error).message);
   }
   if (args.json) {
-    printJson({ url: server.url, token: server.tokens.teacher, spectatorUrl: server.spectatorUrl });
+    printJson({
+      url: server.url, token: server.tokens.teacher, spectatorUrl: server.spectatorUrl,
+      tls: server.tls, fingerprint: identity?.fingerprint ?? null, certificate: identity?.certFile ?? null,
+    });
   } else {
     console.log(`MigLab is open at ${server.url}`);
     console.log(`Spectators (read-only) follow at ${server.spectatorUrl}`);
-    const loopback = host === 'localhost' || host === '::1' || host.startsWith('127.');
-    if (!loopback) console.log(`Listening on ${host}: anyone on the network with a token can reach it.`);
+    if (identity) {
+      console.log(`Listening on ${host}: anyone on the network with a token can reach it, over HTTPS.`);
+      console.log(`Its certificate is MigLab's own (${identity.certFile}); browsers warn until it is trusted.`);
+      console.log(`Before you accept it, check that its SHA-256 fingerprint is ${identity.fingerprint}`);
+    }
     console.log('Ctrl-C stops the lab and every guest in it.');
   }
   if (file) {

@@ -59,6 +59,9 @@ async function typeInConsole(text: string): Promise<void> {
 describe('the UI in Chromium, browser mode, real guests', () => {
   it('shows the lab: host-a, host-b and the switch between them', async () => {
     await page.goto(server.url);
+    // The token left the address bar (history, sync, screen shares) for an HttpOnly cookie.
+    expect(await page.evaluate(() => location.search)).toBe('');
+    expect(page.url()).toBe(new URL('/', server.url).href);
     await expect.poll(() => page.getByRole('article', { name: 'Host host-a' }).count()).toBe(1);
     expect(await page.getByRole('article', { name: 'Host host-b' }).count()).toBe(1);
     expect(await page.getByLabel('Lab switch').innerText()).toContain('10.80.0.0/24');
@@ -158,6 +161,7 @@ describe('the UI in Chromium, browser mode, real guests', () => {
     const spectator = pageErrors.watch(await ctx.newPage());
     try {
       await spectator.goto(server.spectatorUrl);
+      expect(await spectator.evaluate(() => location.search)).toBe(''); // its token too left the address bar
       await spectator.getByText('spectator view (read-only)').waitFor();
       await expect.poll(() => spectator.getByRole('article', { name: 'Host host-b' }).innerText()).toContain('ui1');
       expect(await spectator.getByRole('button', { name: 'Start guest' }).count()).toBe(0);

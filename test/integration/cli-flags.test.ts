@@ -158,7 +158,7 @@ describe('miglab web --host', () => {
       expect(spectator.host).toBe(url.host);
       expect(s.out()).not.toContain('anyone on the network'); // a loopback address is not the network
       expect((await fetch(`http://127.0.0.2:${url.port}/`)).status).toBe(401);
-      expect((await fetch(url)).status).toBe(200);
+      expect((await fetch(url, { redirect: 'manual' })).status).toBe(303); // the token moves into a cookie
       // Bound to 127.0.0.2 alone: the same port on 127.0.0.1 has no listener.
       const other = await fetch(`http://127.0.0.1:${url.port}/`).then(() => 'answered', (e: Error & { cause?: { code?: string } }) => e.cause?.code);
       expect(other).toBe('ECONNREFUSED');

@@ -267,7 +267,10 @@ describe('miglab start and miglab web', () => {
     const url = /MigLab is open at (\S+)/.exec(s.out())![1]!;
     expect(s.out()).toMatch(/Spectators \(read-only\) follow at http:\/\/127\.0\.0\.1:\d+\/\?token=/);
     expect((await fetch(url.split('?')[0]!)).status).toBe(401);
-    const page = await fetch(url);
+    // The token moves from the address into a cookie (303), which the page's requests carry.
+    const redirect = await fetch(url, { redirect: 'manual' });
+    expect(redirect.status).toBe(303);
+    const page = await fetch(new URL(redirect.headers.get('location')!, url), { headers: { cookie: redirect.headers.get('set-cookie')!.split(';')[0]! } });
     expect(page.status).toBe(200); // the set-up built the UI
     expect(await page.text()).toContain('<title>MigLab</title>');
     s.child.kill('SIGINT');

@@ -1,7 +1,10 @@
 // Browser mode's server with a real lab: tokens (401 without one), the spectator's read-only
 // view, bad messages, and the API driving real QEMU guests: start, console, workload, migrate.
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { get as httpsGet } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { ApiCommand, ApiEvent, ServerMessage } from '../../electron/engine/api/contract';
@@ -10,7 +13,12 @@ import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
 import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { WebServer } from '../../electron/engine/web/server';
+import { delay } from '../../electron/engine/util/time';
+import { certFingerprint } from '../../electron/engine/agent/certs';
+import { NetnsLab } from '../../electron/engine/hosts/netns';
+import { MIGLAB_BIN } from '../helpers/agents';
 import { expectDirtyingAt, expectScopeClean, requireLabGuest } from '../helpers/lab';
+import type { WebInfo } from '../helpers/web-cli';
 import { labCrashEvidence } from '../helpers/migration';
 import { retryTcgCrashes } from '../helpers/tcg-retry';
 
@@ -118,6 +126,31 @@ class Client {
 }
 
 describe('miglab web: access', () => {
+  it('caps the WebSockets open at once, every role alike: one more gets 503 until one closes', async () => {
+    const small = await WebServer.start(service, { port: 0, uiDir: null, maxClients: 3 });
+    const open = (token: string) =>
+      new Promise<WebSocket>((resolve, reject) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${small.address.port}/api?token=${token}`);
+        ws.once('open', () => resolve(ws));
+        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+        ws.once('error', reject);
+      });
+    const held: WebSocket[] = [];
+    try {
+      held.push(await open(small.tokens.teacher), await open(small.tokens.spectator), await open(small.tokens.spectator));
+      await expect(open(small.tokens.spectator)).rejects.toThrow('HTTP 503');
+      await expect(open(small.tokens.teacher)).rejects.toThrow('HTTP 503');
+      const closed = new Promise((r) => held[1]!.once('close', r));
+      held[1]!.close();
+      await closed;
+      await delay(50); // the server hears the close after the client does
+      held.push(await open(small.tokens.teacher));
+    } finally {
+      for (const ws of held) ws.terminate();
+      await small.close();
+    }
+  });
+
   it('answers 401 and nothing else without a valid token', async () => {
     for (const url of [`${base}/`, `${base}/assets/app.js`, `${base}/?token=wrong`, `${base}/api`]) {
       const res = await fetch(url);
@@ -129,14 +162,41 @@ describe('miglab web: access', () => {
     await expect(Client.open('wrong')).rejects.toThrow('HTTP 401');
   });
 
-  it('serves the UI with its token, sets the cookie the page\'s own requests use, and a CSP', async () => {
-    const res = await fetch(`${base}/?token=${server.tokens.teacher}`);
+  it('takes the token out of the address: 303 to the same address without it, with a cookie named for this server', async () => {
+    const res = await fetch(`${base}/?token=${server.tokens.teacher}`, { redirect: 'manual' });
+    expect(res.status).toBe(303);
+    expect(res.headers.get('location')).toBe('/');
+    const cookie = res.headers.get('set-cookie')!;
+    expect(cookie).toBe(`${server.cookieName}=${server.tokens.teacher}; HttpOnly; SameSite=Strict; Path=/`);
+    // Cookies ignore ports: each server's name is its own, so two MigLabs do not overwrite each other.
+    expect(server.cookieName).toMatch(/^miglab_[0-9a-f]{12}$/);
+    const other = await WebServer.start(service, { port: 0, uiDir: null });
+    try {
+      expect(other.cookieName).not.toBe(server.cookieName);
+    } finally {
+      await other.close();
+    }
+    // Any path, other parameters kept; the spectator's link redirects the same way.
+    const deep = await fetch(`${base}/assets/app.js?a=1&token=${server.tokens.spectator}&b=x%20y`, { redirect: 'manual' });
+    expect(deep.status).toBe(303);
+    expect(deep.headers.get('location')).toBe('/assets/app.js?a=1&b=x+y');
+    expect(deep.headers.get('set-cookie')).toContain(`${server.cookieName}=${server.tokens.spectator};`);
+    // A target that looks like another host stays on this one.
+    const sneaky = await fetch(`${base}//evil.example/?token=${server.tokens.teacher}`, { redirect: 'manual' });
+    expect(sneaky.headers.get('location')).toBe('/evil.example/');
+  });
+
+  it('serves the UI to the cookie the redirect set, or a Bearer token, with a CSP', async () => {
+    const first = await fetch(`${base}/?token=${server.tokens.teacher}`, { redirect: 'manual' });
+    const cookie = first.headers.get('set-cookie')!.split(';')[0]!;
+    const res = await fetch(`${base}/`, { headers: { cookie } });
     expect(res.status).toBe(200);
     expect(await res.text()).toContain('<title>MigLab</title>');
-    const cookie = res.headers.get('set-cookie')!;
-    expect(cookie).toMatch(/^miglab_token=[\w-]+; HttpOnly; SameSite=Strict; Path=\//);
+    expect(res.headers.get('set-cookie')).toBeNull();
     expect(res.headers.get('content-security-policy')).toContain("default-src 'self'");
-    const asset = await fetch(`${base}/assets/app.js`, { headers: { cookie: cookie.split(';')[0]! } });
+    // The old, shared cookie name is not this server's.
+    expect((await fetch(`${base}/`, { headers: { cookie: `miglab_token=${server.tokens.teacher}` } })).status).toBe(401);
+    const asset = await fetch(`${base}/assets/app.js`, { headers: { cookie } });
     expect(asset.status).toBe(200);
     expect(asset.headers.get('content-type')).toContain('text/javascript');
     const bearer = await fetch(`${base}/assets/app.js`, { headers: { authorization: `Bearer ${server.tokens.spectator}` } });
@@ -172,6 +232,27 @@ describe('miglab web: access', () => {
         expect(r).toMatchObject({ ok: false, error: { code: 'forbidden' } });
       }
       expect(lab.host('host-a').guest('nope')).toBeUndefined();
+    } finally {
+      c.close();
+    }
+  });
+
+  it('limits how fast one connection sends commands, teacher too: \'rate-limited\' answers, then served again', async () => {
+    const c = await Client.open(server.tokens.teacher);
+    try {
+      const replies = await Promise.all(Array.from({ length: 1000 }, () => c.call({ type: 'snapshot' })));
+      const ok = replies.filter((m) => 'ok' in m && m.ok).length;
+      const limited = replies.filter((m) => 'ok' in m && !m.ok && m.error.code === 'rate-limited');
+      // A burst of 200, then about 100 a second: the 1,000 arrive within well under a second.
+      expect(ok).toBeGreaterThanOrEqual(200);
+      expect(ok).toBeLessThan(400);
+      expect(ok + limited.length).toBe(1000);
+      expect(limited[0]).toMatchObject({ error: { message: expect.stringContaining('Too many commands at once') } });
+      const other = await Client.open(server.tokens.teacher); // the budget is per connection
+      expect(await other.call({ type: 'snapshot' })).toMatchObject({ ok: true });
+      other.close();
+      await delay(1100);
+      expect(await c.call({ type: 'snapshot' })).toMatchObject({ ok: true });
     } finally {
       c.close();
     }
@@ -264,4 +345,127 @@ describe('miglab web: driving a real lab', () => {
       spectator.close();
     }
   });
+});
+
+// After the driving test: its guest's address assertions expect the first address of the lab.
+describe('miglab web: what a spectator may see', () => {
+  it("exports the lab without the teacher's host paths or kernel command line; the teacher's export keeps them", async () => {
+    const image = await requireLabGuest();
+    const teacher = await Client.open(server.tokens.teacher);
+    const spectator = await Client.open(server.tokens.spectator);
+    try {
+      const append = 'console=ttyS0 quiet miglab_secret=4711';
+      await teacher.ok({ type: 'startGuest', host: 'host-b', guest: { name: 'kern1', boot: { kind: 'kernel', kernel: image.kernel, initrd: image.initrd, append } } });
+      const mine = (await teacher.ok<{ yaml: string }>({ type: 'exportLab' })).yaml;
+      expect(mine).toContain(image.kernel);
+      expect(mine).toContain('miglab_secret=4711');
+      const theirs = (await spectator.ok<{ yaml: string }>({ type: 'exportLab' })).yaml;
+      expect(theirs).toContain('kern1');
+      expect(theirs).toContain(`kernel: ${basename(image.kernel)}`);
+      expect(theirs).toContain(`initrd: ${basename(image.initrd)}`);
+      expect(theirs).not.toContain(dirname(image.kernel));
+      expect(theirs).not.toContain('miglab_secret');
+      expect(theirs).not.toMatch(/^\s*append:/m);
+      expect(theirs).not.toMatch(/: \/\S/); // no absolute path anywhere
+    } finally {
+      await teacher.call({ type: 'stopGuest', host: 'host-b', guest: 'kern1' });
+      teacher.close();
+      spectator.close();
+    }
+  });
+});
+
+describe('miglab web --host on the network: HTTPS', () => {
+  /** `miglab web --host ADDR --json` run inside a network namespace of its own, so ADDR is not loopback. */
+  async function webInNamespace(netns: NetnsLab, env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; info: WebInfo; exited: Promise<number | null> }> {
+    const host = netns.host('web');
+    const child = netns.spawn('web', process.execPath, [MIGLAB_BIN, 'web', '--host', host.address, '--port', '0', '--json'], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    for (let i = 0; i < 600 && !/^\}$/m.test(out) && child.exitCode === null; i++) await delay(50);
+    if (!/^\}$/m.test(out)) throw new Error(`miglab web --host ${host.address} did not start; stdout: ${out}; stderr: ${err}`);
+    return { child, info: JSON.parse(out) as WebInfo, exited };
+  }
+
+  /** The SHA-256 fingerprint of the certificate a TLS server presents, trusting nothing. */
+  function presentedFingerprint(host: string, port: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const s = tlsConnect({ host, port, rejectUnauthorized: false }, () => {
+        resolve(certFingerprint(s.getPeerX509Certificate()!.raw));
+        s.destroy();
+      });
+      s.once('error', reject);
+    });
+  }
+
+  it('serves HTTPS with a certificate of its own, prints its fingerprint, and keeps it across restarts; loopback stays HTTP', async () => {
+    const netns = await NetnsLab.create({ hosts: ['web'] });
+    const run = join(work, 'tls-run');
+    await mkdir(run, { recursive: true });
+    const env = { MIGLAB_STATE_DIR: join(work, 'tls-state'), MIGLAB_RUNTIME_DIR: run };
+    let web: Awaited<ReturnType<typeof webInNamespace>> | null = null;
+    try {
+      web = await webInNamespace(netns, env);
+      const { info } = web;
+      const addr = netns.host('web').address;
+      const url = new URL(info.url);
+      expect(info.tls).toBe(true);
+      expect(url.protocol).toBe('https:');
+      expect(url.hostname).toBe(addr);
+      expect(new URL(info.spectatorUrl).protocol).toBe('https:');
+      const certPem = await readFile(info.certificate!, 'utf8');
+      expect(info.certificate!.startsWith(join(work, 'tls-state', 'web-tls'))).toBe(true);
+      expect(info.fingerprint).toBe(certFingerprint(certPem));
+      // From the root namespace, across the bridge, as a laptop in the room would see it.
+      expect(await presentedFingerprint(addr, Number(url.port))).toBe(info.fingerprint);
+      // A browser that trusts that certificate: the redirect sets a Secure cookie, the API answers.
+      const redirect = await new Promise<{ status: number; location: string; cookie: string }>((resolve, reject) => {
+        httpsGet(info.url, { ca: certPem }, (res) => {
+          res.resume();
+          resolve({ status: res.statusCode!, location: String(res.headers.location), cookie: String(res.headers['set-cookie']?.[0]) });
+        }).once('error', reject);
+      });
+      expect(redirect).toMatchObject({ status: 303, location: '/' });
+      expect(redirect.cookie).toMatch(/^miglab_[0-9a-f]+=[\w-]+; HttpOnly; SameSite=Strict; Path=\/; Secure$/);
+      const snap = await new Promise<ServerMessage>((resolve, reject) => {
+        const ws = new WebSocket(`wss://${url.host}/api?token=${info.token}`, { ca: certPem });
+        ws.once('open', () => ws.send(JSON.stringify({ id: 1, command: { type: 'snapshot' } })));
+        ws.on('message', (d) => {
+          const m = JSON.parse(String(d)) as ServerMessage;
+          if ('id' in m) {
+            ws.close();
+            resolve(m);
+          }
+        });
+        ws.once('error', reject);
+      });
+      expect(snap).toMatchObject({ ok: true, result: { apiVersion: 1 } });
+      // Nothing is served in clear on that port.
+      const plain = await fetch(`http://${url.host}/?token=${info.token}`).then((r) => `HTTP ${r.status}`, () => 'refused');
+      expect(plain).toBe('refused');
+
+      web.child.kill('SIGINT');
+      expect(await web.exited).toBe(0);
+      web = await webInNamespace(netns, env);
+      expect(web.info.fingerprint).toBe(info.fingerprint); // what the class trusted still holds
+    } finally {
+      if (web && web.child.exitCode === null) {
+        web.child.kill('SIGINT');
+        await web.exited;
+      }
+      await netns.destroy();
+    }
+    await expectScopeClean(run);
+    // Loopback: plain HTTP, nothing to trust.
+    const local = await WebServer.start(service, { port: 0, uiDir: null });
+    expect(local.tls).toBe(false);
+    expect(local.url).toMatch(/^http:\/\/127\.0\.0\.1:/);
+    await local.close();
+  }, 120_000);
 });
