@@ -125,23 +125,6 @@ describe('miglab agent without options', () => {
     expect(await peer.request('info')).toMatchObject({ name: info.name, address: '127.0.0.1' });
   });
 
-  it('hands out migration ports from 49152-49407', async () => {
-    const ports: number[] = [];
-    let last: unknown = null;
-    for (let i = 0; i < 300 && last === null; i++) {
-      await peer.request<number>('allocateMigrationPort').then((p) => ports.push(p), (e: unknown) => (last = e));
-    }
-    try {
-      expect(ports.length).toBe(256);
-      expect(Math.min(...ports)).toBe(49152);
-      expect(Math.max(...ports)).toBe(49407);
-      expect(new Set(ports).size).toBe(256);
-      expect((last as Error).message).toContain('No free TCP port on 127.0.0.1 between 49152 and 49407');
-    } finally {
-      for (const port of ports) await peer.request('releaseMigrationPort', { port });
-    }
-  });
-
   it('runs at most 8 guests, and gives its guests at most 75% of this machine\'s RAM', async () => {
     // Guests waiting for an incoming migration: real QEMU processes that do not run a CPU.
     const names = Array.from({ length: 8 }, (_, i) => `idle${i}`);
@@ -229,5 +212,50 @@ describe('miglab agent token, on the default data dir', () => {
     }
     expect(peer.closed).toBe(false); // the pairing token's connection was not touched
     expect(await peer.request('ping')).toHaveProperty('at');
+  });
+});
+
+// After the token listings above: this adds a token of its own.
+describe('miglab agent without options: its migration ports', () => {
+  it('hands out migration ports from 49152-49407, half of them at most to one token', async () => {
+    const labs: Array<{ id: string; peer: RpcPeer }> = [];
+    for (const label of ['second lab', 'third lab']) {
+      const made = JSON.parse((await runMiglab(['agent', 'token', 'new', '--label', label, '--json'], env)).stdout) as { id: string; token: string };
+      labs.push({ id: made.id, peer: (await connectAgent({ url: agentUrl, token: made.token, fingerprint: info.fingerprint })).peer });
+    }
+    const [second, third] = labs.map((l) => l.peer) as [RpcPeer, RpcPeer];
+    const held = new Map<RpcPeer, number[]>([[peer, []], [second, []], [third, []]]);
+    /** Allocates until refused; the refusal. */
+    const takeAll = async (who: RpcPeer): Promise<Error> => {
+      for (let i = 0; i < 300; i++) {
+        const got = await who.request<number>('allocateMigrationPort').catch((e: Error) => e);
+        if (got instanceof Error) return got;
+        held.get(who)!.push(got);
+      }
+      throw new Error('300 ports handed out, more than the range has');
+    };
+    try {
+      const first = await takeAll(peer);
+      expect(held.get(peer)).toHaveLength(128);
+      expect(first.message).toContain("holds 128 of agent");
+      expect(first.message).toContain("256 migration ports, its share (half)");
+      const rest = await takeAll(second);
+      expect(held.get(second)).toHaveLength(128);
+      expect(rest.message).toContain('its share (half)');
+      // Two labs hold them all: a third finds none left.
+      const none = await takeAll(third);
+      expect(held.get(third)).toHaveLength(0);
+      expect(none.message).toContain('No free TCP port on 127.0.0.1 between 49152 and 49407');
+      const all = [...held.get(peer)!, ...held.get(second)!];
+      expect(Math.min(...all)).toBe(49152);
+      expect(Math.max(...all)).toBe(49407);
+      expect(new Set(all).size).toBe(256);
+    } finally {
+      for (const [who, ports] of held) for (const port of ports) await who.request('releaseMigrationPort', { port });
+      for (const lab of labs) {
+        lab.peer.close();
+        await runMiglab(['agent', 'token', 'revoke', lab.id], env);
+      }
+    }
   });
 });
