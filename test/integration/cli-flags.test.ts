@@ -98,7 +98,7 @@ describe('miglab demo flags', () => {
     const { run, out } = await demo(['--capability', missing]);
     expect(run.code).toBe(1);
     expect(out).toMatchObject({ status: 'failed', failure: 'preflight', runningOn: 'host-a', capabilities: null });
-    expect(out.reason).toMatch(new RegExp(`does not offer ${missing}\\b`));
+    expect(out.reason).toMatch(new RegExp(`(does not offer|offers) ${missing}\\b`));
     expect(out.checks.find((c: { name: string }) => c.name === 'capabilities')).toMatchObject({ status: 'fail' });
     expect(out.phases.map((p: { name: string }) => p.name)).toEqual(['preflight']);
     expect(out.integrity).toMatchObject({ ok: true, bad: 0 }); // checked where it stayed

@@ -310,10 +310,39 @@ describe('network', () => {
 describe('capabilities', () => {
   it('fails a capability neither QEMU offers, and one only the source offers; passes one both offer', async () => {
     const none = await checkOf('capabilities', { guest: ready, capabilities: { 'x-no-such-thing': true } });
-    expect(none).toMatchObject({ status: 'fail', message: 'QEMU on one of the hosts does not offer x-no-such-thing: switch it off for this migration.' });
+    expect(none).toMatchObject({ status: 'fail', message: 'neither QEMU (host-a, host-b) offers x-no-such-thing: switch it off for this migration.' });
     const lacking = hostSaying(hostB, (r) => ({ migrationCapabilities: r.migrationCapabilities.filter((c) => c !== 'auto-converge') }));
-    expect(await checkOf('capabilities', { guest: ready, to: lacking, capabilities: { 'auto-converge': true } })).toMatchObject({ status: 'fail', message: expect.stringMatching(/does not offer auto-converge/) });
+    const version = (await hostB.info()).qemu.version;
+    expect(await checkOf('capabilities', { guest: ready, to: lacking, capabilities: { 'auto-converge': true } })).toMatchObject({
+      status: 'fail',
+      message: `QEMU ${version} on host-b does not offer auto-converge: switch it off for this migration.`,
+    });
     expect(await checkOf('capabilities', { guest: ready, capabilities: { 'auto-converge': true, xbzrle: false } })).toMatchObject({ status: 'pass', message: 'Both QEMUs offer the capabilities asked for: events, auto-converge.' });
+  });
+
+  it('refuses what QEMU offers but would break "exactly one copy": x-colo, background-snapshot, validate-uuid, pause-before-switchover, post-copy; and events off', async () => {
+    const offered = (await hostA.info()).migrationCapabilities;
+    const reasons: Record<string, RegExp> = {
+      'x-colo': /two running copies/,
+      'background-snapshot': /not a live migration/,
+      'validate-uuid': /without -uuid/,
+      'pause-before-switchover': /wait at pre-switchover for migrate-continue/,
+      'postcopy-ram': /post-copy is not a MigLab strategy yet/,
+    };
+    const asked = Object.keys(reasons).filter((c) => offered.includes(c));
+    expect(asked.length, `this QEMU offers ${offered.join(', ')}`).toBeGreaterThanOrEqual(4);
+    for (const c of asked) {
+      const got = (await checkOf('capabilities', { guest: ready, capabilities: { [c]: true } }))!;
+      expect(got.status, c).toBe('fail');
+      expect(got.message).toMatch(new RegExp(`^MigLab will not migrate with ${c}: `));
+      expect(got.message).toMatch(reasons[c]!);
+    }
+    // All at once: each named with its reason.
+    const all = (await checkOf('capabilities', { guest: ready, capabilities: Object.fromEntries(asked.map((c) => [c, true])) }))!;
+    for (const c of asked) expect(all.message).toContain(`${c}: `);
+    // Off is always fine; events cannot be switched off.
+    expect(await checkOf('capabilities', { guest: ready, capabilities: Object.fromEntries(asked.map((c) => [c, false])) })).toMatchObject({ status: 'pass' });
+    expect(await checkOf('capabilities', { guest: ready, capabilities: { events: false } })).toMatchObject({ status: 'fail', message: expect.stringMatching(/events stays on/) });
   });
 });
 

@@ -2,6 +2,7 @@
 // lab: each pass sends what the guest dirtied during the previous one, and QEMU switches over
 // once what is left fits in the downtime budget (threshold = bandwidth x downtime-limit).
 import type { Prediction } from './types';
+import { capabilityRefusal } from './capabilities';
 
 export interface PredictionInput {
   remainingBytes: number;
@@ -177,7 +178,8 @@ function adviceFor(m: Model, input: PredictionInput): string[] {
     );
   }
 
-  if (offered.has('postcopy-ram')) {
+  // Advice is only what MigLab lets the user do: post-copy waits until it is a MigLab strategy.
+  if (offered.has('postcopy-ram') && capabilityRefusal('postcopy-ram', true) === null) {
     const how = on.has('postcopy-ram') ? 'Switch to post-copy now (migrate-start-postcopy)' : 'Use post-copy (postcopy-ram)';
     advice.push(
       `${how}: QEMU switches over first and the destination fetches the remaining ${formatBytes(m.remaining)} on demand, whatever the dirty rate.`,

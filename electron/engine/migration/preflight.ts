@@ -5,6 +5,7 @@ import type { Guest, Host, HostInfo } from '../hosts/host';
 import type { LocalHost } from '../hosts/local';
 import { bootFiles, type GuestSpec } from '../qemu/spec';
 import { tracksTcgWritesExactly } from '../qemu/binary';
+import { capabilityRefusal } from './capabilities';
 import type { CheckStatus, PreflightCheck } from './types';
 
 /** QEMU's own overhead on top of guest RAM, so a destination is not filled to the brim. */
@@ -282,13 +283,21 @@ function networkCheck(guest: Guest, to: HostInfo): PreflightCheck | null {
 
 function capabilitiesCheck(ctx: PreflightContext, from: HostInfo, to: HostInfo): PreflightCheck {
   const wanted = ['events', ...Object.entries(ctx.capabilities).filter(([, on]) => on).map(([c]) => c)];
-  const missing = wanted.filter((c) => !from.migrationCapabilities.includes(c) || !to.migrationCapabilities.includes(c));
+  // What QEMU lacks first: a name no QEMU offers is most often a typo or an older QEMU.
+  const lacking = (c: string) => [from, to].filter((h) => !h.migrationCapabilities.includes(c));
+  const missing = wanted.filter((c) => lacking(c).length > 0);
   if (missing.length) {
-    return check(
-      'capabilities', 'fail',
-      `QEMU on ${missing.length === 1 ? 'one of the hosts' : 'the hosts'} does not offer ${missing.join(', ')}: switch ${missing.length === 1 ? 'it' : 'them'} off for this migration.`,
-    );
+    const where = (c: string) => {
+      const hosts = lacking(c);
+      return hosts.length === 2 ? `neither QEMU (${from.name}, ${to.name}) offers ${c}` : `QEMU ${hosts[0]!.qemu.version} on ${hosts[0]!.name} does not offer ${c}`;
+    };
+    return check('capabilities', 'fail', `${missing.map(where).join('; ')}: switch ${missing.length === 1 ? 'it' : 'them'} off for this migration.`);
   }
+  const refused = Object.entries(ctx.capabilities).flatMap(([c, on]) => {
+    const why = capabilityRefusal(c, on);
+    return why ? [`${c}: ${why}`] : [];
+  });
+  if (refused.length) return check('capabilities', 'fail', `MigLab will not migrate with ${refused.join('; ')}.`);
   return check('capabilities', 'pass', `Both QEMUs offer the capabilities asked for: ${wanted.join(', ')}.`);
 }
 

@@ -3,6 +3,7 @@
 // the lessons about the wire: an encrypted stream, and an emulated long or lossy link.
 import { useEffect, useState } from 'react';
 import type { ApiResults, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
+import { capabilityRefusal } from '../../../electron/engine/migration/capabilities';
 import type { LabConnection } from '../api';
 import { draftOf, LinkPresets, LinkProfileFields, LINK_PRESETS, profileOf, type LinkDraft } from './LinkPanel';
 
@@ -12,8 +13,6 @@ const CAPABILITY_HINTS: Record<string, string> = {
   xbzrle: 'sends only the changed bytes of re-sent pages',
   multifd: 'several streams in parallel',
   compress: 'compresses pages (slow under TCG)',
-  'zero-blocks': 'skips zeroed disk blocks',
-  'postcopy-ram': 'allows switching to post-copy (not started from here)',
 };
 
 export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, onStarted }: {
@@ -61,7 +60,8 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
       setError((err as Error).message);
     }
   };
-  const offered = (pre?.capabilities ?? []).filter((c) => c in CAPABILITY_HINTS);
+  // Only what the engine would accept (migration/capabilities.ts): never a box that fails pre-flight.
+  const offered = (pre?.capabilities ?? []).filter((c) => c in CAPABILITY_HINTS && capabilityRefusal(c, true) === null);
   return (
     <div className="dialog" role="dialog" aria-label={`Migrate ${guest.name}`}>
       <h2>Migrate {guest.name} from {guest.host}</h2>
