@@ -16,7 +16,7 @@ import type { PortLabel, SwitchPortHandle } from '../network/switch';
 import { LinkRelay, parseLinkProfile } from '../network/link-relay';
 import { parseGuestSpec, type GuestSpec } from '../qemu/spec';
 import { loadOrCreateAgentIdentity, writeQemuTlsDir, type TlsIdentity } from './certs';
-import { resolveLibraryPath } from './images';
+import { resolveSpecPaths } from './images';
 import { addTlsCredsObject } from '../qemu/tls';
 import {
   AGENT_MAX_MESSAGE_BYTES,
@@ -100,23 +100,6 @@ interface Starting {
 /** A thing of another token: the same answer for ports, relays and guests. */
 function notYours(what: string): AgentRpcError {
   return new AgentRpcError('forbidden', `${what} belongs to another engine's token: each engine reaches only what it made`);
-}
-
-/** A peer's guest spec: library-relative image paths resolved, nothing else touched. */
-async function resolveSpecPaths(spec: GuestSpec, library: string | null): Promise<GuestSpec> {
-  const boot = spec.boot;
-  if (boot.kind === 'kernel') {
-    return {
-      ...spec,
-      boot: {
-        ...boot,
-        kernel: await resolveLibraryPath(library, boot.kernel, 'kernel'),
-        ...(boot.initrd ? { initrd: await resolveLibraryPath(library, boot.initrd, 'initrd') } : {}),
-      },
-    };
-  }
-  if (boot.kind === 'disk') return { ...spec, boot: { ...boot, path: await resolveLibraryPath(library, boot.path, 'disk image') } };
-  return spec;
 }
 
 export class AgentServer {

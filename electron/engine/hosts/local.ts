@@ -12,10 +12,9 @@ import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
 import { chooseAccelerator, findQemu, tracksTcgWritesExactly, type Accelerator } from '../qemu/binary';
 import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, qemuPidAlive, type ExitInfo, type QemuHandle } from '../qemu/process';
 import { probeQemu } from '../qemu/probe';
-import { bootFiles, withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
-import { resolveLibraryPath } from '../agent/images';
+import { withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
+import { LibraryPathError, resolveBootInLibrary } from './image-library';
 import { createDiskOverlay } from './disk-overlay';
-import { AgentRpcError } from '../agent/rpc';
 import { makeTempDir, removeDir } from '../util/fs';
 import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
@@ -231,20 +230,15 @@ export class LocalHost extends EventEmitter implements Host {
     if (spec.boot.kind === 'lab') return spec; // this host boots its own cached lab guest
     const library = await this.imageLibrary();
     const owner = `${this.name}'s image library`;
-    const resolved = new Map<string, string>();
-    for (const { path, what } of bootFiles(spec.boot)) {
-      if (!library) {
-        throw new GuestImageError(`${this.name} has no image library, so it cannot take a guest's ${what} "${path}" from an agent: give the lab file an images: folder and copy the image into it`);
-      }
-      try {
-        resolved.set(path, await resolveLibraryPath(library, path, what, owner));
-      } catch (err) {
-        if (err instanceof AgentRpcError) throw new GuestImageError(err.message);
-        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-        throw new GuestImageError(`${owner} ${library} cannot be read (${code}), so the guest's ${what} "${path}" cannot be found there: create the folder, or fix images: in the lab file`);
-      }
+    try {
+      return await resolveBootInLibrary(spec, library, owner, (what, path) =>
+        new GuestImageError(`${this.name} has no image library, so it cannot take a guest's ${what} "${path}" from an agent: give the lab file an images: folder and copy the image into it`));
+    } catch (err) {
+      if (err instanceof GuestImageError) throw err;
+      if (err instanceof LibraryPathError) throw new GuestImageError(err.message);
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw new GuestImageError(`${owner} ${library} cannot be read (${code}), so the guest's images cannot be found there: create the folder, or fix images: in the lab file`);
     }
-    return { ...spec, boot: withBootFiles(spec.boot, (path) => resolved.get(path)!) };
   }
 
   /** The ports migration streams arrive on here (the lab tells its agents, see Lab). */
