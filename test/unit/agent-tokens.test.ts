@@ -20,6 +20,17 @@ afterAll(async () => {
 });
 
 describe('TokenStore', () => {
+  it('accepts a token another instance made a moment ago (the CLI\'s "agent token new", then a connection)', async () => {
+    const file = freshFile();
+    const agent = await TokenStore.open(file);
+    const first = await agent.create('pairing');
+    expect(agent.verify(first.token)).not.toBeNull(); // the agent has just looked at its file
+    const cli = await TokenStore.open(file);
+    const made = await cli.create('laptop of ana');
+    expect(agent.verify(made.token)).toMatchObject({ label: 'laptop of ana' });
+    expect(agent.verify(`${made.token.slice(0, -1)}${made.token.endsWith('A') ? 'B' : 'A'}`)).toBeNull();
+  });
+
   it('creates, verifies, lists and revokes tokens', async () => {
     const file = freshFile();
     const store = await TokenStore.open(file);

@@ -153,16 +153,27 @@ export class TokenStore {
    */
   verify(token: string): { id: string; label: string } | null {
     if (typeof token !== 'string' || token.length !== 47 || !TOKEN_PATTERN.test(token)) return null;
-    this.refresh();
-    if (this.loadError) return null;
     const given = sha256(token);
+    this.refresh();
+    // A token "miglab agent token new" made a moment ago is in the file but not yet in memory
+    // (the file is looked at every STAT_EVERY_MS): an unknown one makes it look now. A stat.
+    let found = this.match(given);
+    if (!found) {
+      this.refresh(true);
+      found = this.match(given);
+    }
+    return found ? { id: found.id, label: found.label } : null;
+  }
+
+  /** The active entry whose hash is `given`; every entry is compared, so the time taken does not tell which. */
+  private match(given: Buffer): TokenEntry | null {
+    if (this.loadError) return null;
     let found: TokenEntry | null = null;
-    // Every entry is compared, so the time taken does not tell which one matched.
     for (const e of this.entries) {
       const match = timingSafeEqual(given, Buffer.from(e.sha256, 'hex'));
       if (match && e.revokedAt === null) found = e;
     }
-    return found ? { id: found.id, label: found.label } : null;
+    return found;
   }
 
   /** Revokes by id or by the token itself; false when nothing active matched. */
