@@ -42,17 +42,30 @@ describe('buildQemuArgv', () => {
       'socket,id=console,path=/run/x/console.sock,server=on,wait=off',
       'socket,id=control,path=/run/x/control.sock,server=on,wait=off',
     ]);
-    expect(valuesOf(argv, '-device')).toEqual(['isa-serial,chardev=console,index=0', 'isa-serial,chardev=control,index=1']);
+    expect(valuesOf(argv, '-device')).toEqual(['isa-serial,chardev=console,index=0', 'isa-serial,chardev=control,index=1', 'pvpanic']);
     expect(valuesOf(argv, '-mon')).toEqual(['chardev=qmp,mode=control']);
   });
 
-  it('gives a migration destination the same device model plus -incoming defer, never -S', () => {
+  it('gives every guest a pvpanic device and leaves the panic to end QEMU, on q35 and pc alike', () => {
+    for (const machine of ['q35', 'pc']) {
+      const argv = buildQemuArgv(config({ spec: parseGuestSpec({ name: 'g1', machine }) }));
+      expect(valuesOf(argv, '-device').filter((d) => d.startsWith('pvpanic'))).toEqual(['pvpanic']);
+      // QEMU's default panic action (shutdown) with no -no-shutdown: a panicked guest's QEMU exits.
+      expect(argv).toContain('-no-reboot');
+      expect(argv).not.toContain('-no-shutdown');
+      expect(argv).not.toContain('-action');
+    }
+  });
+
+  it('gives a migration destination the same device model (pvpanic too) plus -incoming defer, -S only when asked', () => {
     const src = buildQemuArgv(config());
     const dst = buildQemuArgv(config({ incoming: true, startPaused: false }));
     expect(valuesOf(dst, '-incoming')).toEqual(['defer']);
     expect(dst).not.toContain('-S');
+    expect(buildQemuArgv(config({ incoming: true, startPaused: true }))).toContain('-S');
     const strip = (a: string[]) => a.filter((x) => !['-S', '-incoming', 'defer'].includes(x));
     expect(strip(dst)).toEqual(strip(src));
+    expect(valuesOf(dst, '-device')).toContain('pvpanic');
   });
 
   it('uses KVM, a CPU model, vCPUs and memory from the spec', () => {

@@ -1,6 +1,6 @@
 /**
  * The MigLab lab guest image: Debian's kernel plus a small initramfs (busybox, labload, the
- * virtio/ext4 modules and scripts/guest/init), built without root and cached.
+ * virtio/ext4/pvpanic modules and scripts/guest/init), built without root and cached.
  *
  * Cache layout (root: $MIGLAB_CACHE_DIR, else $XDG_CACHE_HOME/miglab, else ~/.cache/miglab):
  *   <root>/kernel/<release>_<debversion>/   vmlinuz, vmlinux, config, modules/*.ko, manifest.json
@@ -65,7 +65,8 @@ export const GUEST_BUILDER_VERSION = 1;
  * - console=ttyS0: the shell's console (8250 is built in).
  * - quiet: keeps the kernel's chatter off the 115200-baud console; printing it costs ~1 s.
  * - panic=-1: reboot at once on a panic instead of hanging (with QEMU -no-reboot the lab sees
- *   QEMU exit rather than a silent guest).
+ *   QEMU exit rather than a silent guest). The pvpanic driver reports the panic to QEMU before
+ *   that reboot, and QEMU then exits on its own (see qemu/argv.ts).
  * - cryptomgr.notests: skips the crypto self-tests at boot, ~200 ms under TCG.
  * Not added: random.trust_cpu (the default CPU model has no RDRAND, nothing to trust), mitigations=off
  * (no measurable boot gain), initcall blacklists (fragile).

@@ -21,9 +21,12 @@ import { ToolFailedError, runTool, tail, throwIfAborted } from './tools';
 export const KERNEL_META_PACKAGE = 'linux-image-amd64';
 
 /**
- * Modules the guest loads (their dependencies come along): virtio transport, NIC and disk, ext4.
- * crc32c is ext4's and jbd2's soft dependency (through the crypto API); the generic one works on
- * every CPU model.
+ * Modules the guest loads (their dependencies come along): virtio transport, NIC and disk, ext4,
+ * and pvpanic. crc32c is ext4's and jbd2's soft dependency (through the crypto API); the generic
+ * one works on every CPU model. pvpanic_mmio (with its common part, pvpanic) is the driver of
+ * QEMU's ISA `-device pvpanic`, which QEMU describes in ACPI as QEMU0001: with it a panicking
+ * kernel tells QEMU, which sends GUEST_PANICKED (Debian 6.1 builds PVPANIC_MMIO and PVPANIC_PCI
+ * as modules; the PCI one is for `-device pvpanic-pci`, which the lab does not use).
  */
 export const GUEST_MODULE_ROOTS: readonly string[] = [
   'virtio_ring',
@@ -32,6 +35,7 @@ export const GUEST_MODULE_ROOTS: readonly string[] = [
   'virtio_net',
   'virtio_blk',
   'ext4',
+  'pvpanic_mmio',
 ];
 
 /** Bump when the kernel cache layout or module selection changes. */

@@ -53,6 +53,17 @@ export function buildQemuArgv(cfg: LaunchConfig): string[] {
     '-device', 'isa-serial,chardev=console,index=0',
     ...unixChardev('control', cfg.sockets.control),
     '-device', 'isa-serial,chardev=control,index=1',
+    // pvpanic (ISA port 0x505, ACPI QEMU0001; q35 and pc, QEMU 7.2 and 10 alike): a guest kernel
+    // with its driver reports a panic to QEMU, which sends GUEST_PANICKED, so a crash is seen
+    // without labload. QEMU's default panic action is `shutdown`: GUEST_PANICKED {action:
+    // poweroff}, runstate guest-panicked, then SHUTDOWN {reason: guest-panic} and QEMU exits
+    // (-no-reboot does not change that; -no-shutdown or -action panic=pause would keep it
+    // paused). Exiting is chosen: host supervision sees an exit it did not ask for, so no paused
+    // QEMU is left that nobody stops, and the panic text is already in the console's scrollback
+    // by then (the kernel prints it before it calls the panic notifiers, where pvpanic tells
+    // QEMU: 20 ms earlier under TCG). A guest without the driver panics into panic=-1's reboot,
+    // which -no-reboot also turns into QEMU's exit.
+    '-device', 'pvpanic',
   ];
   if (spec.cpuModel) argv.push('-cpu', spec.cpuModel);
   if (cfg.kernel) {
