@@ -1,4 +1,5 @@
 // `miglab demo`: a whole migration on this machine, shown live on the terminal.
+import type { FollowedMigration } from '../engine/api/follow-migration';
 import { runDemo, type DemoOptions, type DemoReport } from '../engine/lab/demo';
 import { formatBytes, formatBytesRate, formatMs } from '../engine/migration/prediction';
 import type { MigrationEvent } from '../engine/migration/types';
@@ -214,17 +215,19 @@ function printReport(r: DemoReport): void {
 export async function demoCommand(args: DemoArgs): Promise<number> {
   const opts = parseDemoArgs(args);
   const live = args.json ? null : liveDisplay();
-  let job: { cancel(reason?: string): boolean } | null = null;
+  let migration: FollowedMigration | null = null;
   const onSigint = () => {
-    if (job?.cancel('Interrupted (Ctrl-C)')) process.stderr.write('\n[demo] cancelling the migration...\n');
+    void migration?.cancel('Interrupted (Ctrl-C)').then((accepted) => {
+      if (accepted) process.stderr.write('\n[demo] cancelling the migration...\n');
+    });
   };
   process.on('SIGINT', onSigint);
   try {
     const report = await runDemo({
       ...opts,
       ...(live ? { onProgress: live.say, onEvent: live.onEvent } : {}),
-      onJob: (j) => {
-        job = j;
+      onMigration: (m) => {
+        migration = m;
       },
     });
     if (args.json) printJson(demoJson(report));

@@ -49,13 +49,21 @@ Usage:
   miglab agent token new|list|revoke [ID] [--data-dir DIR] [--label L]
                                     manage the agent's access tokens
   miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--tls]
-                 [--link-bandwidth MBps] [--link-latency ms] [--link-loss %] [--json]
+                 [--link-bandwidth MBps] [--link-latency ms] [--link-loss %]
+                 [--keep-source ms] [--pause-before-switchover] [--json]
                                     migrate a guest between hosts that run "miglab agent" (their lab
                                     file lists each agent's url, token and fingerprint); --tls
                                     encrypts the stream with the lab CA; --link-* put an emulated
-                                    link (bandwidth, latency, loss) in its path
-  miglab recover LAB.yaml [--json]  settle migrations a stopped engine left in flight between the
-                                    lab's agents: exactly one copy of each guest keeps running
+                                    link (bandwidth, latency, loss) in its path; --keep-source keeps
+                                    the paused source that long after the destination runs (a
+                                    diskless guest goes back to it if the destination crashes);
+                                    --pause-before-switchover stops before the switchover until you
+                                    press Enter (Ctrl-C cancels)
+  miglab recover LAB.yaml [--resume-source GUEST]... [--json]
+                                    settle migrations a stopped engine left in flight between the
+                                    lab's agents: exactly one copy of each guest keeps running;
+                                    --resume-source takes a guest whose destination failed after it
+                                    ran back to its paused source (what it did there is lost)
   miglab showcase                   what works so far, run live (what "npm start" shows)
   miglab help                       this text
 `;
@@ -99,6 +107,9 @@ async function main(argv: string[]): Promise<number> {
       'link-bandwidth': { type: 'string' },
       'link-latency': { type: 'string' },
       'link-loss': { type: 'string' },
+      'keep-source': { type: 'string' },
+      'pause-before-switchover': { type: 'boolean', default: false },
+      'resume-source': { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });

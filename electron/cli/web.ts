@@ -63,7 +63,7 @@ export async function webCommand(args: WebArgs): Promise<number> {
       ...(identity ? { tls: { certPem: identity.certPem, keyPem: identity.keyPem } } : {}),
     });
   } catch (err) {
-    service.close();
+    await service.close();
     await lab.dispose();
     if ((err as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test((err as Error).message)) {
       throw new UsageError(`${host} is not an address of this machine: give --host one of its own addresses (see "ip -brief address")`);
@@ -96,7 +96,7 @@ export async function webCommand(args: WebArgs): Promise<number> {
     process.once('SIGTERM', stop);
   });
   await server.close();
-  service.close();
+  await service.close();
   await lab.dispose();
   return 0;
 }

@@ -73,7 +73,7 @@ const windowContents = (): WebContents | null => (win && !win.isDestroyed() ? wi
 export async function openLab(file: string | null): Promise<void> {
   const spec = file ? await readLabFile(file) : null;
   unregister?.();
-  service?.close();
+  await service?.close();
   const old = lab;
   lab = null;
   await old?.dispose();

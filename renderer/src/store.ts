@@ -1,6 +1,7 @@
 // What the UI knows: the lab snapshot, and for each migration the story its events tell. Events
 // arrive up to ~50 a second; listeners hear of them at most once per animation frame.
 import { useSyncExternalStore } from 'react';
+import { MIGRATION_OUTCOMES } from '../../electron/engine/migration/types';
 import type { ApiEvent, LabSnapshot } from '../../electron/engine/api/contract';
 import type { LinkProfile, LinkRelayStats } from '../../electron/engine/network/link-relay';
 import type {
@@ -51,6 +52,10 @@ export interface MigrationTrack {
   /** Bytes the relay had delivered to the destination, over job time (s): for the rate through it. */
   linkHistory: { t: number[]; bytesForward: number[] };
   result: MigrationResult | null;
+  /** QEMU's latest migration status on the source (its MIGRATION events): "pre-switchover" means it waits for Continue. */
+  qemuStatus: string | null;
+  /** While the destination runs and the paused source is kept for a rollback: how long, and why. */
+  sourceKept: { ms: number; why: string } | null;
   /** The job time of the latest event: where an unfinished phase has got to. */
   lastAtMs: number;
   /** ISO time the job started (from the lab snapshot), or null before it says. */
@@ -72,7 +77,7 @@ function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack
     samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
     totalBytes: null, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
     probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, tls: false, linkRequested: null, link: null,
-    linkHistory: { t: [], bytesForward: [] }, result: null, lastAtMs: 0, startedAt: null,
+    linkHistory: { t: [], bytesForward: [] }, result: null, qemuStatus: null, sourceKept: null, lastAtMs: 0, startedAt: null,
   };
 }
 
@@ -154,7 +159,7 @@ export class LabStore {
         t.state = e.phase;
         const open = t.phases.at(-1);
         if (open && open.endMs === null) open.endMs = e.atMs;
-        if (!['completed', 'failed', 'cancelled'].includes(e.phase)) t.phases.push({ name: e.phase as PhaseSpan['name'], startMs: e.atMs, endMs: null });
+        if (!(MIGRATION_OUTCOMES as readonly string[]).includes(e.phase)) t.phases.push({ name: e.phase as PhaseSpan['name'], startMs: e.atMs, endMs: null });
         break;
       }
       case 'check':
@@ -199,6 +204,7 @@ export class LabStore {
         push(t.linkHistory.bytesForward, e.stats.bytesForward, MAX_LINK_POINTS);
         break;
       case 'result':
+      case 'result-update':
         t.result = e.result;
         t.state = e.result.status;
         t.tls = e.result.tls;
@@ -207,6 +213,10 @@ export class LabStore {
         t.to ||= e.result.to;
         break;
       case 'status':
+        t.qemuStatus = e.status;
+        break;
+      case 'source-kept':
+        t.sourceKept = { ms: e.ms, why: e.why };
         break;
     }
   }

@@ -27,7 +27,7 @@ const MEMORY_MIB = 256;
 /** The same options both ways: MigLab's default bandwidth, a 300 ms downtime limit. */
 const BANDWIDTH_MBPS = DEFAULT_MIGRATION_OPTIONS.bandwidthMBps;
 const DOWNTIME_LIMIT_MS = 300;
-const TARGET = { wallRatio: 1.1, outsideMs: 100, samplingPct: 2 };
+const TARGET = { wallRatio: 1.05, outsideMs: 100, samplingPct: 2 };
 
 interface Scenario {
   key: 'idle' | 'dirty';

@@ -10,7 +10,7 @@ import type { LabService } from '../../electron/engine/api/service';
 import type { ApiEvent } from '../../electron/engine/api/contract';
 import type { Guest } from '../../electron/engine/hosts/host';
 import type { Lab } from '../../electron/engine/lab/lab';
-import { queryMigrate, queryMigrateParameters } from '../../electron/engine/qmp';
+import { queryMigrate, queryMigrateParameters, queryStatus } from '../../electron/engine/qmp';
 import type { WebServer } from '../../electron/engine/web/server';
 import { artifactsDir, PageErrors } from '../helpers/browser';
 import { closeBrowserLab, openBrowserLab, type BrowserLab } from '../helpers/browser-lab';
@@ -212,5 +212,29 @@ describe('controlling a migration from the UI, in Chromium, with real guests', (
     await expectOneCopyOn(lab, 'stuck1', 'host-a');
     await shot('06-stuck-cancelled');
     await service.execute({ type: 'stopGuest', host: 'host-a', guest: 'stuck1' });
+  }, 150_000);
+
+  it('with pause-before-switchover, QEMU waits with the guest stopped until Continue is pressed', async () => {
+    const source = await readyGuest('pause1', { workingSetMiB: 16, rateMBps: 5 });
+    await page.getByRole('button', { name: 'Guest pause1' }).click();
+    await page.getByRole('button', { name: 'Migrate', exact: true }).click();
+    const dialog = page.getByRole('dialog', { name: 'Migrate pause1' });
+    await dialog.getByLabel('pause-before-switchover').check({ timeout: 30_000 }); // offered once pre-flight knows both QEMUs
+    await dialog.getByRole('button', { name: 'Start migration' }).click({ timeout: 30_000 });
+    await dialog.waitFor({ state: 'detached' });
+    const cont = controls().getByRole('button', { name: 'Continue' });
+    await cont.waitFor({ timeout: 60_000 });
+    // QEMU's own word: stopped, waiting before its switchover, for as long as nobody presses.
+    expect((await queryMigrate(source.qmp)).status).toBe('pre-switchover');
+    expect((await queryStatus(source.qmp)).running).toBe(false);
+    await shot('07-waiting-before-switchover');
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await queryMigrate(source.qmp)).status).toBe('pre-switchover');
+    await cont.click();
+    await resultStatus().waitFor({ timeout: 60_000 });
+    expect(await resultStatus().innerText()).toContain('Completed: pause1 now runs on host-b');
+    await expectIntact(await expectOneCopyOn(lab, 'pause1', 'host-b'));
+    await shot('08-continued');
+    await service.execute({ type: 'stopGuest', host: 'host-b', guest: 'pause1' });
   }, 150_000);
 });

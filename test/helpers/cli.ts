@@ -10,12 +10,14 @@ export interface CliRun {
 }
 
 /** Runs `miglab ARGS` to its end with `env` on top of this process's environment. */
-export function runMiglab(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<CliRun> {
+/** `input`: what the user types (stdin is then closed); without it stdin stays open and silent. */
+export function runMiglab(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000, input?: string): Promise<CliRun> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [MIGLAB_BIN, ...args], { env: { ...process.env, ...env }, timeout: timeoutMs, maxBuffer: 16 * 2 ** 20 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [MIGLAB_BIN, ...args], { env: { ...process.env, ...env }, timeout: timeoutMs, maxBuffer: 16 * 2 ** 20 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });
+    if (input !== undefined) child.stdin!.end(input);
   });
 }
 

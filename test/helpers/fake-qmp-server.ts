@@ -26,6 +26,8 @@ export interface FakeQmpServerOptions {
   autoCapabilities?: boolean;
   /** Per-command scripts; commands without one queue up for nextCommand(). */
   handlers?: Record<string, CommandHandler>;
+  /** Takes every command no handler takes, instead of queueing it (a simulated QEMU answers them all). */
+  fallback?: CommandHandler;
   /** Start listening at once (default true); false lets a test create the socket late. */
   listen?: boolean;
 }
@@ -143,7 +145,7 @@ export class FakeQmpConnection {
   }
 
   #dispatch(cmd: ReceivedCommand): void {
-    const handler = this.#server.handlers.get(cmd.execute);
+    const handler = this.#server.handlers.get(cmd.execute) ?? (cmd.execute === 'qmp_capabilities' && this.#server.autoCapabilities ? undefined : this.#server.fallback);
     if (handler) {
       void Promise.resolve()
         .then(() => handler(cmd, this))
@@ -164,6 +166,7 @@ export class FakeQmpServer {
   readonly dir: string;
   readonly path: string;
   readonly handlers = new Map<string, CommandHandler>();
+  readonly fallback: CommandHandler | undefined;
   readonly connections: FakeQmpConnection[] = [];
   autoCapabilities: boolean;
   greeting: Record<string, unknown> | string | null;
@@ -180,6 +183,7 @@ export class FakeQmpServer {
     this.autoCapabilities = opts.autoCapabilities ?? true;
     this.greeting = opts.greeting === undefined ? DEFAULT_GREETING : opts.greeting;
     this.#lineEnding = opts.lineEnding ?? '\r\n';
+    this.fallback = opts.fallback;
     for (const [name, handler] of Object.entries(opts.handlers ?? {})) this.handlers.set(name, handler);
     this.#server = net.createServer((socket) => this.#onConnection(socket));
   }
@@ -212,6 +216,16 @@ export class FakeQmpServer {
     const ready = this.#untaken.shift();
     if (ready) return Promise.resolve(ready);
     return new Promise((resolve) => this.#connWaiters.push(resolve));
+  }
+
+  /** Sends an event to every open connection (QEMU sends its events to every monitor). */
+  broadcast(name: string, data?: Record<string, unknown>): void {
+    for (const conn of this.connections) if (!conn.isClosed) conn.event(name, data);
+  }
+
+  /** Drops every open connection; the server keeps listening, as QEMU's monitor does. */
+  dropConnections(): void {
+    for (const conn of this.connections) conn.destroy();
   }
 
   /** Destroys every connection, stops listening and removes the temp dir. */

@@ -131,7 +131,7 @@ describe('miglab demo flags', () => {
     expect(run.code, `${out.reason} ${run.stderr}`).toBe(0);
     expect(out.status).toBe('completed');
     expect(out.checks.find((c: { name: string }) => c.name === 'guest-ready')).toMatchObject({ status: 'pass' });
-    expect(out.checks.find((c: { name: string }) => c.name === 'disks')).toMatchObject({ status: 'pass', message: expect.stringContaining(`disk ${disk} directly (shared storage)`) });
+    expect(out.checks.find((c: { name: string }) => c.name === 'disks')).toMatchObject({ status: 'pass', message: expect.stringContaining(`disk ${disk} itself (the same file: device `) });
     expect(typeof out.downtimeMs).toBe('number');
     expectNoLabloadFigures(out);
     // The guest never configures its NIC, so the probe got no reply: the network downtime is unknown.

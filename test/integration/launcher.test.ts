@@ -69,6 +69,11 @@ describe('a migration destination', () => {
       expect((await done).data.status).toBe('completed');
       expect((await queryMigrate(src.qmp)).status).toBe('completed');
       hostB.releaseMigrationPort(port);
+      // Started paused (-S): the destination holds the guest once loaded, and runs it only when told.
+      let st = await queryStatus(dst.qmp);
+      for (let i = 0; i < 100 && st.status === 'inmigrate'; i++) st = await delay(20).then(() => queryStatus(dst.qmp));
+      expect(st).toMatchObject({ status: 'paused', running: false });
+      await cont(dst.qmp);
 
       // The guest carries on at the destination: heartbeats (within MigLab's own 15 s), its answers.
       const ch = dst.labload!;

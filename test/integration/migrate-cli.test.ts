@@ -59,8 +59,8 @@ afterAll(async () => {
   await removeDir(work);
 });
 
-async function migrate(to: string, flags: string[] = []): Promise<{ run: CliRun; r: MigrationResult }> {
-  const run = await runMiglab(['migrate', labFile, GUEST, '--to', to, ...flags, '--json'], cliEnv());
+async function migrate(to: string, flags: string[] = [], input?: string): Promise<{ run: CliRun; r: MigrationResult }> {
+  const run = await runMiglab(['migrate', labFile, GUEST, '--to', to, ...flags, '--json'], cliEnv(), 180_000, input);
   return { run, r: jsonOf<MigrationResult>(run) };
 }
 
@@ -119,6 +119,31 @@ describe('miglab migrate between namespace agents', () => {
     expect(r.link!.lossStalls).toBeGreaterThan(0);
     await expectArrived('host-b');
   }, 150_000);
+
+  it('--pause-before-switchover: QEMU stops the guest and waits until Enter, then the migration goes on', async () => {
+    const { run, r } = await migrate('host-a', ['--pause-before-switchover'], '\n');
+    expect(run.code, `${r.reason} ${run.stderr}`).toBe(0);
+    expect(r).toMatchObject({ status: 'completed', from: 'host-b', to: 'host-a' });
+    expect(run.stderr).toContain('QEMU has stopped the guest before the switchover and waits: press Enter to continue (Ctrl-C cancels)');
+    // QEMU's pre-switchover comes with its STOP: the prompt, then the switchover goes on to confirm.
+    expect(run.stderr.indexOf('press Enter')).toBeLessThan(run.stderr.indexOf('phase confirm'));
+    await expectArrived('host-a');
+    const back = await migrate('host-b');
+    expect(back.r.status, back.r.reason ?? '').toBe('completed');
+    await expectArrived('host-b');
+  }, 150_000);
+
+  it('--keep-source: the paused source is kept, and "back" takes the guest back to it, saying how far back in time', async () => {
+    const { run, r } = await migrate('host-a', ['--keep-source', '20000'], 'back\n');
+    expect(run.code).toBe(1); // it did not move
+    expect(run.stderr).toContain(`${GUEST} runs on host-a; its paused source is kept 20.0 s: type "back" and Enter to take it back there`);
+    expect(r).toMatchObject({ status: 'cancelled', failure: 'rolled-back', from: 'host-b', to: 'host-a', runningOn: 'host-b', sourceKept: { ms: 20000 } });
+    expect(r.rolledBackMs).toBeGreaterThan(0);
+    expect(r.reason).toMatch(new RegExp(`^Taken back to host-b on request\\. It ran on host-a for \\d+ ms; what it did there is lost\\.`));
+    expect(r.phases.map((p) => p.name)).toContain('confirm');
+    expect(r.phases.map((p) => p.name)).not.toContain('cleanup');
+    await expectArrived('host-b');
+  }, 150_000);
 });
 
 describe('miglab recover', () => {
@@ -126,7 +151,8 @@ describe('miglab recover', () => {
   async function inFlight(state: JournalEntry['state'], from: string, to: string): Promise<string> {
     const id = randomUUID();
     const at = new Date().toISOString();
-    await journal.write({ id, guest: GUEST, from, to, state, port: null, startedAt: at, updatedAt: at, result: null });
+    // As this engine writes them: the destination not yet resumed (its `cont` comes after the switchover).
+    await journal.write({ id, guest: GUEST, from, to, state, port: null, startedAt: at, updatedAt: at, result: null, destination: null, destinationResumed: false });
     return id;
   }
 
@@ -154,6 +180,24 @@ describe('miglab recover', () => {
     expect(run.stdout.trim()).toBe(`${GUEST} (host-b -> host-a, stopped in switchover): source-kept, runs on host-b; resumed the source copy on host-b, which was paused ("paused")`);
     expect(await journal.read(id)).toMatchObject({ state: 'failed', recovery: { outcome: 'source-kept', runningOn: 'host-b' } });
     expect((await queryStatus(g.qmp)).running).toBe(true);
+    await expectArrived('host-b');
+  });
+
+  it('needs-attention when the destination ran and is gone: the source stays paused until --resume-source takes it back', async () => {
+    const g = n.lab.host('host-b').guest(GUEST)!;
+    await g.qmp.execute('stop'); // as after the switchover: the source paused, its destination resumed
+    const at = new Date().toISOString();
+    const id = randomUUID();
+    await journal.write({ id, guest: GUEST, from: 'host-b', to: 'host-a', state: 'confirm', port: null, startedAt: at, updatedAt: at, result: null, destination: null, destinationResumed: true });
+    const first = await recoverJson();
+    expect(first.run.code).toBe(1);
+    expect(first.recovered).toEqual([expect.objectContaining({ id, outcome: 'needs-attention', runningOn: null, attention: expect.objectContaining({ pausedOn: 'host-b', settle: expect.stringContaining(`--resume-source ${GUEST}`) }) })]);
+    expect((await queryStatus(g.qmp)).running).toBe(false); // never resumed on a guess
+    expect(await journal.read(id)).toMatchObject({ state: 'confirm', attempts: 1 }); // retried by the next engine
+    const chosen = await runMiglab(['recover', labFile, '--resume-source', GUEST, '--json'], cliEnv());
+    expect(chosen.code, chosen.stderr).toBe(0);
+    expect(jsonOf<{ recovered: RecoveryReport[] }>(chosen).recovered).toEqual([expect.objectContaining({ id, outcome: 'rolled-back', runningOn: 'host-b' })]);
+    expect(await journal.read(id)).toMatchObject({ state: 'failed', recovery: { outcome: 'rolled-back' } });
     await expectArrived('host-b');
   });
 

@@ -292,13 +292,18 @@ describe('miglab web: driving a real lab', () => {
         // the prompt may have come in one chunk with the boot text
         expect(teacher.consoleText('web1')).toContain('web1:/#');
       });
-      // the dialog's look ahead: every check, nothing reserved or started
+      // the dialog's look ahead: every check, while the destination QEMU starts (paused) on host-b
       const pre = await teacher.ok<{ checks: Array<{ name: string; status: string }>; capabilities: string[] }>({ type: 'preflight', guest: 'web1', to: 'host-b' });
       expect(pre.checks.find((c) => c.name === 'guest-ready')?.status).toBe('pass');
       expect(pre.capabilities).toContain('auto-converge');
-      expect(lab.host('host-b').guests()).toEqual([]);
+      await teacher.waitEvent((e) => e.type === 'lab' && e.snapshot.hosts[1]!.guests.some((g) => g.name === 'web1' && g.state === 'incoming'));
+      // a spectator cannot prepare one, nor release the teacher's
+      expect(await spectator.call({ type: 'releasePreparedDestination', guest: 'web1' })).toMatchObject({ ok: false, error: { code: 'forbidden' } });
+      expect(lab.host('host-b').guest('web1')?.state).toBe('incoming');
+      // looking at another host (its own: refused) lets host-b's go: one per guest
       const refused = await teacher.ok<{ checks: Array<{ name: string; status: string }> }>({ type: 'preflight', guest: 'web1', to: 'host-a' });
       expect(refused.checks.find((c) => c.name === 'destination')?.status).toBe('fail');
+      expect(lab.host('host-b').guests()).toEqual([]);
       expect(await teacher.call({ type: 'startGuest', host: 'host-a', guest: { name: 'rel', boot: { kind: 'disk', path: 'disk.qcow2' } } }))
         .toMatchObject({ ok: false, error: { code: 'invalid', message: expect.stringContaining('give an absolute path on the host') } });
       await teacher.ok({ type: 'consoleInput', guest: 'web1', data: 'echo typed-$((40+2))\n' });

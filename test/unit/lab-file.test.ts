@@ -52,6 +52,16 @@ describe('lab files', () => {
     expect(parseLabFile(text)).toEqual(lab);
   });
 
+  it('parse the migration policy (keepSourceMs), round-trip it, and refuse a bad one naming it', () => {
+    const lab = parseLabFile('hosts: [{ name: solo }]\nmigration: { keepSourceMs: 5000 }');
+    expect(lab.migration).toEqual({ keepSourceMs: 5000 });
+    expect(parseLabFile(labFileText(lab))).toEqual(lab);
+    expect(parseLabFile('hosts: [{ name: solo }]\nmigration: { keepSourceMs: null }').migration).toEqual({ keepSourceMs: null });
+    expect(problems('hosts: [{ name: solo }]\nmigration: { keepSourceMs: -1 }')).toEqual([expect.stringMatching(/^migration\.keepSourceMs: /)]);
+    expect(problems('hosts: [{ name: solo }]\nmigration: { keepSourceMs: 900000 }')).toEqual([expect.stringMatching(/^migration\.keepSourceMs: /)]);
+    expect(problems('hosts: [{ name: solo }]\nmigration: { keep: 1 }')).toEqual([expect.stringMatching(/^migration: .*keep/)]);
+  });
+
   it('refuse broken YAML, naming the line', () => {
     expect(problems('hosts:\n  - name: a\n  bad: [\n')[0]).toMatch(/^line \d+: /);
   });

@@ -62,7 +62,7 @@ function completed(id: string): MigrationResult {
   return {
     id, status: 'completed', guest: 'db', from: 'alpha', to: 'beta', reason: null, qemuMessage: null, ramBytes: 268_435_456,
     totalTimeMs: 4200, setupTimeMs: 10, downtimeMs: 95, guestDowntimeMs: 120, transferredBytes: 300e6, passes: [pass(1, 300)],
-    phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', destinationRunningAtMs: 4300, resumedAtMs: 4320,
+    phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', attention: null, sourceKept: null, rolledBackMs: null, destinationRunningAtMs: 4300, resumedAtMs: 4320,
     failure: null, destinationConsoleTail: null, network: null, tls: false, link: null,
   };
 }
@@ -399,8 +399,8 @@ describe('MigrateDialog: TLS and link emulation', () => {
       cmd.type === 'preflight' ? { checks: [{ name: 'destination', status: 'pass', message: 'host-b is another host.' }], capabilities: [] } : { id: NEW });
     const conn = { role: 'teacher', call, onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection;
     const onStarted = vi.fn();
-    render(h(MigrateDialog, { guest, snapshot, conn, onClose: () => {}, onStarted }));
-    return { call, onStarted, dialog: screen.getByRole('dialog', { name: 'Migrate web1' }) };
+    const { unmount } = render(h(MigrateDialog, { guest, snapshot, conn, onClose: () => {}, onStarted }));
+    return { call, onStarted, unmount, dialog: screen.getByRole('dialog', { name: 'Migrate web1' }) };
   }
 
   async function start(dialog: HTMLElement) {
@@ -408,6 +408,22 @@ describe('MigrateDialog: TLS and link emulation', () => {
     await waitFor(() => expect(go.disabled).toBe(false)); // once the pre-flight checks are in
     fireEvent.click(go);
   }
+
+  it('releases the destination its pre-flight prepared when it closes without migrating', async () => {
+    const { call, unmount } = renderDialog();
+    await waitFor(() => expect(call).toHaveBeenCalledWith(expect.objectContaining({ type: 'preflight', guest: 'web1', to: 'host-b' })));
+    expect(call).not.toHaveBeenCalledWith(expect.objectContaining({ type: 'releasePreparedDestination' }));
+    unmount();
+    expect(call).toHaveBeenLastCalledWith({ type: 'releasePreparedDestination', guest: 'web1' });
+  });
+
+  it('leaves the prepared destination to the migration it started', async () => {
+    const { call, onStarted, unmount, dialog } = renderDialog();
+    await start(dialog);
+    await waitFor(() => expect(onStarted).toHaveBeenCalledWith(NEW));
+    unmount();
+    expect(call).not.toHaveBeenCalledWith(expect.objectContaining({ type: 'releasePreparedDestination' }));
+  });
 
   it('sends no TLS and no link unless asked, and keeps the link inputs off', async () => {
     const { call, onStarted, dialog } = renderDialog();

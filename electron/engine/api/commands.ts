@@ -52,13 +52,23 @@ export const CommandSchema = z.discriminatedUnion('type', [
       downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
       capabilities: z.record(z.string().max(64), z.boolean()).optional(),
       sampleIntervalMs: z.number().int().min(20).max(1000).optional(),
+      /** How often the lab network's probe pings the guest, ms. */
+      probeIntervalMs: z.number().int().min(5).max(1000).optional(),
       /** QEMU TLS with the lab CA's certificates. */
       tls: z.boolean().optional(),
       /** Link emulation on the destination; null or left out: a direct stream. */
       link: LinkPatchSchema.nullable().optional(),
+      /** How long the paused source stays after the destination runs; null: MigLab's policy. */
+      keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
     }).strict().optional(),
+    /** From one second (a lesson on giving up) to a day. */
+    maxDurationMs: z.number().int().min(1000).max(86_400_000).optional(),
   }).strict(),
-  z.object({ type: z.literal('cancelMigration'), id: z.string().max(64) }).strict(),
+  z.object({ type: z.literal('cancelMigration'), id: z.string().max(64), reason: z.string().min(1).max(200).optional() }).strict(),
+  z.object({ type: z.literal('releasePreparedDestination'), guest: name }).strict(),
+  z.object({ type: z.literal('continueMigration'), id: z.string().max(64) }).strict(),
+  z.object({ type: z.literal('rollbackMigration'), id: z.string().max(64) }).strict(),
+  z.object({ type: z.literal('resumeSource'), guest: name }).strict(),
   z.object({
     type: z.literal('linkControl'),
     id: z.string().max(64),

@@ -82,8 +82,24 @@ export type ApiCommand =
   | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number; boot?: GuestBootInput } }
   | { type: 'preflight'; guest: string; to: string; capabilities?: Record<string, boolean> }
   | { type: 'stopGuest'; host: string; guest: string }
-  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs' | 'tls' | 'link'>> }
-  | { type: 'cancelMigration'; id: string }
+  /**
+   * Runs the job; a destination the pre-flight prepared for this guest on `to` is handed to it.
+   * maxDurationMs: give up (cancel) when not completed by then (the job's default: 10 minutes).
+   */
+  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs' | 'probeIntervalMs' | 'tls' | 'link' | 'keepSourceMs'>>; maxDurationMs?: number }
+  /** reason: what the result will say (default "Cancelled from the lab"). */
+  | { type: 'cancelMigration'; id: string; reason?: string }
+  /** With pause-before-switchover: QEMU waits in pre-switchover; this lets it go on (migrate-continue). */
+  | { type: 'continueMigration'; id: string }
+  /** While the paused source is kept (keepSourceMs): takes a diskless guest back to it. */
+  | { type: 'rollbackMigration'; id: string }
+  /**
+   * A person's choice after needs-attention: the destination ran and failed, the source stands
+   * paused; resume it there (going back in time), as `miglab recover --resume-source` does.
+   */
+  | { type: 'resumeSource'; guest: string }
+  /** Stops the destination a pre-flight prepared for this guest (the dialog closed without migrating). */
+  | { type: 'releasePreparedDestination'; guest: string }
   /** The emulated link of a running migration: pull the cable, plug it back, or change its profile. */
   | { type: 'linkControl'; id: string; action: LinkAction; profile?: Partial<LinkProfile> }
   | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
@@ -105,12 +121,21 @@ export type GuestBootInput =
 
 export interface ApiResults {
   snapshot: LabSnapshot;
-  /** The checks a migration would run now, and the capabilities both QEMUs offer. Nothing starts. */
+  /**
+   * The checks a migration would run now, and the capabilities both QEMUs offer. Meanwhile the
+   * destination QEMU starts, paused, for the migration that may follow (released on failure).
+   */
   preflight: { checks: PreflightCheck[]; capabilities: string[] };
   startGuest: GuestView;
   stopGuest: { guest: string; host: string };
   migrate: { id: string };
   cancelMigration: { cancelled: boolean };
+  continueMigration: { id: string };
+  rollbackMigration: { id: string };
+  /** What recovery did (outcome, where the guest runs now, its actions). */
+  resumeSource: { guest: string; outcome: string; runningOn: string | null; actions: string[] };
+  /** released: there was one, and it is stopped. */
+  releasePreparedDestination: { guest: string; released: boolean };
   /** The relay's counters and profile right after the action. */
   linkControl: LinkRelayStats;
   setMigrationParameters: { id: string };

@@ -11,13 +11,15 @@ import { AgentRpcError } from '../agent/rpc';
 import type { Lab } from '../lab/lab';
 import { labFileText, type LabFile } from '../lab/lab-file';
 import { defaultStateDir, MigrationJournal } from '../migration/journal';
-import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
+import { recoverInterruptedMigrations } from '../migration/recovery';
+import { migrateGuest, type MigrationJob, type MigrationRequest } from '../migration/orchestrator';
 import { runPreflight } from '../migration/preflight';
 import type { MigrationResult } from '../migration/types';
 import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
+import { PreparedDestinations } from './prepared-destinations';
 import {
-  API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView,
+  API_VERSION, READ_ONLY_COMMANDS, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView,
 } from './contract';
 
 /**
@@ -50,6 +52,8 @@ interface ConsoleTrail {
 interface RunningMigration {
   view: MigrationView;
   job: MigrationJob;
+  /** The job's run(): its last word, after every event. */
+  done: Promise<MigrationResult>;
 }
 
 const SNAPSHOT_DEBOUNCE_MS = 30;
@@ -57,17 +61,23 @@ const SNAPSHOT_DEBOUNCE_MS = 30;
 export interface LabServiceOptions {
   /** Where the lab CA lives (certificates for TLS migrations); MigLab's state dir by default. */
   stateDir?: string;
+  /** How long a destination prepared by a pre-flight waits for its migration (default 5 minutes). */
+  preparedIdleMs?: number;
 }
 
 export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
   private readonly consoles = new Map<string, ConsoleTrail>();
   private readonly workloads = new Map<string, { rateMBps: number; workingSetMiB: number }>();
   private readonly migrations = new Map<string, RunningMigration>();
+  /** Guests whose migrate command is under way but whose job is not in `migrations` yet. */
+  private readonly starting = new Set<string>();
   private readonly hostOffs = new Map<string, () => void>();
   /** The hosts that have certificates from the lab CA, and the work that gave them. */
-  private tlsReady: { hosts: string; done: Promise<void> } | null = null;
+  private tlsReady: { hosts: string; done: Promise<{ caFingerprint: string }> } | null = null;
   private snapshotTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Destinations started by the Migrate dialog's pre-flight, waiting for its migration. */
+  private readonly prepared: PreparedDestinations;
 
   constructor(
     private readonly lab: Lab,
@@ -75,6 +85,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     private readonly opts: LabServiceOptions = {},
   ) {
     super();
+    this.prepared = new PreparedDestinations(opts.preparedIdleMs);
     for (const host of lab.hosts()) this.watchHost(host);
   }
 
@@ -199,8 +210,13 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
    */
   async execute(input: unknown, opts: { role?: ApiRole } = {}): Promise<ApiResults[ApiCommand['type']]> {
     const cmd = parseCommand(input);
+    const role = opts.role ?? 'teacher';
+    // Browser mode refuses these before they get here; the service says no as well, whoever forwards.
+    if (role === 'spectator' && !READ_ONLY_COMMANDS.includes(cmd.type)) {
+      throw new ApiError('forbidden', `A spectator may only watch: "${cmd.type}" is for the teacher`);
+    }
     try {
-      return await this.run(cmd, opts.role ?? 'teacher');
+      return await this.run(cmd, role);
     } catch (err) {
       if (err instanceof ApiError) throw err;
       throw new ApiError('failed', (err as Error).message);
@@ -220,13 +236,10 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         });
         return this.guestView(g);
       }
-      case 'preflight': {
-        const guest = this.findGuest(cmd.guest);
-        const to = this.host(cmd.to);
-        const pre = await runPreflight({ guest, from: this.host(guest.hostName), to, capabilities: cmd.capabilities ?? {} });
-        if (pre.port !== null) to.releaseMigrationPort(pre.port); // a look, not a reservation
-        return { checks: pre.checks, capabilities: pre.capabilities };
-      }
+      case 'preflight':
+        return this.preflight(cmd.guest, cmd.to, cmd.capabilities ?? {});
+      case 'releasePreparedDestination':
+        return { guest: cmd.guest, released: await this.prepared.release(cmd.guest) };
       case 'stopGuest': {
         await this.host(cmd.host).stopGuest(cmd.guest).catch((err: Error) => {
           throw new ApiError('not-found', err.message);
@@ -235,9 +248,17 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return { guest: cmd.guest, host: cmd.host };
       }
       case 'migrate':
-        return { id: await this.startMigration(cmd.guest, cmd.to, cmd.options ?? {}) };
+        return { id: await this.startMigration(cmd.guest, cmd.to, cmd.options ?? {}, cmd.maxDurationMs) };
       case 'cancelMigration':
-        return { cancelled: this.migration(cmd.id).job.cancel('Cancelled from the lab') };
+        return { cancelled: this.migration(cmd.id).job.cancel(cmd.reason ?? 'Cancelled from the lab') };
+      case 'continueMigration':
+        this.migration(cmd.id).job.continueSwitchover();
+        return { id: cmd.id };
+      case 'rollbackMigration':
+        this.migration(cmd.id).job.rollback();
+        return { id: cmd.id };
+      case 'resumeSource':
+        return await this.resumeSource(cmd.guest);
       case 'linkControl': {
         const { job } = this.migration(cmd.id);
         return await job.link(cmd.action === 'set' ? { profile: cmd.profile ?? {} } : cmd.action);
@@ -304,6 +325,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     return {
       hosts: this.lab.hosts().map((h) => (h instanceof RemoteHost ? { name: h.name, agent: { url: h.agentUrl, fingerprint: h.fingerprint } } : { name: h.name })),
       network: net ? { subnet: net.subnetText, ...switchAddress } : null,
+      ...(this.lab.migration.keepSourceMs !== undefined ? { migration: { keepSourceMs: this.lab.migration.keepSourceMs } } : {}),
       guests: guests.map((g) => {
         const w = this.workloads.get(g.name);
         return { name: g.name, host: g.hostName, memoryMiB: g.spec.memoryMiB, boot: g.spec.boot, start: true, ...(w ? { workload: w } : {}) };
@@ -351,10 +373,10 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
    * Certificates from the lab CA on every host, for QEMU TLS. Issued once for a set of hosts;
    * a host added (or removed) since means issuing again, which is cheap.
    */
-  private prepareTls(): Promise<void> {
+  private prepareTls(): Promise<{ caFingerprint: string }> {
     const hosts = this.lab.hosts().map((h) => `${h.name}@${h.address}`).sort().join(',');
     if (this.tlsReady?.hosts !== hosts) {
-      const done = this.lab.prepareMigrationTls(this.opts.stateDir ?? defaultStateDir()).then(() => {});
+      const done = this.lab.prepareMigrationTls(this.opts.stateDir ?? defaultStateDir());
       const ready = { hosts, done };
       this.tlsReady = ready;
       done.catch(() => {
@@ -364,57 +386,142 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     return this.tlsReady!.done;
   }
 
-  private async startMigration(name: string, toName: string, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>): Promise<string> {
+  /** The running migration of this guest, if any (see also `starting`). */
+  private busy(name: string): RunningMigration | undefined {
+    return [...this.migrations.values()].find((m) => m.view.guest === name && m.view.result === null);
+  }
+
+  /**
+   * The dialog's look ahead: every check, and meanwhile the destination QEMU starts (paused,
+   * -incoming defer) for the migration that may follow. A pre-flight that fails releases it: no
+   * migration can take it. Nothing else is reserved (the port checked is handed back).
+   */
+  private async preflight(name: string, toName: string, capabilities: Record<string, boolean>): Promise<ApiResults['preflight']> {
+    const guest = this.findGuest(name);
+    const from = this.host(guest.hostName);
+    const to = this.host(toName);
+    const ours = this.prepared.has(name)?.to === to.name;
+    // Not where the guest runs, not over another guest of that name, not during its migration.
+    const preparable = from !== to && !this.busy(name) && !this.starting.has(name) && (ours || !to.guest(name));
+    if (preparable) void this.prepared.prepare(guest, from, to);
+    else await this.prepared.release(name); // one per guest: the dialog looks elsewhere now
+    // The prepared copy (started or starting) is the guest's own, not a name clash on `to`.
+    const ownDestination = (g: Guest) => preparable && g.name === name && g.state === 'incoming';
+    const pre = await runPreflight({ guest, from, to, capabilities, ownDestination });
+    if (pre.port !== null) to.releaseMigrationPort(pre.port); // a look, not a reservation
+    if (preparable && pre.checks.some((c) => c.status === 'fail')) await this.prepared.release(name);
+    return { checks: pre.checks, capabilities: pre.capabilities };
+  }
+
+  /** needs-attention, settled by a person: the guest goes back to its paused source. */
+  private async resumeSource(name: string): Promise<ApiResults['resumeSource']> {
+    if (!this.journal) throw new ApiError('invalid', 'This lab keeps no migration journal, so there is nothing to settle: resume the guest with QMP "cont" on its host');
+    if (this.busy(name)) throw new ApiError('invalid', `${name} is migrating now: wait for its result first`);
+    const reports = await recoverInterruptedMigrations(this.lab.hosts(), this.journal, { resumeSource: [name], guests: [name] });
+    this.labChanged();
+    const r = reports.at(-1);
+    if (!r) throw new ApiError('not-found', `No migration of ${name} is waiting for a choice: only a result that needs attention, with ${name} paused on its source, can be settled so`);
+    if (r.outcome === 'needs-attention') throw new ApiError('failed', `${name} could not be resumed on its source: ${r.attention?.reason ?? r.why.join('; ')}`);
+    return { guest: name, outcome: r.outcome, runningOn: r.runningOn, actions: r.actions };
+  }
+
+  /**
+   * The result of a migration once its job is over (every event sent): for a front end in this
+   * process that prints one final answer (the CLI). Others follow the events.
+   */
+  migrationDone(id: string): Promise<MigrationResult> {
+    return this.migration(id).done;
+  }
+
+  /** The lab CA's certificates on every host (once per set of hosts), for TLS migrations. */
+  async migrationTls(): Promise<{ caFingerprint: string }> {
+    return this.prepareTls();
+  }
+
+  private async startMigration(
+    name: string, toName: string, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>, maxDurationMs: number | undefined,
+  ): Promise<string> {
     let guest = this.findGuest(name);
     const to = this.host(toName);
-    const notBusy = () => {
-      const busy = [...this.migrations.values()].find((m) => m.view.guest === name && m.view.result === null);
-      if (busy) throw new ApiError('invalid', `${name} is already migrating (${busy.view.from} to ${busy.view.to}): wait for it, or cancel it`);
-    };
-    notBusy();
-    if (options.tls) {
-      try {
-        await this.prepareTls();
-      } catch (err) {
-        throw new ApiError('failed', `The lab could not give its hosts certificates for a TLS migration: ${(err as Error).message}`);
+    const busy = this.busy(name);
+    if (busy) throw new ApiError('invalid', `${name} is already migrating (${busy.view.from} to ${busy.view.to}): wait for it, or cancel it`);
+    if (this.starting.has(name)) throw new ApiError('invalid', `A migration of ${name} is starting: wait for it, or cancel it`);
+    // Held until the job is in `migrations`: a second migrate meanwhile is refused, not run twice.
+    this.starting.add(name);
+    try {
+      if (options.tls) {
+        try {
+          await this.prepareTls();
+        } catch (err) {
+          throw new ApiError('failed', `The lab could not give its hosts certificates for a TLS migration: ${(err as Error).message}`);
+        }
+        guest = this.findGuest(name); // the lab may have changed while the certificates were made
       }
-      // The lab may have changed while the certificates were made.
-      notBusy();
-      guest = this.findGuest(name);
+      return await this.launch(guest, to, options, maxDurationMs);
+    } finally {
+      this.starting.delete(name);
     }
+  }
+
+  private async launch(
+    guest: Guest, to: Host, options: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>, maxDurationMs: number | undefined,
+  ): Promise<string> {
+    const name = guest.name;
     const from = this.host(guest.hostName);
+    // The dialog's pre-flight may have started the destination already (one for another host,
+    // or for an earlier copy of the guest, is stopped here).
+    const preparedDestination = await this.prepared.take(guest, to);
     const load = this.workloads.get(name);
-    const { job, result } = migrateGuest({
-      guest, from, to, options, network: this.lab.network,
+    // The lab file's policy, unless this migration says otherwise.
+    const keep = options.keepSourceMs !== undefined ? {} : this.lab.migration.keepSourceMs !== undefined ? { keepSourceMs: this.lab.migration.keepSourceMs } : {};
+    const req: MigrationRequest = {
+      guest, from, to, options: { ...options, ...keep }, network: this.lab.network,
       ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
       ...(this.journal ? { journal: this.journal } : {}),
-    });
+      ...(maxDurationMs !== undefined ? { maxDurationMs } : {}),
+      ...(preparedDestination ? { preparedDestination } : {}),
+    };
+    let started: ReturnType<typeof migrateGuest>;
+    try {
+      started = migrateGuest(req);
+    } catch (err) {
+      await preparedDestination?.stop().catch(() => {}); // the job never owned it
+      throw err;
+    }
+    const { job, result } = started;
     const view: MigrationView = {
       id: job.id, guest: name, from: from.name, to: to.name, state: 'preflight', startedAt: new Date().toISOString(), result: null,
       tls: job.options.tls, link: options.link ?? null,
     };
-    this.migrations.set(job.id, { view, job });
+    this.migrations.set(job.id, { view, job, done: result });
+    const settled = (r: MigrationResult) => {
+      view.result = r;
+      view.state = r.status;
+      this.labChanged();
+    };
     job.on('event', (event) => {
       if (event.type === 'phase') {
         view.state = event.phase;
         this.labChanged(); // the lab view shows who is paused, who is arriving
       }
+      // The outcome is final at 'result' (the guest may move again); the wire's figures follow.
+      if (event.type === 'result' || event.type === 'result-update') settled(event.result);
       this.send({ type: 'migration', id: job.id, guest: name, event });
     });
-    void result.then((r: MigrationResult) => {
-      view.result = r;
-      view.state = r.status;
-      this.labChanged();
-    });
+    void result.then(settled);
     this.labChanged();
     return job.id;
   }
 
-  /** Stops listening (the lab itself is the caller's to dispose). */
-  close(): void {
+  /**
+   * Stops listening and stops the destinations prepared for migrations that never came (the lab
+   * itself is the caller's to dispose; an agent's guests outlive a lab that only leaves).
+   */
+  async close(): Promise<void> {
     this.closed = true;
     if (this.snapshotTimer) clearTimeout(this.snapshotTimer);
     for (const off of this.hostOffs.values()) off();
     this.hostOffs.clear();
+    await this.prepared.dispose();
   }
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rmdir, stat, writeFile } from 'node:fs/promises';
 import { cpus, freemem, totalmem } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -15,7 +15,7 @@ import { probeQemu } from '../qemu/probe';
 import { withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
 import { LibraryPathError, resolveBootInLibrary } from './image-library';
 import { createDiskOverlay } from './disk-overlay';
-import { makeTempDir, removeDir } from '../util/fs';
+import { TEMP_PREFIX, makeTempDir, removeDir } from '../util/fs';
 import { connectUnix } from '../util/net';
 import { withTimeout } from '../util/time';
 import { GuestConsole } from './console';
@@ -367,9 +367,9 @@ export class LocalHost extends EventEmitter implements Host {
       ...(boot.kernel ? { kernel: boot.kernel } : {}),
       ...(boot.disk ? { disk: boot.disk } : {}),
       ...(nic ? { nic: nic.config } : {}),
-      // -S so we are connected before the first byte of boot output; never for a destination,
-      // which must run as soon as its migration completes.
-      startPaused: !incoming,
+      // -S so we are connected before the first byte of boot output; a destination too, which
+      // runs only when the migration job says `cont` after the source completed (libvirt's rule).
+      startPaused: true,
       incoming,
     };
     const startedAt = performance.now();
@@ -467,7 +467,38 @@ export class LocalHost extends EventEmitter implements Host {
     return { adopted, removed };
   }
 
-  private async reattach(record: GuestRecord, guestDir: string): Promise<LocalGuest> {
+  /**
+   * Adopts one guest whose folder lies outside this host's runtime dir: one that an engine which
+   * died left running in its own temp dir (the migration journal recorded the folder). Its pid
+   * and QMP socket come from the guest record there. Returns null, touching no process, when the
+   * folder holds no record of a guest by that name or its pid no longer runs that QEMU; a folder
+   * whose QEMU is gone is removed. Throws when the QEMU is there but does not answer.
+   */
+  async adoptGuestFrom(guestDir: string, name: string): Promise<Guest | null> {
+    if (this.disposed) throw new Error(`Host ${this.name} has been shut down`);
+    if (!isAbsolute(guestDir)) throw new Error(`Cannot adopt a guest from "${guestDir}": give the absolute path of its folder`);
+    const have = this.running.get(name);
+    if (have) {
+      if (have.runtimeDir === resolve(guestDir)) return have;
+      throw new Error(`Host ${this.name} already runs a guest named "${name}" (from ${have.runtimeDir}), so it cannot adopt the one in ${guestDir}`);
+    }
+    const record = await readRecord(guestDir);
+    if (!record || record.spec.name !== name) return null;
+    if (!(await isQemuOf(record))) {
+      await removeDir(guestDir);
+      await removeIfEmptyTempDir(dirname(guestDir));
+      return null;
+    }
+    this.startingNames.add(name);
+    try {
+      const guest = await this.reattach(record, guestDir, () => removeIfEmptyTempDir(dirname(guestDir)));
+      return this.track(guest);
+    } finally {
+      this.startingNames.delete(name);
+    }
+  }
+
+  private async reattach(record: GuestRecord, guestDir: string, afterGone?: () => Promise<void>): Promise<LocalGuest> {
     const { spec } = record;
     const proc = new AdoptedQemu(record.pid);
     const qmp = new QmpClient({ name: `${this.name}/${spec.name}` });
@@ -505,6 +536,8 @@ export class LocalHost extends EventEmitter implements Host {
       onGone: () => {
         nic?.unplug();
         this.running.delete(spec.name);
+        // The dead engine's temp dir that held it goes with its last guest.
+        return afterGone?.();
       },
     });
   }
@@ -597,6 +630,15 @@ async function writeRecord(dir: string, record: GuestRecord): Promise<void> {
   await rename(tmp, join(dir, RECORD_FILE));
 }
 
+/**
+ * Removes an engine's temp runtime dir (one makeTempDir made, by its name) once nothing is left in
+ * it: the folder a dead engine's last adopted guest lived in. Anything else is left alone.
+ */
+async function removeIfEmptyTempDir(dir: string): Promise<void> {
+  if (!basename(dir).startsWith(TEMP_PREFIX)) return;
+  await rmdir(dir).catch(() => {}); // not empty, or gone already: not ours to remove
+}
+
 async function readRecord(dir: string): Promise<GuestRecord | null> {
   try {
     const r = JSON.parse(await readFile(join(dir, RECORD_FILE), 'utf8')) as GuestRecord;
@@ -634,7 +676,8 @@ interface LocalGuestParts {
   adopted: boolean;
   /** Its disk is a library image it boots through an overlay in its dir (StartGuestOptions.overlayDisk). */
   overlayDisk?: boolean;
-  onGone: () => void;
+  /** Runs once QEMU is gone and the guest's folder removed; awaited, so its clean-up ends first. */
+  onGone: () => void | Promise<void>;
 }
 
 export class LocalGuest extends EventEmitter implements Guest {
@@ -702,6 +745,11 @@ export class LocalGuest extends EventEmitter implements Guest {
 
   get state(): GuestState {
     return this.current;
+  }
+
+  /** The guest's own folder: QMP, console and control sockets, and its guest record. */
+  get runtimeDir(): string {
+    return this.parts.dir;
   }
 
   /** The full QMP client (an agent uses commands a peer may not send, like object-add). */
@@ -813,7 +861,7 @@ export class LocalGuest extends EventEmitter implements Guest {
       this.console.close();
       await this.client.disconnect();
       await removeDir(this.parts.dir);
-      this.parts.onGone();
+      await this.parts.onGone();
     })();
     return this.released;
   }

@@ -1,12 +1,16 @@
 // The demo scenario behind `miglab demo`: two local hosts, a guest on host-a, an optional
-// workload, a migration to host-b, and a check of the guest where it landed.
+// workload, a migration to host-b, and a check of the guest where it landed. The workload and
+// the migration go through the lab's front door (LabService), as in the app and browser mode.
+// (It sits above api/ although it lives in lab/: it is a front end of its own.)
+import type { ApiCommand } from '../api/contract';
+import { followMigration, type FollowedMigration } from '../api/follow-migration';
+import { LabService } from '../api/service';
 import type { Guest } from '../hosts/host';
 import type { GuestSpecInput } from '../qemu/spec';
 import { queryMigrateCapabilities } from '../qmp';
 import { MigrationJournal } from '../migration/journal';
-import { migrateGuest, type MigrationJob } from '../migration/orchestrator';
 import { UNREADY_GRACE_MS } from '../migration/preflight';
-import type { MigrationEvent, MigrationOptions, MigrationResult } from '../migration/types';
+import type { MigrationEvent, MigrationResult } from '../migration/types';
 import { delay } from '../util/time';
 import { defaultLocalLab, type Lab } from './lab';
 import { netnsAgentLab } from './netns-lab';
@@ -16,7 +20,8 @@ export interface DemoOptions {
   /** MB/s the guest dirties during the migration; 0: an idle guest. */
   dirtyRateMBps: number;
   workingSetMiB: number;
-  migration: Partial<MigrationOptions>;
+  /** The migrate command's options, validated by the service as any front end's. */
+  migration: NonNullable<Extract<ApiCommand, { type: 'migrate' }>['options']>;
   /** The lab subnet (default 10.80.0.0/24). */
   subnet?: string;
   /** host-a and host-b as network namespaces, each reached through its agent (root only). */
@@ -25,7 +30,8 @@ export interface DemoOptions {
   custom?: { kind: 'kernel'; kernel: string; initrd?: string; append?: string; readyPattern?: string } | { kind: 'disk'; path: string; readyPattern?: string };
   onProgress?: (message: string) => void;
   onEvent?: (ev: MigrationEvent) => void;
-  onJob?: (job: MigrationJob) => void;
+  /** The migration once sent, for a Ctrl-C to cancel through the service. */
+  onMigration?: (migration: FollowedMigration) => void;
 }
 
 export interface DemoIntegrity {
@@ -88,6 +94,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     dispose = () => lab.dispose();
   }
   const hosts: DemoHost[] = lab.hosts().map((h) => ({ name: h.name, address: h.address, transport: h.kind === 'remote' ? 'agent-tls-netns' : 'local' }));
+  const service = new LabService(lab, new MigrationJournal());
   try {
     const from = lab.host('host-a');
     const to = lab.host('host-b');
@@ -107,17 +114,19 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       say(load
         ? `starting the workload: ${opts.workingSetMiB} MiB dirtied at ${opts.dirtyRateMBps} MB/s`
         : `filling ${opts.workingSetMiB} MiB with a pattern to check after the move (the guest stays idle)`);
-      await guest.labload.startLoad({ workingSetMiB: opts.workingSetMiB, rateMBps: load ? opts.dirtyRateMBps : 1 }, { timeoutMs: 60_000 });
+      // The service knows the working set from here, for the migration's prediction.
+      const workload = (rateMBps: number) => service.execute({ type: 'setWorkload', guest: GUEST, rateMBps, workingSetMiB: opts.workingSetMiB });
+      await workload(load ? opts.dirtyRateMBps : 1);
       if (load) await delay(500); // let the dirty rate settle before the first pass measures it
-      else await guest.labload.stopLoad();
+      else await workload(0);
     }
 
-    // Once the job has configured both QEMUs (it then listens), ask each what is on.
+    // Once the job has configured both QEMUs (it then listens), ask each what is on: the
+    // destination is the copy arriving on host-b.
     let asked: Promise<DemoReport['capabilities']> | null = null;
-    let started: MigrationJob | null = null;
     const onEvent = (ev: MigrationEvent) => {
-      const dst = started?.destination;
-      if (ev.type === 'phase' && ev.phase === 'listen' && dst && !asked) {
+      const dst = to.guest(GUEST);
+      if (ev.type === 'phase' && ev.phase === 'listen' && dst && dst !== guest && !asked) {
         asked = Promise.all([capabilitiesOn(guest), capabilitiesOn(dst)]).then(
           ([source, destination]) => ({ source, destination }),
           () => null,
@@ -125,25 +134,15 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       }
       opts.onEvent?.(ev);
     };
-    const { job, result: running } = migrateGuest(
-      {
-        guest, from, to, options: opts.migration,
-        ...(load ? { workingSetBytes: opts.workingSetMiB * 2 ** 20 } : {}),
-        maxDurationMs: 120_000,
-        journal: new MigrationJournal(),
-        network: lab.network,
-      },
-      onEvent,
-    );
-    started = job;
-    opts.onJob?.(job);
-    const result = await running;
+    const migration = followMigration(service, { type: 'migrate', guest: GUEST, to: to.name, options: opts.migration, maxDurationMs: 120_000 }, onEvent);
+    opts.onMigration?.(migration);
+    const result = await migration.result;
     const capabilities = await (asked ?? Promise.resolve(null));
-    const where = result.status === 'completed' ? job.destination! : guest;
+    const where = runningCopy(result);
 
     let integrity: DemoIntegrity | null = null;
     let workload: DemoReport['workload'] = null;
-    if (where.labload && !where.exit) {
+    if (where?.labload && !where.exit) {
       say(`checking the guest on ${result.runningOn}`);
       if (load) {
         const report = await where.labload.report();
@@ -159,6 +158,14 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     return { hosts, result, integrity, workload, capabilities };
   } finally {
     say('tearing the lab down');
+    await service.close();
     await dispose();
+  }
+
+  /** The copy that runs the guest after the migration, wherever the result says it is. */
+  function runningCopy(result: MigrationResult): Guest | null {
+    const host = result.runningOn ? lab.hosts().find((h) => h.name === result.runningOn) : undefined;
+    const g = host?.guest(GUEST);
+    return g && !g.exit ? g : null;
   }
 }

@@ -48,6 +48,14 @@ export const LabFileSchema = z.object({
     /** The switch's address: one every host reaches (default 127.0.0.1, right for local hosts only). */
     address: z.ipv4().optional(),
   }).strict().nullable().default({ subnet: DEFAULT_LAB_SUBNET }),
+  /** How this lab's migrations run, unless a migration says otherwise. */
+  migration: z.object({
+    /**
+     * Keep the paused source this long after the destination runs, so that a diskless guest can
+     * be taken back on request (null: MigLab's policy, see MigrationOptions.keepSourceMs).
+     */
+    keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
+  }).strict().optional(),
   hosts: z.array(z.object({ name: labName, agent: AgentRefSchema.optional() }).strict()).min(1, 'a lab needs at least one host').max(16),
   guests: z.array(z.object({
     name: labName,
@@ -239,7 +247,7 @@ export async function labFromFile(file: LabFile, opts: { runtimeDir?: string; so
         }));
       }
     }
-    return new Lab(hosts, { ...(dir ? { runtimeDir: dir } : {}), ownsDir: !opts.runtimeDir, network });
+    return new Lab(hosts, { ...(dir ? { runtimeDir: dir } : {}), ownsDir: !opts.runtimeDir, network, ...(file.migration ? { migration: file.migration } : {}) });
   } catch (err) {
     await Promise.all(connected.map((h) => h.disconnect()));
     await network?.close();

@@ -44,11 +44,14 @@ export class Lab {
   readonly network: LabNetwork | null;
   /** Local hosts made so far, for their port ranges. */
   private localCount: number;
+  /** The lab file's migration policy: what a migration that does not say otherwise gets. */
+  readonly migration: { keepSourceMs?: number | null | undefined };
 
-  constructor(hosts: Host[], opts: { runtimeDir?: string; ownsDir?: boolean; network?: LabNetwork | null } = {}) {
+  constructor(hosts: Host[], opts: { runtimeDir?: string; ownsDir?: boolean; network?: LabNetwork | null; migration?: { keepSourceMs?: number | null | undefined } } = {}) {
     this.runtimeDir = opts.runtimeDir ?? null;
     this.ownsDir = opts.ownsDir ?? false;
     this.network = opts.network ?? null;
+    this.migration = opts.migration ?? {};
     this.localCount = hosts.length;
     for (const h of hosts) {
       if (this.byName.has(h.name)) throw new Error(`Two hosts are called "${h.name}": give each host its own name`);

@@ -1,7 +1,7 @@
 // Which QEMU migration capabilities a MigLab migration may switch on, and why the others may not.
 // A capability changes the protocol under the orchestrator's feet: one that keeps two running
-// copies (x-colo), waits for a command MigLab never sends (pause-before-switchover) or is not a
-// live migration at all (background-snapshot) would break "exactly one copy". So this is an
+// copies (x-colo) or is not a live migration at all (background-snapshot) would break "exactly
+// one copy"; one the job must drive (pause-before-switchover) is allowed because it does. So this is an
 // allowlist: a name it does not know is refused too, with what to do.
 import type { MigrationCapability } from '../qmp/types';
 
@@ -26,8 +26,8 @@ export const CAPABILITY_POLICY: Record<MigrationCapability, CapabilityPolicy> = 
   'postcopy-preempt': { allowed: false, why: POST_COPY },
   'release-ram': { allowed: false, why: POST_COPY },
   'pause-before-switchover': {
-    allowed: false,
-    why: 'the migration would wait at pre-switchover for migrate-continue, which MigLab does not send yet, with the guest paused and cancel refused',
+    allowed: true,
+    what: 'a teaching step: QEMU stops the guest before the switchover and waits; the job shows what remains and goes on with "Continue" (migrate-continue), or cancels',
   },
   'x-colo': { allowed: false, why: 'COLO fault tolerance keeps two running copies of the guest by design, and MigLab keeps exactly one' },
   'background-snapshot': { allowed: false, why: 'it writes a snapshot and keeps the guest on its host: it is not a live migration' },

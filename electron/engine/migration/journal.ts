@@ -1,9 +1,51 @@
 // Each job's phase on disk, written at every transition, so that an engine that restarts can
-// tell what became of a guest it was moving.
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+// tell what became of a guest it was moving. Each write reaches the disk before it resolves
+// (fsync of the file and of its folder): a power cut must not leave an older phase than the
+// one the job acted on.
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import type { Guest, Host } from '../hosts/host';
 import { MIGRATION_PHASES, type JobState, type MigrationResult } from './types';
+
+/** One QEMU of a job, as the journal names it, so that a new engine can find that very QEMU again. */
+export interface JournalCopy {
+  host: string;
+  address: string;
+  kind: 'local' | 'remote';
+  /** The Guest object's id in the engine that wrote the entry. */
+  guestId: string;
+  pid: number | null;
+  /** A local guest's own folder (its QMP socket and guest.json); null for a remote one (its agent keeps it). */
+  runtimeDir: string | null;
+}
+
+/** A guest that says where its files live (LocalGuest does). */
+function runtimeDirOf(guest: Guest): string | null {
+  const dir = (guest as Guest & { runtimeDir?: unknown }).runtimeDir;
+  return typeof dir === 'string' ? dir : null;
+}
+
+/** The journal's record of one copy of a guest: which host, which QEMU, where its files are. */
+export function journalCopy(host: Host, guest: Guest): JournalCopy {
+  return {
+    host: host.name,
+    address: host.address,
+    kind: host.kind,
+    guestId: guest.id,
+    pid: guest.pid ?? null,
+    runtimeDir: host.kind === 'local' ? runtimeDirOf(guest) : null,
+  };
+}
+
+/** A journal write that did not reach the disk: the job must not act as if it had. */
+export class JournalWriteError extends Error {
+  constructor(readonly file: string, cause: unknown) {
+    const why = (cause as NodeJS.ErrnoException)?.code ?? (cause as Error)?.message ?? String(cause);
+    super(`Could not write the migration journal entry ${file} (${why}): check that its folder is writable and the disk is not full`, { cause });
+    this.name = 'JournalWriteError';
+  }
+}
 
 export interface JournalEntry {
   id: string;
@@ -15,8 +57,29 @@ export interface JournalEntry {
   startedAt: string;
   updatedAt: string;
   result: MigrationResult | null;
-  /** Set by an engine that restarted and settled this job (see recovery.ts). */
+  /** Set by an engine that restarted and settled this job, or tried to (see recovery.ts). */
   recovery?: import('./recovery').RecoveryReport;
+  // The fields below are absent from entries older engines wrote; recovery reads their absence
+  // as "not known" (see recovery.ts), never as false.
+  /** The guest's copy on the source host. */
+  source?: JournalCopy;
+  /** The destination's copy; null until it has been started. */
+  destination?: JournalCopy | null;
+  /**
+   * The job has sent (or is about to send) `cont` to the destination: written BEFORE the `cont`,
+   * so that an engine dying in between is read as "may have run". false: it provably never ran.
+   */
+  destinationResumed?: boolean;
+  /** A rollback (the paused source taken back after the destination ran) is under way. */
+  rollback?: boolean;
+  /**
+   * MigLab paused the destination (`stop`: its guest crashed while QEMU ran on). Without it, a
+   * destination QEMU in plain "paused" never ran: started with -S, it runs once resumed, and only
+   * a `stop` (MigLab's alone) brings a running QEMU back to "paused".
+   */
+  destinationPaused?: boolean;
+  /** How many engines have tried to settle this entry after its own engine stopped. */
+  attempts?: number;
 }
 
 /** $MIGLAB_STATE_DIR, else $XDG_STATE_HOME/miglab, else ~/.local/state/miglab. */
@@ -37,12 +100,32 @@ export class MigrationJournal {
     return join(this.dir, `${id}.json`);
   }
 
-  /** Atomic: a crash mid-write leaves the previous entry, never half of one. */
+  private writes = 0;
+
+  /**
+   * Atomic and durable: a crash mid-write leaves the previous entry, never half of one, and once
+   * this resolves the entry survives a power cut (the file is fsynced before the rename, the
+   * folder after it). Rejects with a JournalWriteError naming the file.
+   */
   async write(entry: JournalEntry): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
-    const tmp = `${this.file(entry.id)}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(entry, null, 2)}\n`);
-    await rename(tmp, this.file(entry.id));
+    const file = this.file(entry.id);
+    // Its own temp name per write: two writes of one entry must not interleave in one file.
+    const tmp = `${file}.${process.pid}.${++this.writes}.tmp`;
+    try {
+      await mkdir(this.dir, { recursive: true });
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(`${JSON.stringify(entry, null, 2)}\n`);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, file);
+      await syncDir(this.dir);
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => {});
+      throw new JournalWriteError(file, err);
+    }
   }
 
   async read(id: string): Promise<JournalEntry | null> {
@@ -66,11 +149,22 @@ export class MigrationJournal {
 
   /** Jobs that never reached completed, failed or cancelled: the engine stopped under them. */
   async unfinished(): Promise<JournalEntry[]> {
+    // needs-attention is not an end: the next engine asks both QEMUs again.
     return (await this.list()).filter((e) => !['completed', 'failed', 'cancelled'].includes(e.state));
   }
 
   async remove(id: string): Promise<void> {
     await rm(this.file(id), { force: true });
+  }
+}
+
+/** Makes a rename in `dir` durable: the folder's own entry list is written out. */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 

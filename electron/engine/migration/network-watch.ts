@@ -121,11 +121,18 @@ export class MigrationNetworkWatch {
     }
   }
 
+  /** Stops listening and probing; the whole report. */
   finish(): MigrationNetworkReport {
     for (const off of this.offs.splice(0)) off();
     if (this.flushTimer) clearInterval(this.flushTimer);
     const summary = this.probe?.stop() ?? null;
     this.flush();
+    this.probe = null;
+    return this.report(summary);
+  }
+
+  /** What the wire has shown so far, while the watch goes on (the probe's figures up to now). */
+  report(summary = this.probe?.summary() ?? null): MigrationNetworkReport {
     const oldPort = this.source.switchPort?.id;
     const retired = oldPort === undefined ? null : !this.network.switch.portInfo().some((p) => p.id === oldPort);
     return {

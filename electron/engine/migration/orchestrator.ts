@@ -1,73 +1,53 @@
-// One live migration, phase by phase (after libvirt's migration protocol). Whatever goes wrong,
-// exactly one copy of the guest is left running: before the switchover that is the source;
-// the destination only once it runs the guest and the guest's heartbeats have resumed.
+// One live migration, phase by phase, on libvirt's rules (src/qemu/qemu_migration.c): the
+// destination starts paused and is resumed only after the source says `completed`; the source is
+// resumed only while the destination provably never ran; every choice of which copy to keep asks
+// both QEMUs first (copies.ts), and a side that does not answer is unknown, never gone.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { z } from 'zod';
-import type { Guest, Host, LinkRelayControl } from '../hosts/host';
-import { LinkProfileSchema, type LinkProfile, type LinkRelayStats } from '../network/link-relay';
-import type { Heartbeat } from '../guest/labload-channel';
+import type { Guest, Host } from '../hosts/host';
+import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
+import type { LabNetwork } from '../network/lab-network';
 import {
+  announceSelf,
   cont,
-  migrate,
   migrateCancel,
   migrateIncoming,
   migrateSetCapabilities,
   migrateSetParameters,
-  queryMigrate,
   queryStatus,
-  type MigrationInfo,
-  type MigrationStatus,
+  stop as pauseVcpus,
   type QmpEvent,
 } from '../qmp';
 import { describeExit } from '../qemu/process';
+import { tracksTcgWritesExactly } from '../qemu/binary';
+import { consoleTail, crashWords, watchGuestCrash, type GuestCrash } from '../guest/crash-watch';
 import { delay } from '../util/time';
-import type { LabNetwork } from '../network/lab-network';
-import type { MigrationJournal } from './journal';
+import { decideCopies, destinationMayHaveRun, observeCopy, type CopyDecision, type CopyFacts, type CopyState } from './copies';
+import { HeartbeatWatch } from './heartbeat-watch';
+import { journalCopy, type JournalEntry, type MigrationJournal } from './journal';
+import { parseMigrationOptions } from './limits';
+import { LinkWatch } from './link-watch';
 import { MigrationNetworkWatch } from './network-watch';
-import { destinationStart, runPreflight } from './preflight';
-import { predict } from './prediction';
-import { PassTracker, SampleRing, sampleFromInfo } from './telemetry';
+import { destinationStart, runPreflight, type PreflightOutcome } from './preflight';
+import { capabilityRefusal } from './capabilities';
+import { buildResult } from './result';
+import { SourceWatch } from './source-watch';
+import { isInFlight } from './status';
 import {
-  DEFAULT_MIGRATION_OPTIONS,
   MIGRATION_PHASES,
+  type FailureKind,
   type JobState,
+  type MigrationAttention,
   type MigrationEvent,
   type MigrationOptions,
   type MigrationOutcome,
+  type MigrationPhase,
   type MigrationResult,
-  type MigrationSample,
   type PhaseSpan,
-  type FailureKind,
   type PreflightCheck,
-  type Prediction,
 } from './types';
 
-const OptionsSchema = z.object({
-  bandwidthMBps: z.number().min(1, 'bandwidth must be at least 1 MB/s').max(100_000, 'bandwidth above 100000 MB/s is not a real link').optional(),
-  downtimeLimitMs: z.number().int().min(1, 'the downtime limit must be at least 1 ms').max(2_000_000, 'QEMU allows at most 2000000 ms of downtime').optional(),
-  capabilities: z.record(z.string().regex(/^[a-z0-9-]+$/, 'capability names are lower-case words joined by "-"'), z.boolean()).optional(),
-  sampleIntervalMs: z.number().int().min(20, 'sample at most every 20 ms').max(1000, 'sample at least every 1000 ms').optional(),
-  acceptWarnings: z.boolean().optional(),
-  confirmWatchMs: z.number().int().min(0).max(60_000, 'watch the destination for at most 60000 ms').optional(),
-  probeIntervalMs: z.number().int().min(5, 'probe at most every 5 ms').max(1000, 'probe at least every 1000 ms').optional(),
-  tls: z.boolean().optional(),
-  link: LinkProfileSchema.partial().nullable().optional(),
-});
-
-export class InvalidMigrationOptionsError extends Error {
-  constructor(readonly problems: string[]) {
-    super(`The migration options are not valid: ${problems.join('; ')}`);
-    this.name = 'InvalidMigrationOptionsError';
-  }
-}
-
-export function parseMigrationOptions(input: Partial<MigrationOptions> = {}): MigrationOptions {
-  const r = OptionsSchema.safeParse(input);
-  if (!r.success) throw new InvalidMigrationOptionsError(r.error.issues.map((i) => `${i.path.join('.') || 'options'}: ${i.message}`));
-  const defined = Object.fromEntries(Object.entries(r.data).filter(([, v]) => v !== undefined));
-  return { ...DEFAULT_MIGRATION_OPTIONS, ...defined };
-}
+export { InvalidMigrationOptionsError, parseMigrationOptions } from './limits';
 
 export interface MigrationRequest {
   guest: Guest;
@@ -77,16 +57,25 @@ export interface MigrationRequest {
   /** The guest's dirtying working set, when the lab knows it (labload), for the prediction. */
   workingSetBytes?: number;
   journal?: MigrationJournal;
-  /** Give up (cancel) when the migration has not completed by then. Default 10 minutes. */
+  /** Give up (cancel) when the migration has not reached its switchover by then. Default 10 minutes. */
   maxDurationMs?: number;
   /** The lab network the guest's NIC is on: the job records the remap and probes the guest. */
   network?: LabNetwork | null;
+  /**
+   * A destination QEMU started ahead of time for this guest on `to` (to.prepareIncoming, still
+   * waiting for its stream): the job uses it instead of starting one, and owns it from then on.
+   */
+  preparedDestination?: Guest;
+  /** How long a question to a QEMU may take before its side counts as unknown. Default 5000 ms. */
+  askTimeoutMs?: number;
+  /** The lab file, for the commands a needs-attention result names. */
+  labFile?: string;
 }
 
-/** Ends the job: thrown inside run(), turned into a result by recover(). */
+/** Ends a phase: thrown inside it, turned into a result by the phase's failure action. */
 class JobEnd extends Error {
   constructor(
-    readonly outcome: Exclude<MigrationOutcome, 'completed'>,
+    readonly outcome: Exclude<MigrationOutcome, 'completed' | 'needs-attention'>,
     reason: string,
     readonly qemuMessage: string | null = null,
     readonly kind: FailureKind = outcome === 'cancelled' ? 'cancelled' : 'migration',
@@ -95,68 +84,140 @@ class JobEnd extends Error {
   }
 }
 
-/** The last lines a guest printed that explain a crash (a kernel panic, an oops). */
-function crashWords(console: string): string | null {
-  const lines = console.split('\n').map((l) => l.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').trim()).filter(Boolean);
-  const panic = lines.filter((l) => /panic|Oops|BUG:|general protection|Fatal exception/i.test(l));
-  const pick = panic.length ? panic.slice(-2) : lines.slice(-2);
-  return pick.length ? pick.join(' / ').slice(0, 400) : null;
+/** The destination stopped running the guest before the source was quit: decide as at confirm. */
+class DestinationLost extends Error {
+  constructor(readonly end: JobEnd) {
+    super(end.message);
+  }
 }
 
-/** A console's last 16 KB, escape sequences removed: room for a whole kernel oops and its panic. */
-function consoleTail(console: string, maxChars = 16_000): string {
-  return console.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').slice(-maxChars);
+/** Both copies are gone: the destination died just as the source was quit. */
+class GuestLost extends Error {
+  constructor(readonly end: JobEnd) {
+    super(end.message);
+  }
 }
 
-const TERMINAL: MigrationStatus[] = ['completed', 'failed', 'cancelled'];
-const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'pre-switchover', 'cancelling', 'wait-unplug'];
-const LINK_REPORT_MS = 500;
-const CANCELLABLE = new Set<JobState>(['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor']);
+/**
+ * What a phase's failure leaves to undo (libvirt's per-phase failure action):
+ * - nothing: no QEMU was started or touched;
+ * - stop-destination: the destination never had a stream, the source was never touched;
+ * - settle: a stream was (or may have been) under way: ask both QEMUs and decide (copies.ts);
+ * - source-left: the destination runs the guest; only quitting the paused source failed.
+ */
+type FailureAction = 'nothing' | 'stop-destination' | 'settle' | 'source-left';
+
+interface PhaseStep {
+  run: (job: MigrationJob) => Promise<void>;
+  onFailure: FailureAction;
+}
+
+/** How long the destination may take to run after `cont`, and the guest to beat again. */
+const RUN_WAIT_MS = 15_000;
+/** How long QEMU may take to end a cancelled stream. */
+const CANCEL_WAIT_MS = 10_000;
+/** Heartbeats come every 50 ms: this long without one while the source is kept is a hang. */
+const SILENCE_MS = 500;
+/** The source is kept this long by default where destinations may crash after arriving. */
+const TCG_OLD_QEMU_KEEP_MS = 3000;
 
 export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
+  /** The phases in order, each with what its failure undoes: the compiler wants one per phase. */
+  private static readonly PHASES: Record<MigrationPhase, PhaseStep> = {
+    preflight: { run: (j) => j.preflightPhase(), onFailure: 'nothing' },
+    prepare: { run: (j) => j.preparePhase(), onFailure: 'stop-destination' },
+    configure: { run: (j) => j.configurePhase(), onFailure: 'stop-destination' },
+    listen: { run: (j) => j.listenPhase(), onFailure: 'stop-destination' },
+    migrate: { run: (j) => j.migratePhase(), onFailure: 'settle' },
+    monitor: { run: (j) => j.followSource('stopped'), onFailure: 'settle' },
+    switchover: { run: (j) => j.switchoverPhase(), onFailure: 'settle' },
+    confirm: { run: (j) => j.confirmPhase(), onFailure: 'settle' },
+    cleanup: { run: (j) => j.cleanupPhase(), onFailure: 'source-left' },
+  };
+
   readonly id = randomUUID();
   readonly options: MigrationOptions;
+
   private readonly t0 = performance.now();
+  private readonly startedAtIso = new Date().toISOString();
+  private readonly askMs: number;
   private state: JobState | null = null;
   private readonly spans: PhaseSpan[] = [];
+  private started = false;
   private dst: Guest | null = null;
-  private relay: LinkRelayControl | null = null;
-  private lastLinkStats: LinkRelayStats | null = null;
   private port: number | null = null;
-  private checks: PreflightCheck[] = [];
-  private readonly tracker = new PassTracker();
-  readonly samples = new SampleRing();
-  private lastPrediction: Prediction | null = null;
-  private predictionSentAt = -Infinity;
-  private finalInfo: MigrationInfo | null = null;
-  private cancelReason: string | null = null;
-  private wake: (() => void) | null = null;
-  private sawStopAt: number | null = null;
-  private srcLastBeat: Heartbeat | null = null;
-  private dstFirstBeat: Heartbeat | null = null;
+  private pre: PreflightOutcome | null = null;
   private bandwidthMBps: number;
   private downtimeLimitMs: number;
-  private started = false;
-  private readonly startedAtIso = new Date().toISOString();
-  /** Capabilities both QEMUs offer (from pre-flight): what the prediction may advise. */
-  private offeredCaps: string[] = [];
-  /** The latest query-migrate answer: a pass that ends in the stop-and-copy closes with it. */
-  private lastInfo: MigrationInfo | null = null;
-  private failureKind: FailureKind = 'internal';
-  private unwatchBeats: Array<() => void> = [];
+  private readonly beats: HeartbeatWatch;
+  /** The source QEMU's events, samples, passes and verdict. */
+  private readonly src: SourceWatch;
+  private readonly linkWatch: LinkWatch;
+  private net: MigrationNetworkWatch | null = null;
+  /** What is known about the copies: the facts every decision is made from. */
+  private readonly facts = { destinationResumed: false, destinationRan: false, sourceCompleted: false };
+  private readonly offs: Array<() => void> = [];
+  private cancelReason: string | null = null;
+  private continueWanted = false;
+  private rollbackWanted = false;
+  private keep: { ms: number; why: string } | null = null;
+  private keepUntil: number | null = null;
+  private dstCrash: { words: string; atMs: number } | null = null;
+  private stopCrashWatch: (() => void) | null = null;
   private destinationRunningAtMs: number | null = null;
   private resumedAtMs: number | null = null;
-  private onFirstDstBeat: (() => void) | null = null;
-  private net: MigrationNetworkWatch | null = null;
-  /** Time spent in query-migrate round trips: what sampling costs. */
-  samplingMs = 0;
-  samplingCount = 0;
+  private notes: string[] = [];
 
   constructor(private readonly req: MigrationRequest) {
     super();
     this.options = parseMigrationOptions(req.options);
     this.bandwidthMBps = this.options.bandwidthMBps;
     this.downtimeLimitMs = this.options.downtimeLimitMs;
+    this.askMs = req.askTimeoutMs ?? 5000;
+    this.beats = new HeartbeatWatch(req.guest, (gapMs) => this.send({ type: 'heartbeat-gap', atMs: this.now(), gapMs }));
+    this.linkWatch = new LinkWatch(
+      this.options.link,
+      () => ({ guest: req.guest.name, to: req.to.name, phase: this.state ?? 'its start' }),
+      (stats) => this.send({ type: 'link', atMs: this.now(), stats }),
+    );
+    this.src = new SourceWatch(req.guest, {
+      now: () => this.now(),
+      send: (ev) => this.send(ev),
+      cancelReason: () => this.cancelReason,
+      takeContinue: () => {
+        const wanted = this.continueWanted;
+        this.continueWanted = false;
+        return wanted;
+      },
+      predictionInput: (s) => ({
+        bandwidthBps: s.throughputBps !== null && s.throughputBps > 0 ? s.throughputBps : this.bandwidthMBps * 1e6,
+        downtimeLimitMs: this.downtimeLimitMs,
+        ...(this.req.workingSetBytes !== undefined ? { workingSetBytes: this.req.workingSetBytes } : {}),
+        capabilitiesOffered: this.pre?.capabilities ?? [],
+        capabilitiesOn: ['events', ...Object.entries(this.options.capabilities).filter(([, v]) => v).map(([k]) => k)],
+        ...(s.cpuThrottlePercent !== null ? { throttlePercent: s.cpuThrottlePercent } : {}),
+      }),
+      tick: () => this.linkWatch.report(),
+      sampleIntervalMs: this.options.sampleIntervalMs,
+      maxDurationMs: req.maxDurationMs ?? 600_000,
+      onTimeout: () => {
+        if (!this.cancelReason) this.cancel(`The migration did not reach its switchover within ${Math.round((req.maxDurationMs ?? 600_000) / 1000)} s, so MigLab cancelled it.`);
+      },
+    });
+  }
+
+  /** The query-migrate samples so far (a ring). */
+  get samples() {
+    return this.src.samples;
+  }
+
+  /** Time spent in query-migrate round trips, and how many: what sampling costs. */
+  get samplingMs(): number {
+    return this.src.samplingMs;
+  }
+
+  get samplingCount(): number {
+    return this.src.samplingCount;
   }
 
   get phase(): JobState | null {
@@ -175,36 +236,80 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     this.emit('event', ev);
   }
 
+  // ---- the journal ----------------------------------------------------------------------------
+
+  private entry(state: JobState, result: MigrationResult | null, extra: Partial<JournalEntry> = {}): JournalEntry {
+    const { guest, from, to } = this.req;
+    return {
+      id: this.id, guest: guest.name, from: from.name, to: to.name, state, port: this.port,
+      startedAt: this.startedAtIso, updatedAt: new Date().toISOString(), result,
+      source: journalCopy(from, guest),
+      destination: this.dst ? journalCopy(to, this.dst) : null,
+      destinationResumed: this.facts.destinationResumed,
+      ...this.stickyJournal,
+      ...extra,
+    };
+  }
+
+  /** Flags that, once written, stay in every later entry (a rollback begun, a destination paused). */
+  private readonly stickyJournal: Pick<JournalEntry, 'rollback' | 'destinationPaused'> = {};
+
+  private async journal(state: JobState, result: MigrationResult | null = null, extra: Partial<JournalEntry> = {}): Promise<void> {
+    if (extra.rollback) this.stickyJournal.rollback = true;
+    if (extra.destinationPaused) this.stickyJournal.destinationPaused = true;
+    await this.req.journal?.write(this.entry(state, result, extra));
+  }
+
+  /** For writes after the decision: a failure is told in the result, it changes nothing. */
+  private async journalNoted(state: JobState, result: MigrationResult | null = null, extra: Partial<JournalEntry> = {}): Promise<void> {
+    try {
+      await this.journal(state, result, extra);
+    } catch (err) {
+      this.notes.push(`The journal could not be written (${(err as Error).message}), so an engine that restarts will not know of this migration.`);
+    }
+  }
+
   /** The one place the job's state changes: closes the phase span, journals, emits. */
   private async transition(next: JobState, atMs = this.now()): Promise<void> {
     const previous = this.state;
     const open = this.spans.at(-1);
     if (open && open.endMs === null) open.endMs = atMs;
     this.state = next;
-    if ((MIGRATION_PHASES as readonly string[]).includes(next)) {
-      this.spans.push({ name: next as PhaseSpan['name'], startMs: atMs, endMs: null });
-    }
-    await this.req.journal?.write({
-      id: this.id, guest: this.req.guest.name, from: this.req.from.name, to: this.req.to.name,
-      state: next, port: this.port, startedAt: this.startedAtIso, updatedAt: new Date().toISOString(), result: null,
-    });
+    if ((MIGRATION_PHASES as readonly string[]).includes(next)) this.spans.push({ name: next as MigrationPhase, startMs: atMs, endMs: null });
+    // Journalled before it is told: whoever sees the phase can rely on an engine that restarts knowing it.
+    if ((MIGRATION_PHASES as readonly string[]).includes(next)) await this.journal(next);
     this.send({ type: 'phase', atMs, phase: next, previous });
   }
 
+  // ---- controls -------------------------------------------------------------------------------
+
   /**
-   * Asks the job to stop. Accepted until the switchover begins (then the guest is already
-   * moving and the job finishes instead); returns whether it was accepted.
+   * Asks the job to stop. Accepted until the source is known to be stopping (QEMU's STOP), and
+   * while QEMU waits before the switchover; returns whether it was accepted.
    */
   cancel(reason = 'Cancelled by the user'): boolean {
-    if (this.state !== null && !CANCELLABLE.has(this.state)) return false;
-    if (this.sawStopAt !== null) return false;
+    if (this.state !== null && !['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor', 'switchover'].includes(this.state)) return false;
+    if (this.src.stopAt !== null && this.src.status !== 'pre-switchover') return false;
     this.cancelReason ??= reason;
-    this.wake?.();
+    this.src.wakeUp();
     return true;
   }
 
-  private checkCancel(): void {
-    if (this.cancelReason) throw new JobEnd('cancelled', this.cancelReason);
+  /** With pause-before-switchover: lets QEMU go on from pre-switchover (migrate-continue). */
+  continueSwitchover(): void {
+    if (this.src.status !== 'pre-switchover') {
+      throw new Error(`The migration of ${this.req.guest.name} is not waiting before its switchover (QEMU says "${this.src.status}"): Continue applies only there`);
+    }
+    this.continueWanted = true;
+    this.src.wakeUp();
+  }
+
+  /** While the paused source is kept (keepSourceMs): takes a diskless guest back to it. */
+  rollback(): void {
+    if (this.keepUntil === null || this.state !== 'confirm' || performance.now() > this.keepUntil) {
+      throw new Error(`The migration of ${this.req.guest.name} keeps no paused source to go back to now (${this.state ?? 'not started'}): a rollback is possible only while the source is kept (keepSourceMs)`);
+    }
+    this.rollbackWanted = true; // the keep window looks every 50 ms
   }
 
   /** Changes max-bandwidth while the migration runs (or before it starts). */
@@ -230,64 +335,77 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
   }
 
-  private linkReportedAt = -Infinity;
-
-  /** The emulated link's counters while the stream flows, twice a second: what a lesson watches. */
-  private reportLink(): void {
-    const relay = this.relay;
-    if (!relay || performance.now() - this.linkReportedAt < LINK_REPORT_MS) return;
-    this.linkReportedAt = performance.now();
-    void relay.stats().then(
-      (stats) => {
-        this.lastLinkStats = stats;
-        this.send({ type: 'link', atMs: this.now(), stats });
-      },
-      () => {},
-    );
-  }
-
   /** The emulated link: change its profile, pull the cable, or plug it back (with `link` on). */
-  async link(action: { profile: Partial<LinkProfile> } | 'cut' | 'restore'): Promise<LinkRelayStats> {
-    if (!this.relay) {
-      const { guest, to } = this.req;
-      if (!this.options.link) throw new Error('This migration has no emulated link: start it with the link option');
-      // It was open and has closed with the job, or it opens once the destination listens.
-      if (this.lastLinkStats) throw new Error(`The migration of ${guest.name} is over (${this.state}): its emulated link closed with it`);
-      throw new Error(`The emulated link of ${guest.name}'s migration opens once ${to.name} listens (the migration is at ${this.state ?? 'its start'}): try again in a moment`);
-    }
-    const stats = action === 'cut' ? await this.relay.cut() : action === 'restore' ? await this.relay.restore() : await this.relay.setProfile(action.profile);
-    this.lastLinkStats = stats;
-    this.send({ type: 'link', atMs: this.now(), stats });
-    return stats;
+  link(action: { profile: Partial<LinkProfile> } | 'cut' | 'restore'): Promise<LinkRelayStats> {
+    return this.linkWatch.control(action);
   }
+
+  // ---- the run --------------------------------------------------------------------------------
 
   /** Runs the whole job. Never throws for a migration that fails: the result says why. */
   async run(): Promise<MigrationResult> {
     if (this.started) throw new Error('A migration job runs once: make a new job to migrate again');
     this.started = true;
-    const { guest, from, to } = this.req;
-    try {
-      await this.transition('preflight');
-      const pre = await runPreflight(
-        { guest, from, to, capabilities: this.options.capabilities },
-        (check) => this.send({ type: 'check', atMs: this.now(), check }),
-      );
-      this.checks = pre.checks;
-      this.port = pre.port;
-      this.offeredCaps = pre.capabilities;
-      const failed = pre.checks.filter((c) => c.status === 'fail');
-      if (failed.length) throw new JobEnd('failed', `Pre-flight check failed: ${failed.map((c) => c.message).join(' ')}`, null, 'preflight');
-      const warned = pre.checks.filter((c) => c.status === 'warn');
-      if (warned.length && !this.options.acceptWarnings) {
-        throw new JobEnd('failed', `Pre-flight warnings were not accepted: ${warned.map((c) => c.message).join(' ')}`, null, 'preflight');
+    for (const phase of MIGRATION_PHASES) {
+      const step = MigrationJob.PHASES[phase];
+      try {
+        await this.transition(phase, phase === 'switchover' ? (this.src.stopAt ?? this.now()) : this.now());
+        await step.run(this);
+      } catch (err) {
+        return this.fail(step.onFailure, err);
       }
-      this.checkCancel();
-      if (this.req.network && guest.spec.mac) {
-        this.net = new MigrationNetworkWatch(this.req.network, guest, this.t0, (ev) => this.send(ev), this.options.probeIntervalMs);
-        await this.net.start();
-      }
+    }
+    return this.finish('completed', null, { runningOn: this.req.to.name });
+  }
 
-      await this.transition('prepare');
+  private checkCancel(): void {
+    if (this.cancelReason) throw new JobEnd('cancelled', this.cancelReason);
+  }
+
+  private async preflightPhase(): Promise<void> {
+    const { guest, from, to } = this.req;
+    this.pre = await runPreflight(
+      { guest, from, to, capabilities: this.options.capabilities, ownDestination: (g) => g === this.req.preparedDestination },
+      (check) => this.send({ type: 'check', atMs: this.now(), check }),
+    );
+    this.port = this.pre.port;
+    const failed = this.pre.checks.filter((c) => c.status === 'fail');
+    if (failed.length) throw new JobEnd('failed', `Pre-flight check failed: ${failed.map((c) => c.message).join(' ')}`, null, 'preflight');
+    const warned = this.pre.checks.filter((c) => c.status === 'warn');
+    if (warned.length && !this.options.acceptWarnings) {
+      throw new JobEnd('failed', `Pre-flight warnings were not accepted: ${warned.map((c) => c.message).join(' ')}`, null, 'preflight');
+    }
+    this.keep = this.keepPolicy();
+    this.checkCancel();
+    if (this.req.network && guest.spec.mac) {
+      this.net = new MigrationNetworkWatch(this.req.network, guest, this.t0, (ev) => this.send(ev), this.options.probeIntervalMs);
+      await this.net.start();
+    }
+  }
+
+  /** How long the paused source stays after the destination runs, and why (keepSourceMs). */
+  private keepPolicy(): { ms: number; why: string } | null {
+    const asked = this.options.keepSourceMs;
+    if (asked !== null) return asked > 0 ? { ms: asked, why: `the migration asked to keep the source for ${asked} ms` } : null;
+    const to = this.pre?.hosts?.to;
+    const from = this.pre?.hosts?.from;
+    if (!to || !from || this.req.guest.spec.boot.kind === 'disk') return null;
+    const tcg = from.accel.accel === 'tcg' || to.accel.accel === 'tcg';
+    const old = !tracksTcgWritesExactly({ major: Number(to.qemu.version.split('.')[0]) });
+    if (!tcg || !old) return null;
+    return {
+      ms: TCG_OLD_QEMU_KEEP_MS,
+      why: `under TCG, QEMU ${to.qemu.version} on ${to.name} can crash a guest seconds after it arrives, so the paused source is kept ${TCG_OLD_QEMU_KEEP_MS} ms and takes the guest back if that happens`,
+    };
+  }
+
+  private async preparePhase(): Promise<void> {
+    const { guest, from, to } = this.req;
+    const prepared = this.req.preparedDestination;
+    if (prepared && !prepared.exit && prepared.state === 'incoming' && to.guest(guest.name) === prepared) {
+      this.dst = prepared;
+    } else {
+      if (prepared && !prepared.exit) await prepared.stop().catch(() => {}); // not usable: not left behind either
       try {
         // Never guest.spec as such: an agent's guest names files that must resolve in a local destination's library.
         const start = await destinationStart(guest, from, to);
@@ -295,300 +413,143 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       } catch (err) {
         throw new JobEnd('failed', `The destination QEMU could not be started on ${to.name}: ${(err as Error).message}`, null, 'destination-start');
       }
-      await this.net?.learnAnnounces(this.dst);
-      this.checkCancel();
-
-      await this.transition('configure');
-      await this.configure();
-      this.checkCancel();
-
-      await this.transition('listen');
-      const uri = `tcp:${to.address}:${this.port}`;
-      await migrateIncoming(this.dst.qmp, uri);
-      let sourceUri = uri;
-      if (this.options.link) {
-        this.relay = await to.openLinkRelay(this.port!, this.options.link);
-        sourceUri = `tcp:${to.address}:${this.relay.port}`;
-        this.lastLinkStats = await this.relay.stats();
-        this.send({ type: 'link', atMs: this.now(), stats: this.lastLinkStats });
-      }
-      this.checkCancel();
-
-      await this.transition('migrate');
-      this.watchHeartbeats();
-      await this.migrateAndMonitor(sourceUri);
-
-      await this.transition('confirm');
-      await this.confirm();
-
-      await this.transition('cleanup');
-      await from.stopGuest(guest.name); // retires the source's switch port too
-      await this.net?.settle(this.destinationRunningAtMs);
-      return await this.finish('completed', null, null);
-    } catch (err) {
-      return this.recover(err);
     }
+    this.beats.watchDestination(this.dst);
+    // Started with -S, a destination emits RESUME only when it starts running the guest: any
+    // RESUME is proof it ran, whoever waits for it.
+    this.offs.push(this.dst.qmp.onEvent('RESUME', (ev: QmpEvent) => {
+      this.facts.destinationRan = true;
+      this.destinationRunningAtMs ??= ev.receivedAt - this.t0;
+    }));
+    await this.journal('prepare'); // the destination's identity, for an engine that restarts
+    await this.net?.learnAnnounces(this.dst);
+    this.checkCancel();
   }
 
-  private async configure(): Promise<void> {
-    const caps = { events: true, ...this.options.capabilities };
-    await Promise.all([
-      migrateSetCapabilities(this.req.guest.qmp, caps),
-      migrateSetCapabilities(this.dst!.qmp, caps),
-    ]);
+  private async configurePhase(): Promise<void> {
+    const { guest, from, to } = this.req;
+    const dst = this.dst!;
+    // QEMU keeps capabilities from one migration to the next (a guest that arrived with
+    // pause-before-switchover on would wait again): every one MigLab may set is set, off unless asked.
+    const settable = (this.pre?.capabilities ?? []).filter((c) => capabilityRefusal(c, true) === null);
+    const caps: Record<string, boolean> = { ...Object.fromEntries(settable.map((c) => [c, false])), events: true, ...this.options.capabilities };
+    // A disk guest's destination takes its image only once it runs (shared storage), where offered.
+    if (guest.spec.boot.kind === 'disk' && this.pre?.capabilities.includes('late-block-activate')) caps['late-block-activate'] ??= true;
+    await Promise.all([migrateSetCapabilities(guest.qmp, caps), migrateSetCapabilities(dst.qmp, caps)]);
     // With TLS the destination is the server; the source checks that its certificate names the
     // address it connects to (the lab CA put it in the IP SANs). Without, the source's tls-creds
     // are cleared: a guest that arrived by a TLS migration keeps its destination's.
     let tls: { 'tls-creds': string; 'tls-hostname': string } = { 'tls-creds': '', 'tls-hostname': '' };
     if (this.options.tls) {
-      const [client, server] = await Promise.all([
-        this.req.from.addMigrationTls(this.req.guest, 'client'),
-        this.req.to.addMigrationTls(this.dst!, 'server'),
-      ]);
-      await migrateSetParameters(this.dst!.qmp, { 'tls-creds': server });
-      tls = { 'tls-creds': client, 'tls-hostname': this.req.to.address };
+      const [client, server] = await Promise.all([from.addMigrationTls(guest, 'client'), to.addMigrationTls(dst, 'server')]);
+      await migrateSetParameters(dst.qmp, { 'tls-creds': server });
+      tls = { 'tls-creds': client, 'tls-hostname': to.address };
     }
-    await migrateSetParameters(this.req.guest.qmp, {
+    await migrateSetParameters(guest.qmp, {
       'max-bandwidth': Math.round(this.bandwidthMBps * 1e6),
       'downtime-limit': this.downtimeLimitMs,
       ...tls,
     });
     this.send({ type: 'parameters', atMs: this.now(), bandwidthMBps: this.bandwidthMBps, downtimeLimitMs: this.downtimeLimitMs });
+    this.checkCancel();
   }
 
-  private async sample(): Promise<{ info: MigrationInfo; sample: MigrationSample | null }> {
-    const t = performance.now();
-    const info = await queryMigrate(this.req.guest.qmp);
-    this.samplingMs += performance.now() - t;
-    this.samplingCount++;
-    this.lastInfo = info;
-    const sample = sampleFromInfo(info, this.now());
-    return { info, sample };
+  private sourceUri = '';
+
+  private async listenPhase(): Promise<void> {
+    const { to } = this.req;
+    await migrateIncoming(this.dst!.qmp, `tcp:${to.address}:${this.port}`);
+    this.sourceUri = `tcp:${to.address}:${await this.linkWatch.open(to, this.port!)}`;
+    this.checkCancel();
   }
 
-  private updatePrediction(s: MigrationSample): void {
-    const p = predict({
-      // A figure QEMU did not report is NaN here, which predict() answers with "unknown".
-      remainingBytes: s.remainingBytes ?? NaN,
-      dirtyRateBps: s.dirtyRateBps ?? NaN,
-      bandwidthBps: s.throughputBps !== null && s.throughputBps > 0 ? s.throughputBps : this.bandwidthMBps * 1e6,
-      downtimeLimitMs: this.downtimeLimitMs,
-      ...(this.req.workingSetBytes !== undefined ? { workingSetBytes: this.req.workingSetBytes } : {}),
-      capabilitiesOffered: this.offeredCaps,
-      capabilitiesOn: ['events', ...Object.entries(this.options.capabilities).filter(([, v]) => v).map(([k]) => k)],
-      ...(s.cpuThrottlePercent !== null ? { throttlePercent: s.cpuThrottlePercent } : {}),
-    });
-    // The verdict as soon as it changes; otherwise fresh numbers once a second, not every sample.
-    const changed = !this.lastPrediction || this.lastPrediction.kind !== p.kind;
-    this.lastPrediction = p;
-    const now = this.now();
-    if (changed || now - this.predictionSentAt >= 1000) {
-      this.predictionSentAt = now;
-      this.send({ type: 'prediction', atMs: now, prediction: p });
-    }
+  private async migratePhase(): Promise<void> {
+    void this.dst!.exited.then(() => this.src.wakeUp());
+    await this.src.start(this.sourceUri, () => this.beats.sourceStopped());
   }
 
   /**
-   * The guest's own view of the downtime: the last heartbeat the source delivered before the
-   * switchover and the first the destination delivers after it (host receive times).
+   * monitor: until QEMU has stopped the guest for the switchover; switchover: until it says
+   * completed. QEMU's verdict ends the phase: failed and cancelled are the phase's failure.
    */
-  private watchHeartbeats(): void {
-    const src = this.req.guest.labload;
-    const dst = this.dst?.labload;
-    if (src) {
-      const onBeat = (hb: Heartbeat) => {
-        if (this.sawStopAt === null) this.srcLastBeat = hb;
-      };
-      src.on('heartbeat', onBeat);
-      this.unwatchBeats.push(() => src.off('heartbeat', onBeat));
-    }
-    if (dst) {
-      const onBeat = (hb: Heartbeat) => {
-        if (this.dstFirstBeat) return;
-        this.dstFirstBeat = hb;
-        this.onFirstDstBeat?.();
-        if (this.srcLastBeat) this.send({ type: 'heartbeat-gap', atMs: this.now(), gapMs: hb.hostMs - this.srcLastBeat.hostMs });
-      };
-      dst.on('heartbeat', onBeat);
-      this.unwatchBeats.push(() => dst.off('heartbeat', onBeat));
-    }
-  }
-
-  private async migrateAndMonitor(uri: string): Promise<void> {
-    const src = this.req.guest;
-    const dst = this.dst!;
-    const maxMs = this.req.maxDurationMs ?? 600_000;
-    let status: MigrationStatus = 'setup';
-    /** The terminal status as QEMU's MIGRATION event said it: a late query reply never overrides it. */
-    let finalStatus: MigrationStatus | null = null;
-    let dstExit: string | null = null;
-    let woken = false;
-    const wakeUp = () => {
-      woken = true; // an event during a query is not lost: the next wait is skipped
-      this.wake?.();
-    };
-    const offs: Array<() => void> = [];
-    // Listeners go in before `migrate`, so no event it causes can be missed.
-    offs.push(src.qmp.onEvent('MIGRATION', (ev: QmpEvent) => {
-      const st = String(ev.data.status) as MigrationStatus;
-      status = st;
-      if (TERMINAL.includes(st)) finalStatus = st;
-      this.send({ type: 'status', atMs: this.now(), status: st });
-      wakeUp();
-    }));
-    offs.push(src.qmp.onEvent('MIGRATION_PASS', (ev: QmpEvent) => void this.onPass(Number(ev.data.pass))));
-    offs.push(src.qmp.onEvent('STOP', () => {
-      this.sawStopAt ??= this.now();
-      wakeUp();
-    }));
-    let monitoring = true;
-    void dst.exited.then((exit) => {
-      if (!monitoring) return;
-      dstExit = describeExit(exit);
-      wakeUp();
-    });
-    try {
-      await migrate(src.qmp, uri);
-      await this.transition('monitor');
-      let dstGoneAt: number | null = null;
-      let cancelSent = false;
-      let lastQueryAt = 0;
-      let info: MigrationInfo = {};
-      for (;;) {
-        woken = false;
-        if (this.cancelReason && !cancelSent && this.sawStopAt === null) {
-          cancelSent = true;
-          await migrateCancel(src.qmp).catch(() => {});
-        }
-        // During the stop-and-copy QEMU holds its main lock, so a query would only wait for it:
-        // rely on the MIGRATION event then, with a slow query as a safety net.
-        const inStopAndCopy = this.sawStopAt !== null && finalStatus === null;
-        if (!inStopAndCopy || performance.now() - lastQueryAt >= 500) {
-          lastQueryAt = performance.now();
-          const got = await this.sample();
-          info = got.info;
-          if (got.sample) {
-            this.samples.push(got.sample);
-            this.send({ type: 'sample', atMs: got.sample.atMs, sample: got.sample });
-            if (got.sample.status === 'active') this.updatePrediction(got.sample);
-          }
-          this.reportLink();
-          if (info.status && TERMINAL.includes(info.status)) finalStatus ??= info.status;
-        }
-        if (finalStatus === null && info.status) status = info.status;
-        if (finalStatus) status = finalStatus;
-        if (this.sawStopAt !== null && this.state === 'monitor') await this.transition('switchover', this.sawStopAt);
-        if (status === 'completed') {
-          this.finalInfo = await this.settledFinalInfo(info);
-          const closed = this.tracker.finish(this.now(), this.finalInfo);
-          if (closed) this.send({ type: 'pass', atMs: this.now(), pass: closed });
-          if (this.state === 'monitor') await this.transition('switchover', this.sawStopAt ?? this.now());
-          return;
-        }
-        if (status === 'failed') {
-          this.finalInfo = info.status === 'failed' ? info : await queryMigrate(src.qmp).catch(() => info);
-          // The source can notice a dead peer a moment before we see the destination's exit.
-          const ac = new AbortController();
-          await Promise.race([dst.exited, delay(1500, undefined, { signal: ac.signal }).catch(() => {})]);
-          ac.abort();
-          const desc = this.finalInfo['error-desc'];
-          const why = dst.exit ? `the destination QEMU stopped (${describeExit(dst.exit)})` : (desc ?? 'QEMU gave no reason');
-          throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dst.exit?.stderrTail ?? null);
-        }
-        if (status === 'cancelled') {
-          this.finalInfo = info;
-          throw new JobEnd('cancelled', this.cancelReason ?? 'QEMU cancelled the migration.');
-        }
-        if (dstExit && dstGoneAt === null) dstGoneAt = performance.now();
-        if (dstGoneAt !== null && performance.now() - dstGoneAt > 5000 && ACTIVE.includes(status)) {
-          throw new JobEnd('failed', `The destination QEMU stopped (${dstExit}) and the source did not notice.`, dst.exit?.stderrTail ?? null);
-        }
-        if (this.now() > maxMs && !this.cancelReason) {
-          this.cancel(`The migration did not complete within ${Math.round(maxMs / 1000)} s, so MigLab cancelled it.`);
-        }
-        if (woken) continue;
-        const interval = this.sawStopAt !== null && finalStatus === null ? 500 : this.options.sampleIntervalMs;
-        const wait = Math.max(0, interval - (performance.now() - lastQueryAt));
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, wait);
-          this.wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        this.wake = null;
+  private async followSource(until: 'stopped' | 'completed'): Promise<void> {
+    const verdict = await this.src.follow(until);
+    if (verdict === 'stopped') return;
+    if (verdict === 'completed') {
+      this.facts.sourceCompleted = true;
+      if (this.src.cancelSent) {
+        // The cancel reached QEMU after its last pages: the destination holds the guest but never ran.
+        throw new JobEnd('cancelled', `${this.cancelReason} QEMU had already sent the last pages when the cancel arrived; the destination never ran the guest, so it stays on ${this.req.from.name}.`);
       }
-    } finally {
-      monitoring = false;
-      for (const off of offs) off();
+      return;
     }
+    if (verdict === 'cancelled') throw new JobEnd('cancelled', this.cancelReason ?? 'QEMU cancelled the migration.');
+    const desc = this.src.finalInfo?.['error-desc'];
+    const dstExit = this.dst?.exit;
+    const why = dstExit ? `the destination QEMU stopped (${describeExit(dstExit)})` : (desc ?? 'QEMU gave no reason');
+    throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dstExit?.stderrTail ?? null);
   }
 
   /**
-   * QEMU marks a migration completed a moment before it fills in total-time and downtime:
-   * ask again until they are there (briefly).
+   * Until the source says completed; then the destination must answer before it is resumed: one
+   * that does not is not resumed at all (it never ran, so the source can take the guest back).
+   * The confirm phase's journal entry says "resumed" before its `cont` goes out.
    */
-  private async settledFinalInfo(info: MigrationInfo): Promise<MigrationInfo> {
-    const settled = (i: MigrationInfo) => i.status === 'completed' && (i['total-time'] ?? 0) > 0 && i.downtime !== undefined;
-    let current = info;
-    for (let i = 0; i < 100 && !settled(current); i++) {
-      if (i > 0) await delay(10);
-      current = await queryMigrate(this.req.guest.qmp).catch(() => current);
-    }
-    return current;
-  }
-
-  private async onPass(pass: number): Promise<void> {
-    const at = this.now();
-    let info: MigrationInfo | null = null;
-    // The bytes at a pass boundary come from a query right at the event; not during the
-    // stop-and-copy, where QEMU would answer only after the switchover.
-    if (this.sawStopAt === null) {
-      const t = performance.now();
-      try {
-        info = await queryMigrate(this.req.guest.qmp);
-        this.lastInfo = info;
-      } catch {
-        /* the pass is still recorded, with fewer figures */
-      }
-      this.samplingMs += performance.now() - t;
-      this.samplingCount++;
-    } else {
-      info = this.lastInfo;
-    }
-    const closed = this.tracker.onPass(pass, at, info);
-    if (closed) this.send({ type: 'pass', atMs: this.now(), pass: closed });
-  }
-
-  /**
-   * The destination runs the guest, and the guest's heartbeats have resumed there. Then it must
-   * keep it alive for confirmWatchMs while the source waits, paused, as the fallback.
-   */
-  private async confirm(): Promise<void> {
+  private async switchoverPhase(): Promise<void> {
+    await this.followSource('completed');
     const dst = this.dst!;
-    const crashed = (what: string) =>
-      new JobEnd(
-        'failed',
-        `The guest ${what} on ${this.req.to.name} right after the switchover, so MigLab resumed it on ${this.req.from.name}.` +
-          (crashWords(dst.console.text()) ? ` The guest's last words: ${crashWords(dst.console.text())}` : ''),
-        dst.exit?.stderrTail || null,
-        'destination-crashed',
-      );
-    const failIfGone = () => {
-      const exit = dst.exit;
-      if (exit) throw crashed(`crashed (${describeExit(exit)})`);
+    const now = await observeCopy(dst, { timeoutMs: this.askMs });
+    if (now.kind !== 'alive') throw new JobEnd('failed', `The destination on ${this.req.to.name} ${now.kind === 'gone' ? `ended (${now.exit})` : `does not answer (${now.why})`} before it was resumed.`);
+    this.facts.destinationResumed = true; // journalled with the confirm phase, before its `cont`
+  }
+
+  /** A crash of the guest on the destination, whatever QEMU says: the phase ends with it. */
+  private crashed(what: string): JobEnd {
+    const dst = this.dst!;
+    this.dstCrash ??= { words: what, atMs: this.now() };
+    const words = crashWords(dst.console.text());
+    return new JobEnd('failed', `The guest ${what} on ${this.req.to.name} after the switchover.${words ? ` The guest's last words: ${words}` : ''}`, dst.exit?.stderrTail || null, 'destination-crashed');
+  }
+
+  /**
+   * Finish and Confirm: the source said completed, so the destination is resumed; it must run the
+   * guest (QEMU says running, and a lab guest beats again). Then the paused source is quit, or
+   * kept keepSourceMs for a rollback.
+   */
+  private async confirmPhase(): Promise<void> {
+    const dst = this.dst!;
+    const done = new AbortController(); // ends the waits below, so no timer outlives the phase
+    let crash: GuestCrash | null = null;
+    this.stopCrashWatch = watchGuestCrash(dst, (c) => {
+      crash = c;
+      this.dstCrash ??= { words: c.words, atMs: c.atMs - this.t0 };
+    });
+    const crashedNow = () => {
+      if (dst.exit) return this.crashed(`crashed (${describeExit(dst.exit)})`);
+      if (crash) return this.crashed(crash.source === 'pvpanic' ? 'panicked (pvpanic)' : 'printed a kernel crash on its console');
+      return null;
     };
-    // Event-driven: RESUME says QEMU runs the guest, the first heartbeat says the guest runs.
-    // The wait is registered before the question, so a RESUME in between is not missed.
-    const done = new AbortController(); // ends the waits below, so no timer outlives confirm
     try {
-      const resumed = dst.qmp.waitForEvent('RESUME', { timeoutMs: 15_000, signal: done.signal });
+      // The transition into this phase journalled destinationResumed: an engine that dies from
+      // here on knows the destination may have run.
+      const resumed = dst.qmp.waitForEvent('RESUME', { timeoutMs: RUN_WAIT_MS, signal: done.signal });
       resumed.catch(() => {});
-      const gone = dst.exited.then((exit) => {
-        throw crashed(`crashed (${describeExit(exit)})`);
+      try {
+        await cont(dst.qmp);
+      } catch (err) {
+        // Did it arrive? A destination that answers "paused" did not take it (see journal.ts).
+        const after = await observeCopy(dst, { timeoutMs: this.askMs });
+        if (after.kind === 'alive' && after.runstate === 'paused' && !this.facts.destinationRan) {
+          this.facts.destinationResumed = false;
+          await this.journalNoted('confirm', null, { destinationResumed: false });
+        }
+        throw err;
+      }
+      const gone = dst.exited.then(async (exit) => {
+        await delay(100); // a RESUME still in the socket is read before judging whether it ran
+        throw this.crashed(this.facts.destinationRan ? `crashed (${describeExit(exit)})` : `ended before it ran (${describeExit(exit)})`);
       });
       gone.catch(() => {});
-      failIfGone();
       const st = await queryStatus(dst.qmp).catch(() => null);
       if (st?.status !== 'running') {
         try {
@@ -597,121 +558,348 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         } catch (err) {
           if (err instanceof JobEnd) throw err;
           const now = await queryStatus(dst.qmp).catch(() => null);
-          throw crashed(`did not start running (QEMU says "${now?.status ?? 'nothing'}")`);
+          if (now?.status !== 'running') throw this.crashed(`did not start running (QEMU says "${now?.status ?? 'nothing'}")`);
         }
       }
       this.destinationRunningAtMs ??= this.now();
-      if (dst.labload && !this.dstFirstBeat) {
-        const beat = new Promise<void>((resolve) => {
-          this.onFirstDstBeat = resolve;
-        });
-        const silent = delay(15_000, undefined, { signal: done.signal }).then(() => {
-          throw crashed('did not resume its heartbeats');
+      this.facts.destinationRan = true;
+      const early = crashedNow();
+      if (early) throw early;
+      if (dst.labload && !this.beats.destinationBeating) {
+        const silent = delay(RUN_WAIT_MS, undefined, { signal: done.signal }).then(() => {
+          throw this.crashed('did not resume its heartbeats');
         });
         silent.catch(() => {});
-        if (!this.dstFirstBeat) await Promise.race([beat, gone, silent]);
+        const crashWait = new Promise<never>((_, reject) => {
+          const check = setInterval(() => {
+            const c = crashedNow();
+            if (c) reject(c);
+          }, 50);
+          done.signal.addEventListener('abort', () => clearInterval(check));
+        });
+        crashWait.catch(() => {});
+        await Promise.race([this.beats.firstDestinationBeat(), gone, silent, crashWait]);
+      }
+      this.resumedAtMs = this.now();
+      if (this.keep) await this.keepSource(this.keep.ms, crashedNow);
+      // The last word before the source goes: the destination must still run the guest.
+      const last = crashedNow();
+      if (last) throw last;
+      const now = await observeCopy(dst, { timeoutMs: this.askMs });
+      if (now.kind !== 'alive' || !now.running) {
+        throw now.kind === 'unknown'
+          ? new JobEnd('failed', `The destination on ${this.req.to.name} stopped answering (${now.why}) after it ran the guest.`, null, 'unreachable')
+          : this.crashed(now.kind === 'gone' ? `crashed (${now.exit})` : `stopped running (QEMU says "${now.runstate}")`);
       }
     } finally {
       done.abort();
     }
-    this.resumedAtMs = this.now();
-    // The watch: QEMU alive, and (with labload) heartbeats no more than 500 ms apart.
-    const watchEnd = performance.now() + this.options.confirmWatchMs;
-    while (performance.now() < watchEnd) {
-      await delay(50);
-      failIfGone();
-      const st = await queryStatus(dst.qmp).catch(() => null);
-      if (st && st.status !== 'running') throw crashed(`stopped (QEMU says "${st.status}")`);
-      const last = dst.labload?.heartbeats.last;
-      if (last && performance.now() - last.hostMs > 500) throw crashed('went silent (no heartbeats for 500 ms)');
-    }
     dst.markReady(); // its source was ready, and it carries on from the same state
   }
 
-  /** Undoes what the job started so that exactly one copy runs: the source. */
-  private async recover(err: unknown): Promise<MigrationResult> {
-    const end = err instanceof JobEnd ? err : new JobEnd('failed', `The migration could not go on: ${(err as Error).message}`, null, 'internal');
-    this.failureKind = end.kind;
-    const src = this.req.guest;
+  /** The paused source is kept `ms`: a crash of the destination or a rollback request ends the phase. */
+  private async keepSource(ms: number, crashedNow: () => JobEnd | null): Promise<void> {
+    const dst = this.dst!;
+    this.keepUntil = performance.now() + ms;
+    this.send({ type: 'source-kept', atMs: this.now(), ms, why: this.keep?.why ?? '' });
     try {
-      if (this.state && ['migrate', 'monitor', 'switchover'].includes(this.state)) {
-        const info = await queryMigrate(src.qmp).catch(() => null);
-        if (info?.status && ACTIVE.includes(info.status)) {
-          await migrateCancel(src.qmp).catch(() => {});
-          for (let i = 0; i < 100; i++) {
-            const s = (await queryMigrate(src.qmp).catch(() => null))?.status;
-            if (!s || !ACTIVE.includes(s)) break;
-            await delay(50);
-          }
+      while (performance.now() < this.keepUntil) {
+        const c = crashedNow();
+        if (c) throw c;
+        if (this.rollbackWanted) {
+          throw new JobEnd('cancelled', `Taken back to ${this.req.from.name} on request.`, null, 'rolled-back');
         }
+        const st = await queryStatus(dst.qmp).catch(() => null);
+        if (st && !st.running) throw this.crashed(`stopped running (QEMU says "${st.status}")`);
+        const last = dst.labload?.heartbeats.last;
+        if (last && performance.now() - last.hostMs > SILENCE_MS) throw this.crashed(`went silent (no heartbeats for ${SILENCE_MS} ms)`);
+        await delay(Math.min(50, Math.max(0, this.keepUntil - performance.now())));
       }
-      if (this.dst) {
-        await this.dst.stop(); // before the source resumes: never two copies running
-      }
-      if (!src.exit) {
-        const st = await queryStatus(src.qmp).catch(() => null);
-        if (st && !st.running) await cont(src.qmp); // paused for the switchover, or after it
-      }
-    } catch (cleanupErr) {
-      return this.finish('failed', `${end.message} Then putting things back failed too: ${(cleanupErr as Error).message}`, end.qemuMessage);
+    } finally {
+      this.keepUntil = null;
     }
-    return this.finish(end.outcome, end.message, end.qemuMessage);
   }
 
-  private async finish(outcome: MigrationOutcome, reason: string | null, qemuMessage: string | null): Promise<MigrationResult> {
-    for (const off of this.unwatchBeats.splice(0)) off();
-    if (this.relay) {
-      this.lastLinkStats = await this.relay.stats().catch(() => this.lastLinkStats);
-      await this.relay.close().catch(() => {});
-      this.relay = null;
-    }
-    const network = this.net?.finish() ?? null;
-    if (this.port !== null) this.req.to.releaseMigrationPort(this.port);
-    const info = this.finalInfo;
-    const ram = info?.ram;
-    const guestDowntimeMs =
-      outcome === 'completed' && this.srcLastBeat && this.dstFirstBeat
-        ? Math.round((this.dstFirstBeat.hostMs - this.srcLastBeat.hostMs) * 10) / 10
-        : null;
-    await this.transition(outcome);
-    if (outcome === 'failed' && this.lastLinkStats?.cut) {
-      // QEMU only says its stream broke; the lesson is that the cable was pulled.
-      reason = `The emulated link was cut (the cable pulled) during the migration, so the stream broke and the guest stayed on ${this.req.from.name}. ${reason ?? ''}`.trim();
-    }
-    const result: MigrationResult = {
-      id: this.id,
-      status: outcome,
-      guest: this.req.guest.name,
-      from: this.req.from.name,
-      to: this.req.to.name,
-      reason,
-      qemuMessage,
-      ramBytes: ram?.total ?? null,
-      totalTimeMs: info?.['total-time'] ?? null,
-      setupTimeMs: info?.['setup-time'] ?? null,
-      downtimeMs: outcome === 'completed' ? (info?.downtime ?? null) : null,
-      guestDowntimeMs,
-      transferredBytes: ram?.transferred ?? null,
-      passes: this.tracker.passes,
-      phases: this.spans.map((s) => ({ ...s })),
-      checks: this.checks,
-      prediction: this.lastPrediction,
-      wallTimeMs: Math.round(this.now()),
-      runningOn: outcome === 'completed' ? this.req.to.name : this.req.from.name,
-      destinationRunningAtMs: outcome === 'completed' && this.destinationRunningAtMs !== null ? Math.round(this.destinationRunningAtMs * 10) / 10 : null,
-      resumedAtMs: outcome === 'completed' ? this.resumedAtMs : null,
-      failure: outcome === 'completed' ? null : this.failureKind,
-      destinationConsoleTail: outcome !== 'completed' && this.failureKind === 'destination-crashed' && this.dst ? consoleTail(this.dst.console.text()) : null,
-      network,
-      tls: this.options.tls,
-      link: this.lastLinkStats,
+  private async cleanupPhase(): Promise<void> {
+    const dst = this.dst!;
+    const ask = async (): Promise<JobEnd | null> => {
+      if (this.dstCrash) return this.crashed(this.dstCrash.words);
+      const now = await observeCopy(dst, { timeoutMs: this.askMs });
+      if (now.kind === 'alive' && now.running) return null;
+      return now.kind === 'unknown'
+        ? new JobEnd('failed', `The destination on ${this.req.to.name} stopped answering (${now.why}) after it ran the guest.`, null, 'unreachable')
+        : this.crashed(now.kind === 'gone' ? `crashed (${now.exit})` : `stopped running (QEMU says "${now.runstate}")`);
     };
-    await this.req.journal?.write({
-      id: this.id, guest: result.guest, from: result.from, to: result.to, state: outcome, port: this.port,
-      startedAt: this.startedAtIso, updatedAt: new Date().toISOString(), result,
-    });
+    // Asked once more right before the source goes: a destination lost now keeps the source paused.
+    const before = await ask();
+    if (before) throw new DestinationLost(before);
+    this.stopCrashWatch?.();
+    this.stopCrashWatch = null;
+    await this.req.from.stopGuest(this.req.guest.name); // retires the source's switch port too
+    const after = await ask();
+    if (after) {
+      // Between the last question and the source's quit: nothing is left to go back to.
+      throw new GuestLost(new JobEnd('failed', `${after.message} The paused source had just been quit, so the guest is lost.`, after.qemuMessage, after.kind));
+    }
+  }
+
+  // ---- failure --------------------------------------------------------------------------------
+
+  private async fail(action: FailureAction, err: unknown): Promise<MigrationResult> {
+    if (err instanceof DestinationLost) return this.fail('settle', err.end);
+    if (err instanceof GuestLost) return this.finish('failed', err.end, { runningOn: null });
+    const end = err instanceof JobEnd ? err : new JobEnd('failed', `The migration could not go on: ${(err as Error).message}`, null, 'internal');
+    this.stopCrashWatch?.();
+    this.stopCrashWatch = null;
+    // A destination prepared ahead and handed over is the job's, used or not.
+    const prepared = this.req.preparedDestination;
+    if (prepared && prepared !== this.dst && !prepared.exit) await prepared.stop().catch(() => {});
+    switch (action) {
+      case 'nothing':
+      case 'stop-destination': {
+        if (action === 'stop-destination' && !(await this.stopDestination())) {
+          this.notes.push(`The destination QEMU on ${this.req.to.name} could not be stopped; it never had the guest's state and stands paused.`);
+        }
+        // The source was not touched, but it is only reported running where its QEMU says so.
+        const src = await observeCopy(this.req.guest, { timeoutMs: this.askMs });
+        if (src.kind === 'alive' && src.running) return this.finish(end.outcome, end, { runningOn: this.req.from.name });
+        if (src.kind === 'alive') {
+          // Nothing paused it: QEMU or someone else did. It is the only copy, but it does not run.
+          const attention: MigrationAttention = {
+            reason: `${end.message} The source on ${this.req.from.name} stands paused (QEMU says "${src.runstate}").`,
+            pausedOn: [this.req.from.name], unknown: [], settle: `Resume it with QMP "cont" if its guest is sound.`,
+          };
+          return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, end.kind), { runningOn: null, attention });
+        }
+        if (src.kind === 'gone') {
+          return this.finish('failed', new JobEnd('failed', `${end.message} The source QEMU on ${this.req.from.name} has ended too (${src.exit}): the guest is lost.`, end.qemuMessage, 'source-crashed'), { runningOn: null });
+        }
+        const attention: MigrationAttention = {
+          reason: `${end.message} The source on ${this.req.from.name} does not answer (${src.why}), so MigLab cannot say whether it still runs the guest.`,
+          pausedOn: [], unknown: [this.req.from.name], settle: `When ${this.req.from.name} answers again, run ${this.recoverCommand()}.`,
+        };
+        return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, 'unreachable'), { runningOn: null, attention });
+      }
+      case 'settle':
+        return this.settle(end);
+      case 'source-left':
+        // The destination runs the guest; the source, paused since its switchover, could not be quit.
+        return this.finish('completed', null, {
+          runningOn: this.req.to.name,
+          attention: {
+            reason: `${this.req.guest.name} runs on ${this.req.to.name}, but its old paused copy on ${this.req.from.name} could not be stopped: ${end.message}`,
+            pausedOn: [this.req.from.name], unknown: [],
+            settle: `Stop it when ${this.req.from.name} answers: ${this.recoverCommand()} does it.`,
+          },
+        });
+    }
+  }
+
+  private recoverCommand(extra = ''): string {
+    return `"miglab recover ${this.req.labFile ?? 'LAB.yaml'}${extra}" (or reopen the lab in the app)`;
+  }
+
+  /** Stops the destination QEMU; false when that could not be done in time (its host is away). */
+  private async stopDestination(): Promise<boolean> {
+    const dst = this.dst;
+    if (!dst || dst.exit) return true;
+    const ok = await Promise.race([
+      dst.stop().then(() => true, () => false),
+      delay(this.askMs * 2).then(() => false),
+    ]);
+    return ok || dst.exit !== null;
+  }
+
+  /** Asks the source until its stream has ended (after a cancel), within CANCEL_WAIT_MS. */
+  private async sourceAfterCancel(): Promise<CopyState> {
+    const src = this.req.guest;
+    let s = await observeCopy(src, { timeoutMs: this.askMs, migration: true });
+    if (s.kind === 'alive' && isInFlight(s.migration) && s.migration !== 'cancelling') {
+      await migrateCancel(src.qmp, { timeoutMs: this.askMs }).catch(() => {});
+    }
+    const end = performance.now() + CANCEL_WAIT_MS;
+    while (s.kind === 'alive' && isInFlight(s.migration) && performance.now() < end) {
+      await delay(50);
+      s = await observeCopy(src, { timeoutMs: this.askMs, migration: true });
+    }
+    if (s.kind === 'alive' && s.migration === 'completed') this.facts.sourceCompleted = true;
+    return s;
+  }
+
+  /** A stream was (or may have been) under way: ask both QEMUs, then keep exactly one copy. */
+  private async settle(cause: JobEnd): Promise<MigrationResult> {
+    const { from, to, guest } = this.req;
+    const source = await this.sourceAfterCancel();
+    const destination = this.dst ? await observeCopy(this.dst, { timeoutMs: this.askMs }) : null;
+    if (destination?.kind === 'gone' && this.facts.destinationResumed && !this.facts.destinationRan) await delay(100); // a RESUME still in the socket
+    if (destination?.kind === 'alive' && destination.running && !this.dstCrash) this.facts.destinationRan = true;
+    // Whatever error surfaced first (a QMP call cut by the exit), a destination that ran and
+    // ended is the story: told as its crash, with its last words.
+    const end = this.facts.destinationRan && destination?.kind === 'gone' && cause.kind !== 'destination-crashed'
+      ? this.crashed(`crashed (${destination.exit})`)
+      : cause;
+    const facts: CopyFacts = {
+      source, destination, ...this.facts,
+      destinationCrashed: this.dstCrash !== null,
+      rollbackAllowed: this.keep !== null && guest.spec.boot.kind !== 'disk',
+      rollbackRequested: end.kind === 'rolled-back',
+    };
+    const d = decideCopies(facts);
+    const ranMs = this.destinationRunningAtMs !== null ? (this.dstCrash?.atMs ?? this.now()) - this.destinationRunningAtMs : null;
+    if (d.keep === 'source') return this.keepSourceCopy(d, end, facts, ranMs);
+    if (d.keep === 'destination') return this.keepDestinationCopy(d, end);
+    if (d.keep === 'lost') {
+      if (d.stopDestination) await this.stopDestination();
+      const kind: FailureKind = source.kind === 'gone' && !this.facts.destinationRan ? 'source-crashed' : end.kind;
+      return this.finish('failed', new JobEnd('failed', `${end.message} The guest is lost: ${d.why}.`, end.qemuMessage, kind), { runningOn: null });
+    }
+    // A person must choose. A destination that crashed but whose QEMU still runs is paused, so
+    // that nothing runs a broken guest while they do.
+    if (this.dst && destination?.kind === 'alive' && destination.running && this.dstCrash) {
+      await this.journalNoted(this.state!, null, { destinationPaused: true });
+      await pauseVcpus(this.dst.qmp, { timeoutMs: this.askMs }).catch(() => {});
+    }
+    const host = (side: 'source' | 'destination') => (side === 'source' ? from.name : to.name);
+    const paused = [
+      ...(d.pausedOn ? [host(d.pausedOn)] : []),
+      ...(this.dst && this.dstCrash && destination?.kind === 'alive' ? [to.name] : []),
+    ];
+    const settle = d.unknown.length
+      ? `When ${d.unknown.map(host).join(' and ')} answers again, run ${this.recoverCommand()}: it asks both QEMUs again and keeps exactly one copy.`
+      : `To take ${guest.name} back to ${from.name} as it was at the switchover (what it did on ${to.name} since is lost), run ${this.recoverCommand(` --resume-source ${guest.name}`)}, or press "Resume on ${from.name}".`;
+    const attention: MigrationAttention = { reason: `${end.message} ${d.why[0]!.toUpperCase()}${d.why.slice(1)}.`, pausedOn: [...new Set(paused)], unknown: d.unknown.map(host), settle };
+    const kind: FailureKind = d.unknown.length ? 'unreachable' : end.kind;
+    return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, kind), { runningOn: null, attention });
+  }
+
+  private async keepSourceCopy(d: Extract<CopyDecision, { keep: 'source' }>, end: JobEnd, facts: CopyFacts, ranMs: number | null): Promise<MigrationResult> {
+    const { from, to, guest } = this.req;
+    if (d.wentBackInTime) await this.journalNoted(this.state!, null, { rollback: true });
+    const stopped = !d.stopDestination || (await this.stopDestination());
+    if (!stopped && !destinationMayHaveRun(facts)) {
+      this.notes.push(`The destination QEMU on ${to.name} could not be stopped; it never ran the guest and stands paused: ${this.recoverCommand()} stops it once ${to.name} answers.`);
+    }
+    if (!stopped && destinationMayHaveRun(facts)) {
+      // It may start (resumed while still loading) or run: the source must not run beside it.
+      const attention: MigrationAttention = {
+        reason: `${end.message} The destination QEMU on ${to.name} could not be stopped and may run the guest, so the source stays paused.`,
+        pausedOn: [from.name], unknown: [to.name],
+        settle: `When ${to.name} answers again, run ${this.recoverCommand()}.`,
+      };
+      return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, 'unreachable'), { runningOn: null, attention });
+    }
+    if (d.resumeSource) {
+      try {
+        await cont(guest.qmp, { timeoutMs: this.askMs });
+      } catch (err) {
+        const now = await observeCopy(guest, { timeoutMs: this.askMs });
+        if (!(now.kind === 'alive' && now.running)) {
+          const attention: MigrationAttention = {
+            reason: `${end.message} The source on ${from.name} could not be resumed: ${(err as Error).message}`,
+            pausedOn: now.kind === 'alive' ? [from.name] : [], unknown: now.kind === 'unknown' ? [from.name] : [],
+            settle: `Run ${this.recoverCommand()} once ${from.name} answers.`,
+          };
+          return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, 'unreachable'), { runningOn: null, attention });
+        }
+      }
+    }
+    if (d.wentBackInTime) {
+      // The destination had announced the guest's MAC from its port: the source says it is back.
+      if (guest.spec.mac) await announceSelf(guest.qmp).catch(() => {});
+      const back = ranMs !== null ? ` It ran on ${to.name} for ${Math.round(ranMs)} ms; what it did there is lost.` : '';
+      const why = end.kind === 'rolled-back' ? end.message : `${end.message} ${this.keep?.why ? `The source was kept because ${this.keep.why}; the guest went back to it.` : ''}`;
+      return this.finish(end.outcome, new JobEnd(end.outcome, `${why}${back}`.trim(), end.qemuMessage, end.kind), { runningOn: from.name, rolledBackMs: ranMs });
+    }
+    return this.finish(end.outcome, end, { runningOn: from.name });
+  }
+
+  private async keepDestinationCopy(d: Extract<CopyDecision, { keep: 'destination' }>, end: JobEnd): Promise<MigrationResult> {
+    const { from, to, guest } = this.req;
+    const dst = this.dst!;
+    if (d.resumeDestination) {
+      await this.journalNoted(this.state!, null, { destinationResumed: true });
+      this.facts.destinationResumed = true;
+      await cont(dst.qmp, { timeoutMs: this.askMs }).catch(() => {});
+      const now = await observeCopy(dst, { timeoutMs: this.askMs });
+      if (!(now.kind === 'alive' && now.running)) {
+        const attention: MigrationAttention = {
+          reason: `${end.message} The source QEMU has ended after sending the whole guest, and the destination on ${to.name} did not start running it.`,
+          pausedOn: now.kind === 'alive' ? [to.name] : [], unknown: now.kind === 'unknown' ? [to.name] : [],
+          settle: `Run ${this.recoverCommand()} once ${to.name} answers.`,
+        };
+        return this.finish('needs-attention', new JobEnd('failed', attention.reason, end.qemuMessage, 'unreachable'), { runningOn: null, attention });
+      }
+      this.destinationRunningAtMs ??= this.now();
+      this.facts.destinationRan = true;
+    }
+    dst.markReady();
+    let attention: MigrationAttention | null = null;
+    if (d.stopSource && !guest.exit) {
+      const stopped = await Promise.race([from.stopGuest(guest.name).then(() => true, () => false), delay(this.askMs * 2).then(() => false)]);
+      if (!stopped) {
+        attention = {
+          reason: `${guest.name} runs on ${to.name}, but its old paused copy on ${from.name} could not be stopped.`,
+          pausedOn: [from.name], unknown: [],
+          settle: `Stop it when ${from.name} answers: ${this.recoverCommand()} does it.`,
+        };
+      }
+    }
+    this.notes.push(`The migration completed although ${end.message.replace(/^The /, 'the ')}`);
+    return this.finish('completed', null, { runningOn: to.name, attention });
+  }
+
+  // ---- the end --------------------------------------------------------------------------------
+
+  private async finish(
+    outcome: MigrationOutcome,
+    end: JobEnd | null,
+    where: { runningOn: string | null; attention?: MigrationAttention | null; rolledBackMs?: number | null },
+  ): Promise<MigrationResult> {
+    for (const off of this.offs.splice(0)) off();
+    this.src.close();
+    this.beats.close();
+    this.stopCrashWatch?.();
+    await this.linkWatch.close();
+    if (this.port !== null) this.req.to.releaseMigrationPort(this.port);
+    const tail = (outcome !== 'completed' && this.dstCrash && this.dst) ? consoleTail(this.dst.console.text()) : null;
+    let reason = end?.message ?? null;
+    if (outcome !== 'completed' && this.linkWatch.stats?.cut) {
+      // QEMU only says its stream broke; the lesson is that the cable was pulled.
+      const stayed = where.runningOn === this.req.from.name ? ` and the guest stayed on ${this.req.from.name}` : '';
+      reason = `The emulated link was cut (the cable pulled) during the migration, so the stream broke${stayed}. ${reason ?? ''}`.trim();
+    }
+    const withNotes = () => [reason, ...this.notes].filter(Boolean).join(' ') || null;
+    const open = this.spans.at(-1);
+    if (open && open.endMs === null) open.endMs = this.now();
+    this.state = outcome;
+    this.send({ type: 'phase', atMs: this.now(), phase: outcome, previous: open?.name ?? null });
+    const build = () =>
+      buildResult({
+        id: this.id, outcome, guest: this.req.guest.name, from: this.req.from.name, to: this.req.to.name,
+        reason: withNotes(), qemuMessage: end?.qemuMessage ?? null, failure: end?.kind ?? null,
+        info: this.src.finalInfo ?? this.src.info,
+        guestDowntimeMs: this.beats.guestDowntimeMs(),
+        passes: this.src.tracker.passes, phases: this.spans, checks: this.pre?.checks ?? ([] as PreflightCheck[]),
+        prediction: this.src.prediction, wallTimeMs: this.now(),
+        runningOn: where.runningOn, attention: where.attention ?? null,
+        sourceKept: this.keep, rolledBackMs: where.rolledBackMs ?? null,
+        destinationRunningAtMs: this.destinationRunningAtMs, resumedAtMs: this.resumedAtMs,
+        destinationConsoleTail: tail, network: this.net?.report() ?? null,
+        tls: this.options.tls, link: this.linkWatch.stats,
+      });
+    // Final now: the destination runs and the source has quit (or the guest stayed put).
+    const result = build();
+    await this.journalNoted(outcome, result);
+    result.reason = withNotes(); // a journal that failed just now is told too
     this.send({ type: 'result', atMs: this.now(), result });
-    return result;
+    if (!this.net) return result;
+    // The wire's figures settle up to about a second later (announce rounds, the probe's gap).
+    if (outcome === 'completed') await this.net.settle(this.destinationRunningAtMs);
+    const network = this.net.finish();
+    const updated: MigrationResult = { ...result, network };
+    await this.journalNoted(outcome, updated);
+    this.send({ type: 'result-update', atMs: this.now(), result: updated });
+    return updated;
   }
 }
 

@@ -19,6 +19,11 @@ export interface PreflightContext {
   to: Host;
   /** Capabilities the user asked for, beyond `events`. */
   capabilities: Record<string, boolean>;
+  /**
+   * Whether a guest of the same name on `to` is this guest's own destination, prepared ahead of
+   * the migration (paused, -incoming defer): not a clash of names.
+   */
+  ownDestination?: (g: Guest) => boolean;
 }
 
 export interface PreflightOutcome {
@@ -27,6 +32,8 @@ export interface PreflightOutcome {
   port: number | null;
   /** Migration capabilities both QEMUs offer (empty when the hosts could not be asked). */
   capabilities: string[];
+  /** What both hosts said of themselves; null when they could not be asked. */
+  hosts: { from: HostInfo; to: HostInfo } | null;
 }
 
 const check = (name: string, status: CheckStatus, message: string): PreflightCheck => ({ name, status, message });
@@ -201,16 +208,39 @@ export async function destinationStart(guest: Guest, from: Host, to: Host): Prom
   return { spec: await destinationSpec(guest, from, to), overlayDisk };
 }
 
+/**
+ * A disk must be the very same file on both hosts: each QEMU opens it, and the destination's
+ * writes must land where the source's did. Storage migration (copying the disk) is not in MigLab
+ * yet, so anything else is refused. Kernel and initrd are read once at boot: a copy will do.
+ */
 async function disksCheck(guest: Guest, from: Host, to: Host): Promise<PreflightCheck> {
   if (bootFiles(guest.spec.boot).length === 0) return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
-  if (to.kind !== 'local') {
-    return check('disks', 'warn', `MigLab cannot yet look at ${to.name}'s files: make sure the guest's images are there at the same paths.`);
+  const disk = guest.spec.boot.kind === 'disk';
+  let spec: GuestSpec | null = null;
+  if (to.kind === 'local') {
+    // An agent's names must resolve inside this host's library first: a bad one is named as such.
+    try {
+      spec = await destinationSpec(guest, from, to);
+    } catch (err) {
+      return check('disks', 'fail', `${to.name} will not open the images agent ${from.name} reported for ${guest.name}: ${(err as Error).message}`);
+    }
   }
-  let spec: GuestSpec;
-  try {
-    spec = await destinationSpec(guest, from, to);
-  } catch (err) {
-    return check('disks', 'fail', `${to.name} will not open the images agent ${from.name} reported for ${guest.name}: ${(err as Error).message}`);
+  if (disk && (from.kind !== 'local' || to.kind !== 'local')) {
+    const agent = from.kind !== 'local' ? from.name : to.name;
+    return check(
+      'disks', 'fail',
+      `${guest.name} boots from a disk, and ${agent} keeps its disks in its own image library, so the two hosts would not open the same file and the guest's disk writes would stay behind. ` +
+        'A guest with a disk migrates only between hosts that share the image (local hosts); storage migration is not in MigLab yet.',
+    );
+  }
+  if (disk && (guest as { overlayDisk?: boolean }).overlayDisk) {
+    return check(
+      'disks', 'fail',
+      `${guest.name} writes to its own overlay of ${guest.spec.boot.kind === 'disk' ? guest.spec.boot.path : 'its disk'} on ${from.name}, which ${to.name} cannot open: its disk writes would stay behind. Storage migration is not in MigLab yet.`,
+    );
+  }
+  if (!spec) {
+    return check('disks', 'warn', `MigLab cannot yet look at ${to.name}'s files: make sure the guest's kernel and initrd are there at the same paths.`);
   }
   const files = bootFiles(spec.boot);
   for (const f of files) {
@@ -223,8 +253,12 @@ async function disksCheck(guest: Guest, from: Host, to: Host): Promise<Preflight
   if (from.kind === 'remote') {
     return check('disks', 'pass', `${to.name} has the guest's ${files.map((f) => f.what).join(' and ')} in its image library: ${files.map((f) => f.path).join(', ')}.`);
   }
-  if (spec.boot.kind === 'disk') {
-    return check('disks', 'pass', `${to.name} reads the guest's disk ${spec.boot.path} directly (shared storage), so only memory and device state move.`);
+  if (spec.boot.kind === 'disk' && guest.spec.boot.kind === 'disk') {
+    const [a, b] = await Promise.all([stat(guest.spec.boot.path), stat(spec.boot.path)]);
+    if (a.dev !== b.dev || a.ino !== b.ino) {
+      return check('disks', 'fail', `${to.name} would open ${spec.boot.path}, which is not the file ${guest.name} runs from (${guest.spec.boot.path}): its disk writes would stay behind.`);
+    }
+    return check('disks', 'pass', `${to.name} opens the guest's disk ${spec.boot.path} itself (the same file: device ${a.dev}, inode ${a.ino}), so only memory and device state move.`);
   }
   return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
 }
@@ -311,11 +345,12 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   add(readinessCheck(ctx.guest));
   if (ctx.from === ctx.to || ctx.from.name === ctx.to.name) {
     add(check('destination', 'fail', `${ctx.guest.name} already runs on ${ctx.to.name}: pick another host as the destination.`));
-    return { checks, port: null, capabilities: [] };
+    return { checks, port: null, capabilities: [], hosts: null };
   }
-  if (ctx.to.guest(ctx.guest.name)) {
+  const there = ctx.to.guest(ctx.guest.name);
+  if (there && !ctx.ownDestination?.(there)) {
     add(check('destination', 'fail', `${ctx.to.name} already runs a guest called ${ctx.guest.name}: stop it or rename one of them.`));
-    return { checks, port: null, capabilities: [] };
+    return { checks, port: null, capabilities: [], hosts: null };
   }
   let fromInfo: HostInfo;
   let toInfo: HostInfo;
@@ -324,7 +359,7 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
     add(check('destination', 'pass', `${ctx.to.name} answers and can run QEMU ${toInfo.qemu.version}.`));
   } catch (err) {
     add(check('destination', 'fail', `${ctx.to.name} cannot be reached or cannot run QEMU: ${(err as Error).message}`));
-    return { checks, port: null, capabilities: [] };
+    return { checks, port: null, capabilities: [], hosts: null };
   }
   add(memoryCheck(ctx.guest, toInfo));
   add(versionCheck(fromInfo, toInfo, ctx.guest));
@@ -343,5 +378,5 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
     add(check('port', 'fail', (err as Error).message));
   }
   const capabilities = fromInfo.migrationCapabilities.filter((c) => toInfo.migrationCapabilities.includes(c));
-  return { checks, port, capabilities };
+  return { checks, port, capabilities, hosts: { from: fromInfo, to: toInfo } };
 }

@@ -9,18 +9,25 @@ import type { MigrationStatus } from '../qmp';
  */
 export const MIGRATION_PHASES = [
   'preflight',   // checks; nothing started yet                 failure: nothing to undo
-  'prepare',     // destination QEMU started with -incoming defer failure: destination killed
-  'configure',   // capabilities and parameters on both sides     failure: destination killed
-  'listen',      // destination migrate-incoming on a port        failure: destination killed
-  'migrate',     // source `migrate` sent                         failure: cancel, destination killed, source resumed
-  'monitor',     // pre-copy passes under way                     failure: as migrate
-  'switchover',  // source paused, last pages and device state    failure: destination killed, source resumed
-  'confirm',     // destination running, its heartbeats resumed   failure: see confirm in orchestrator
-  'cleanup',     // source QEMU quit                              failure: source killed
+  'prepare',     // destination QEMU started paused: -S -incoming defer
+  'configure',   // capabilities and parameters on both sides
+  'listen',      // destination migrate-incoming on a port
+  'migrate',     // source `migrate` sent
+  'monitor',     // pre-copy passes under way
+  'switchover',  // source stopped: last pages and device state, until the source says completed
+  'confirm',     // destination resumed (`cont`), running, its heartbeats back; source kept keepSourceMs
+  'cleanup',     // source QEMU quit
 ] as const;
+// Each phase's failure action is in the orchestrator's phase table (PHASES), where the compiler
+// demands one per phase.
 
 export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
-export type MigrationOutcome = 'completed' | 'failed' | 'cancelled';
+/**
+ * needs-attention: no copy could be chosen safely (a side that may run the guest did not answer,
+ * or the destination failed after it ran): what runs and what stands paused is in `attention`.
+ */
+export type MigrationOutcome = 'completed' | 'failed' | 'cancelled' | 'needs-attention';
+export const MIGRATION_OUTCOMES: readonly MigrationOutcome[] = ['completed', 'failed', 'cancelled', 'needs-attention'];
 export type JobState = MigrationPhase | MigrationOutcome;
 
 export type CheckStatus = 'pass' | 'warn' | 'fail';
@@ -44,10 +51,13 @@ export interface MigrationOptions {
   /** Go on despite pre-flight warnings (fails always block). */
   acceptWarnings: boolean;
   /**
-   * After the switchover, how long the destination must keep the guest alive (QEMU running,
-   * heartbeats flowing) before the paused source is quit. Until then the source is the fallback.
+   * After the destination runs the guest, how long the paused source is kept before it quits, so
+   * that a diskless guest can be taken back (rollback, or automatically if the destination
+   * crashes: the guest then goes back in time by the destination's run time). null: MigLab's
+   * policy, 3000 ms for a diskless guest under TCG on a QEMU older than 10 (whose destinations
+   * can crash seconds after they arrive), else 0.
    */
-  confirmWatchMs: number;
+  keepSourceMs: number | null;
   /** How often the lab network's probe pings the guest during the migration, ms. */
   probeIntervalMs: number;
   /** Encrypt the stream with QEMU's TLS, with certificates from the lab CA. */
@@ -65,7 +75,7 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   capabilities: {},
   sampleIntervalMs: 100,
   acceptWarnings: true,
-  confirmWatchMs: 1000,
+  keepSourceMs: null,
   probeIntervalMs: 20,
   tls: false,
   link: null,
@@ -117,8 +127,14 @@ export type FailureKind =
   | 'cancelled'
   | 'destination-start'
   | 'migration'
-  /** The guest ran on the destination, then crashed or hung there; the source took it back. */
+  /** The guest ran on the destination, then crashed or hung there. */
   | 'destination-crashed'
+  /** A QEMU that may run the guest did not answer, so MigLab could not choose a copy. */
+  | 'unreachable'
+  /** The source QEMU ended before the destination had the whole guest. */
+  | 'source-crashed'
+  /** Taken back to the source on request, after the destination ran (keepSourceMs). */
+  | 'rolled-back'
   | 'internal';
 
 /** A MAC the switch saw on a new port, and the frame that showed it there. */
@@ -190,8 +206,17 @@ export interface MigrationResult {
   prediction: Prediction | null;
   /** Wall time of the whole job, ms. */
   wallTimeMs: number;
-  /** Where the guest runs now. */
-  runningOn: string;
+  /** Where the guest runs now; null: nowhere (see attention). */
+  runningOn: string | null;
+  /** For needs-attention (and a completed migration that left a paused source): what to do. */
+  attention: MigrationAttention | null;
+  /** How the paused source was kept after the destination ran (keepSourceMs), and why; null: not kept. */
+  sourceKept: { ms: number; why: string } | null;
+  /**
+   * The guest went back to the source after running on the destination: how long it ran there
+   * (what it did in that time is lost). null: it did not go back.
+   */
+  rolledBackMs: number | null;
   /** Job time when QEMU on the destination said it runs the guest (RESUME, or query-status). */
   destinationRunningAtMs: number | null;
   /** Job time when the guest was seen running on the destination (its first heartbeat there). */
@@ -211,6 +236,17 @@ export interface MigrationResult {
   link: LinkRelayStats | null;
 }
 
+export interface MigrationAttention {
+  /** What happened, in plain language. */
+  reason: string;
+  /** Hosts where a copy stands paused (nothing runs it). */
+  pausedOn: string[];
+  /** Hosts whose QEMU did not answer. */
+  unknown: string[];
+  /** What settles it: the command or button, and what it does. */
+  settle: string;
+}
+
 export type MigrationEvent =
   | { type: 'phase'; atMs: number; phase: JobState; previous: JobState | null }
   | { type: 'check'; atMs: number; check: PreflightCheck }
@@ -222,8 +258,13 @@ export type MigrationEvent =
   /** The link-emulation relay: its profile, its counters, whether the cable is cut. */
   | { type: 'link'; atMs: number; stats: LinkRelayStats }
   | { type: 'heartbeat-gap'; atMs: number; gapMs: number }
+  /** The destination runs; the paused source is kept `ms` for a rollback (keepSourceMs), and why. */
+  | { type: 'source-kept'; atMs: number; ms: number; why: string }
   | { type: 'mac-move'; atMs: number; move: NetworkMacMove }
   | { type: 'announce'; atMs: number; mac: string; host: string; port: number; count: number }
   /** Probe results since the last such event (about every 100 ms), and the running totals. */
   | { type: 'probe'; atMs: number; samples: ProbeSample[]; sent: number; received: number }
-  | { type: 'result'; atMs: number; result: MigrationResult };
+  /** The outcome, as soon as it is final (the destination runs and the source has quit). */
+  | { type: 'result'; atMs: number; result: MigrationResult }
+  /** The same result with the figures that settle later (announce frames, the probe's gap). */
+  | { type: 'result-update'; atMs: number; result: MigrationResult };

@@ -2,10 +2,11 @@
 // the Migration view, and its data to take home as JSON or CSV.
 import { useId } from 'react';
 import { formatMs } from '../../../electron/engine/migration/prediction';
+import { MIGRATION_OUTCOMES } from '../../../electron/engine/migration/types';
 import { download, exportFileName, migrationCsv, migrationJson, passesCsv, stateOf } from '../export';
 import type { MigrationTrack } from '../store';
 
-const OUTCOMES: ReadonlySet<string> = new Set(['completed', 'failed', 'cancelled']);
+const OUTCOMES: ReadonlySet<string> = new Set(MIGRATION_OUTCOMES);
 
 /**
  * `tracks` in the order the migrations started, oldest first, as the store's Map keeps them

@@ -17,7 +17,8 @@ export interface LabViewProps {
 /** What a guest is doing in a migration, in words: QEMU's view of a paused source is not a state. */
 function roleInMigration(g: GuestView, migrations: LabSnapshot['migrations']): string | null {
   const m = migrations.find((x) => x.guest === g.name && x.result === null);
-  if (!m) return null;
+  // A destination the Migrate dialog's pre-flight started, paused, before any migration.
+  if (!m) return g.state === 'incoming' ? 'prepared: waiting for the migration' : null;
   if (g.state === 'incoming') return `arriving from ${m.from}`;
   if (g.host === m.from) return ['switchover', 'confirm', 'cleanup'].includes(m.state) ? `paused: handing over to ${m.to}` : `migrating to ${m.to}`;
   return null;

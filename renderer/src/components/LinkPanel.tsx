@@ -3,6 +3,7 @@
 // presets (shared with the migration dialog) and its live panel in the Migration view.
 import { useState } from 'react';
 import { formatBytes, formatBytesRate } from '../../../electron/engine/migration/prediction';
+import { MIGRATION_OUTCOMES } from '../../../electron/engine/migration/types';
 import type { LinkProfile } from '../../../electron/engine/network/link-relay';
 import type { LabConnection } from '../api';
 import type { MigrationTrack } from '../store';
@@ -102,7 +103,7 @@ function rateNow(t: MigrationTrack): number | null {
 /** The live link: what it is, what went through, and (for the teacher) the cable and the dials. */
 export function LinkPanel({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
   const s = t.link;
-  const over = t.result !== null || ['completed', 'failed', 'cancelled'].includes(t.state);
+  const over = t.result !== null || (MIGRATION_OUTCOMES as readonly string[]).includes(t.state);
   const teacher = conn.role === 'teacher';
   const [error, setError] = useState<string | null>(null);
   const act = (command: Parameters<LabConnection['call']>[0]) =>

@@ -1,7 +1,9 @@
 // The migration dialog: where to, the pre-flight checks for that destination (run now, nothing
 // started), the two knobs QEMU's convergence depends on, the capabilities both QEMUs offer, and
-// the lessons about the wire: an encrypted stream, and an emulated long or lossy link.
-import { useEffect, useState } from 'react';
+// the lessons about the wire: an encrypted stream, and an emulated long or lossy link. The
+// engine starts the destination QEMU while the pre-flight runs; closing without migrating
+// releases it.
+import { useEffect, useRef, useState } from 'react';
 import type { ApiResults, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
 import { capabilityRefusal } from '../../../electron/engine/migration/capabilities';
 import type { LabConnection } from '../api';
@@ -13,6 +15,7 @@ const CAPABILITY_HINTS: Record<string, string> = {
   xbzrle: 'sends only the changed bytes of re-sent pages',
   multifd: 'several streams in parallel',
   compress: 'compresses pages (slow under TCG)',
+  'pause-before-switchover': 'stops the guest before the switchover and waits for Continue: look at what remains first',
 };
 
 export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, onStarted }: {
@@ -34,6 +37,15 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
   const [link, setLink] = useState<LinkDraft>(() => draftOf(LINK_PRESETS[1]!.profile));
   const [pre, setPre] = useState<ApiResults['preflight'] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const started = useRef(false);
+
+  // Closed without migrating (or the guest changed): the destination its pre-flight prepared goes.
+  useEffect(
+    () => () => {
+      if (!started.current) conn.call({ type: 'releasePreparedDestination', guest: guest.name }).catch(() => {});
+    },
+    [conn, guest.name],
+  );
 
   useEffect(() => {
     if (!to) return;
@@ -50,6 +62,7 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
 
   const failed = pre?.checks.filter((c) => c.status === 'fail') ?? [];
   const go = async () => {
+    started.current = true; // the migration takes the prepared destination
     try {
       const { id } = await conn.call({
         type: 'migrate', guest: guest.name, to,
@@ -57,6 +70,7 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
       });
       onStarted(id);
     } catch (err) {
+      started.current = false;
       setError((err as Error).message);
     }
   };

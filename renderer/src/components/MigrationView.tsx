@@ -3,7 +3,7 @@
 import { memo, useMemo, useState } from 'react';
 import uPlot from 'uplot';
 import { formatBytes, formatBytesRate, formatMs } from '../../../electron/engine/migration/prediction';
-import { MIGRATION_PHASES } from '../../../electron/engine/migration/types';
+import { MIGRATION_PHASES, type MigrationResult } from '../../../electron/engine/migration/types';
 import type { LabConnection } from '../api';
 import { UPlotChart } from '../charts/UPlotChart';
 import type { MigrationTrack } from '../store';
@@ -173,7 +173,7 @@ const StripRow = memo(function StripRow({ pass, cells, colour, label }: { pass: 
   );
 });
 
-function Counters({ t }: { t: MigrationTrack }) {
+function Counters({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
   const i = t.samples.t.length - 1;
   const r = t.result;
   const p = t.prediction;
@@ -196,7 +196,19 @@ function Counters({ t }: { t: MigrationTrack }) {
       )}
       {r && (
         <div className={`result ${r.status}`} role="status">
-          <strong>{r.status === 'completed' ? `Completed: ${r.guest} now runs on ${r.to}` : `${r.status}: ${r.reason}`}</strong>
+          <strong>{r.status === 'completed' ? `Completed: ${r.guest} now runs on ${r.to}` : r.status === 'needs-attention' ? `Needs attention: ${r.guest} runs nowhere MigLab can vouch for` : `${r.status}: ${r.reason}`}</strong>
+          {r.status === 'completed' && r.reason && <p className="detail">{r.reason}</p>}
+          {r.attention && (
+            <div role="alert" className="warning" aria-label="Attention">
+              <p>{r.attention.reason}</p>
+              {r.attention.pausedOn.length > 0 && <p>Paused copy on {r.attention.pausedOn.join(', ')} (nothing runs it).</p>}
+              {r.attention.unknown.length > 0 && <p>Not answering: {r.attention.unknown.join(', ')}.</p>}
+              <p><strong>To settle it:</strong> {r.attention.settle}</p>
+              {r.attention.pausedOn.includes(r.from) && r.attention.unknown.length === 0 && conn.role === 'teacher' && <ResumeOnSource r={r} conn={conn} />}
+            </div>
+          )}
+          {r.rolledBackMs !== null && <p>The guest went back to {r.from}: it had run {formatMs(r.rolledBackMs)} on {r.to}, and what it did there is lost.</p>}
+          {r.sourceKept && <p className="detail">The paused source was kept {formatMs(r.sourceKept.ms)} after the destination ran: {r.sourceKept.why}.</p>}
           {r.status === 'completed' && (
             <dl>
               <dt>downtime (QEMU)</dt><dd>{r.downtimeMs === null ? 'n/a' : formatMs(r.downtimeMs)}</dd>
@@ -221,6 +233,22 @@ function Counters({ t }: { t: MigrationTrack }) {
   );
 }
 
+/** needs-attention with the guest paused on its source: a person may take it back there (back in time). */
+function ResumeOnSource({ r, conn }: { r: MigrationResult; conn: LabConnection }) {
+  const [said, setSaid] = useState<string | null>(null);
+  const resume = () =>
+    conn.call({ type: 'resumeSource', guest: r.guest }).then(
+      (x) => setSaid(`${r.guest} runs on ${x.runningOn ?? 'no host'} again (${x.outcome}).`),
+      (e: Error) => setSaid(e.message),
+    );
+  return (
+    <p>
+      <button type="button" onClick={() => void resume()}>Resume on {r.from}</button>
+      {said && <span role="status"> {said}</span>}
+    </p>
+  );
+}
+
 function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
   const [bw, setBw] = useState(t.params?.bandwidthMBps ?? 1000);
   const [dl, setDl] = useState(t.params?.downtimeLimitMs ?? 300);
@@ -233,8 +261,23 @@ function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
       (e: Error) => setError(e.message),
     );
   if (!live) return null;
+  const waiting = t.qemuStatus === 'pre-switchover' && t.state === 'switchover';
+  const keeping = t.sourceKept !== null && t.state === 'confirm';
   return (
     <section aria-label="Migration controls" className="panel toolbar">
+      {waiting && (
+        <span role="status" className="warning">
+          QEMU has stopped the guest before the switchover and waits (pause-before-switchover)
+          {t.samples.remaining.at(-1) != null ? `: ${formatBytes(t.samples.remaining.at(-1)!)} remain to send (QEMU)` : ''}.{' '}
+          <button type="button" onClick={() => void act(conn.call({ type: 'continueMigration', id: t.id }))}>Continue</button>
+        </span>
+      )}
+      {keeping && (
+        <span role="status">
+          {t.guest} runs on {t.to}; its paused copy on {t.from} is kept {formatMs(t.sourceKept!.ms)}.{' '}
+          <button type="button" onClick={() => void act(conn.call({ type: 'rollbackMigration', id: t.id }))}>Take it back to {t.from}</button>
+        </span>
+      )}
       <label>Bandwidth (MB/s) <input type="number" min={1} value={bw} onChange={(e) => setBw(Number(e.target.value))} aria-label="Live bandwidth" /></label>
       <label>Downtime limit (ms) <input type="number" min={1} value={dl} onChange={(e) => setDl(Number(e.target.value))} aria-label="Live downtime limit" /></label>
       <button type="button" onClick={() => void act(conn.call({ type: 'setMigrationParameters', id: t.id, bandwidthMBps: bw, downtimeLimitMs: dl }))}>Apply</button>
@@ -254,7 +297,7 @@ export function MigrationView({ t, conn }: { t: MigrationTrack; conn: LabConnect
       <Timeline t={t} />
       {/* Remounted when QEMU's parameters arrive, so the inputs start from what is set. */}
       <Controls key={t.params ? `${t.params.bandwidthMBps}/${t.params.downtimeLimitMs}` : 'defaults'} t={t} conn={conn} />
-      <Counters t={t} />
+      <Counters t={t} conn={conn} />
       {(t.link || t.linkRequested) && <LinkPanel t={t} conn={conn} />}
       <MemoryStrip t={t} />
       <div className="charts">
