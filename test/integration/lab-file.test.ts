@@ -3,7 +3,9 @@
 import { copyFile, link, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ApiEvent } from '../../electron/engine/api/contract';
 import { LabService } from '../../electron/engine/api/service';
+import type { MigrationResult } from '../../electron/engine/migration/types';
 import type { Lab } from '../../electron/engine/lab/lab';
 import { labFromFile, parseLabFile, readLabFile } from '../../electron/engine/lab/lab-file';
 import { commandLine } from '../helpers/leaks';
@@ -13,6 +15,7 @@ import { expectDirtyingAt, expectScopeClean, requireLabGuest } from '../helpers/
 const FILE = parseLabFile(`
 name: two web servers
 network: { subnet: 10.90.0.0/24 }
+migration: { keepSourceMs: 1500 }
 hosts: [{ name: left }, { name: right }]
 guests:
   - { name: web1, host: left, workload: { rateMBps: 10, workingSetMiB: 32 } }
@@ -34,7 +37,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  service?.close();
+  await service?.close();
   await lab?.dispose();
   for (const h of ['left', 'right', 'spare']) await expectScopeClean(join(work, 'run', h));
   await removeDir(work);
@@ -72,10 +75,32 @@ describe('a lab from a lab file', () => {
     const saved = parseLabFile(yaml);
     expect(saved.hosts).toEqual(FILE.hosts);
     expect(saved.network).toEqual(FILE.network);
+    expect(saved.migration).toEqual({ keepSourceMs: 1500 });
     expect(saved.guests).toEqual([
       { name: 'web1', host: 'left', memoryMiB: 256, boot: { kind: 'lab' }, start: true, workload: { rateMBps: 10, workingSetMiB: 32 } },
       { name: 'web2', host: 'right', memoryMiB: 192, boot: { kind: 'lab' }, start: true },
     ]);
+  });
+
+  it('migrates by the file\'s policy: the paused source is kept keepSourceMs after the destination runs, and the result says who asked', async () => {
+    await lab.host('right').guest('web2')!.waitReady(60_000);
+    const done = new Promise<MigrationResult>((resolve) => {
+      const on = (e: ApiEvent) => {
+        if (e.type === 'migration' && e.guest === 'web2' && e.event.type === 'result') {
+          service.off('event', on);
+          resolve(e.event.result);
+        }
+      };
+      service.on('event', on);
+    });
+    await service.execute({ type: 'migrate', guest: 'web2', to: 'left' });
+    const r = await done;
+    expect(r.status, r.reason ?? '').toBe('completed');
+    expect(r.sourceKept).toEqual({ ms: 1500, why: 'the lab file (migration.keepSourceMs) asked to keep the source for 1500 ms' });
+    const confirm = r.phases.find((p) => p.name === 'confirm')!;
+    expect(confirm.endMs! - confirm.startMs).toBeGreaterThanOrEqual(1500); // the source stood by, paused
+    expect(lab.host('right').guest('web2')).toBeUndefined();
+    expect(lab.host('left').guest('web2')).toBeDefined();
   });
 });
 

@@ -4,7 +4,7 @@
 // critical path. One per guest; stopped when the dialog closes, after 5 idle minutes, when the
 // guest moves or stops, or when the service goes.
 import type { Guest, Host } from '../hosts/host';
-import { destinationStart } from '../migration/preflight';
+import { startDestination } from '../migration/preflight';
 
 /** A prepared destination nobody migrated to within this long is stopped (the dialog was left open). */
 export const PREPARED_IDLE_MS = 5 * 60_000;
@@ -39,8 +39,7 @@ export class PreparedDestinations {
       return have.started;
     }
     if (have) this.drop(source.name, have);
-    const started = destinationStart(source, from, to)
-      .then((start) => to.prepareIncoming(start.spec, { overlayDisk: start.overlayDisk }))
+    const started = startDestination(source, from, to)
       .then(
         (dst) => {
           // Its own end (it crashed, or someone stopped it) ends the entry; so does the source's.

@@ -476,6 +476,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     const keep = options.keepSourceMs !== undefined ? {} : this.lab.migration.keepSourceMs !== undefined ? { keepSourceMs: this.lab.migration.keepSourceMs } : {};
     const req: MigrationRequest = {
       guest, from, to, options: { ...options, ...keep }, network: this.lab.network,
+      ...('keepSourceMs' in keep ? { keepSourceAskedBy: 'the lab file (migration.keepSourceMs)' } : {}),
       ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
       ...(this.journal ? { journal: this.journal } : {}),
       ...(maxDurationMs !== undefined ? { maxDurationMs } : {}),

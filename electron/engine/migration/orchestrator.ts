@@ -28,7 +28,7 @@ import { journalCopy, type JournalEntry, type MigrationJournal } from './journal
 import { parseMigrationOptions } from './limits';
 import { LinkWatch } from './link-watch';
 import { MigrationNetworkWatch } from './network-watch';
-import { destinationStart, runPreflight, type PreflightOutcome } from './preflight';
+import { runPreflight, startDestination, type PreflightOutcome } from './preflight';
 import { capabilityRefusal } from './capabilities';
 import { buildResult } from './result';
 import { SourceWatch } from './source-watch';
@@ -70,6 +70,8 @@ export interface MigrationRequest {
   askTimeoutMs?: number;
   /** The lab file, for the commands a needs-attention result names. */
   labFile?: string;
+  /** Who asked for options.keepSourceMs, for the result's sourceKept.why (default: the migration). */
+  keepSourceAskedBy?: string;
 }
 
 /** Ends a phase: thrown inside it, turned into a result by the phase's failure action. */
@@ -386,7 +388,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   /** How long the paused source stays after the destination runs, and why (keepSourceMs). */
   private keepPolicy(): { ms: number; why: string } | null {
     const asked = this.options.keepSourceMs;
-    if (asked !== null) return asked > 0 ? { ms: asked, why: `the migration asked to keep the source for ${asked} ms` } : null;
+    if (asked !== null) return asked > 0 ? { ms: asked, why: `${this.req.keepSourceAskedBy ?? 'the migration'} asked to keep the source for ${asked} ms` } : null;
     const to = this.pre?.hosts?.to;
     const from = this.pre?.hosts?.from;
     if (!to || !from || this.req.guest.spec.boot.kind === 'disk') return null;
@@ -408,8 +410,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       if (prepared && !prepared.exit) await prepared.stop().catch(() => {}); // not usable: not left behind either
       try {
         // Never guest.spec as such: an agent's guest names files that must resolve in a local destination's library.
-        const start = await destinationStart(guest, from, to);
-        this.dst = await to.prepareIncoming(start.spec, { overlayDisk: start.overlayDisk });
+        this.dst = await startDestination(guest, from, to);
       } catch (err) {
         throw new JobEnd('failed', `The destination QEMU could not be started on ${to.name}: ${(err as Error).message}`, null, 'destination-start');
       }

@@ -208,6 +208,12 @@ export async function destinationStart(guest: Guest, from: Host, to: Host): Prom
   return { spec: await destinationSpec(guest, from, to), overlayDisk };
 }
 
+/** The destination QEMU for `guest` on `to`: paused, -incoming defer, not yet listening. */
+export async function startDestination(guest: Guest, from: Host, to: Host): Promise<Guest> {
+  const start = await destinationStart(guest, from, to);
+  return to.prepareIncoming(start.spec, { overlayDisk: start.overlayDisk });
+}
+
 /**
  * A disk must be the very same file on both hosts: each QEMU opens it, and the destination's
  * writes must land where the source's did. Storage migration (copying the disk) is not in MigLab
