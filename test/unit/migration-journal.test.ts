@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Guest, Host } from '../../electron/engine/hosts/host';
 import { JournalWriteError, MigrationJournal, journalCopy, likelyLocation, type JournalCopy, type JournalEntry } from '../../electron/engine/migration/journal';
-import { decideRecovery, type SideView } from '../../electron/engine/migration/recovery';
+import type { CopyState } from '../../electron/engine/migration/copies';
+import { decideRecovery } from '../../electron/engine/migration/recovery';
 import { InvalidMigrationOptionsError, parseMigrationOptions } from '../../electron/engine/migration/orchestrator';
 
 let dir: string;
@@ -118,10 +119,10 @@ describe('MigrationJournal', () => {
 });
 
 describe('recovery decisions (libvirt rules)', () => {
-  const up = (status: string, migration: SideView extends infer V ? (V extends { migration: infer M } ? M : never) : never = null): SideView =>
-    ({ kind: 'up', running: status === 'running', status, migration });
-  const gone: SideView = { kind: 'gone', why: 'its QEMU exited' };
-  const unknown: SideView = { kind: 'unknown', why: 'QMP did not answer within 3000 ms' };
+  const up = (runstate: string, migration: Extract<CopyState, { kind: 'alive' }>['migration'] = null): CopyState =>
+    ({ kind: 'alive', running: runstate === 'running', runstate, migration });
+  const gone: CopyState = { kind: 'gone', exit: 'its QEMU exited' };
+  const unknown: CopyState = { kind: 'unknown', why: 'QMP did not answer within 3000 ms' };
   const newEntry = (over: Partial<JournalEntry> = {}) => entry({ state: 'switchover', destinationResumed: false, ...over });
   const brief = (p: ReturnType<typeof decideRecovery>) => ({ stop: p.stop, resume: p.resume, outcome: p.outcome, runningOn: p.runningOn, pausedOn: p.attention?.pausedOn ?? null });
 

@@ -21,7 +21,7 @@ import {
 import { describeExit } from '../qemu/process';
 import { tracksTcgWritesExactly } from '../qemu/binary';
 import { consoleTail, crashWords, watchGuestCrash, type GuestCrash } from '../guest/crash-watch';
-import { delay } from '../util/time';
+import { delay, withTimeout } from '../util/time';
 import { decideCopies, destinationMayHaveRun, observeCopy, type CopyDecision, type CopyFacts, type CopyState } from './copies';
 import { HeartbeatWatch } from './heartbeat-watch';
 import { journalCopy, type JournalEntry, type MigrationJournal } from './journal';
@@ -685,15 +685,24 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         return this.settle(end);
       case 'source-left':
         // The destination runs the guest; the source, paused since its switchover, could not be quit.
-        return this.finish('completed', null, {
-          runningOn: this.req.to.name,
-          attention: {
-            reason: `${this.req.guest.name} runs on ${this.req.to.name}, but its old paused copy on ${this.req.from.name} could not be stopped: ${end.message}`,
-            pausedOn: [this.req.from.name], unknown: [],
-            settle: `Stop it when ${this.req.from.name} answers: ${this.recoverCommand()} does it.`,
-          },
-        });
+        return this.finish('completed', null, { runningOn: this.req.to.name, attention: this.sourceLeftAttention(end.message) });
     }
+  }
+
+  /** The destination runs the guest; its old paused copy on the source could not be quit. */
+  private sourceLeftAttention(why: string): MigrationAttention {
+    const { guest, from, to } = this.req;
+    return {
+      reason: `${guest.name} runs on ${to.name}, but its old paused copy on ${from.name} could not be stopped: ${why}`,
+      pausedOn: [from.name], unknown: [],
+      settle: `Stop it when ${from.name} answers: ${this.recoverCommand()} does it.`,
+    };
+  }
+
+  /** Whether `stop` ended within the deadline (twice a question's): a host that is away does not hold the job. */
+  private stoppedInTime(stop: Promise<unknown>): Promise<boolean> {
+    const ended = stop.then(() => true, () => false); // a stop that fails after the deadline is no unhandled rejection
+    return withTimeout(ended, this.askMs * 2, 'stopping a QEMU').catch(() => false);
   }
 
   private recoverCommand(extra = ''): string {
@@ -704,11 +713,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private async stopDestination(): Promise<boolean> {
     const dst = this.dst;
     if (!dst || dst.exit) return true;
-    const ok = await Promise.race([
-      dst.stop().then(() => true, () => false),
-      delay(this.askMs * 2).then(() => false),
-    ]);
-    return ok || dst.exit !== null;
+    return (await this.stoppedInTime(dst.stop())) || dst.exit !== null;
   }
 
   /** Asks the source until its stream has ended (after a cancel), within CANCEL_WAIT_MS. */
@@ -836,14 +841,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     dst.markReady();
     let attention: MigrationAttention | null = null;
     if (d.stopSource && !guest.exit) {
-      const stopped = await Promise.race([from.stopGuest(guest.name).then(() => true, () => false), delay(this.askMs * 2).then(() => false)]);
-      if (!stopped) {
-        attention = {
-          reason: `${guest.name} runs on ${to.name}, but its old paused copy on ${from.name} could not be stopped.`,
-          pausedOn: [from.name], unknown: [],
-          settle: `Stop it when ${from.name} answers: ${this.recoverCommand()} does it.`,
-        };
-      }
+      if (!(await this.stoppedInTime(from.stopGuest(guest.name)))) attention = this.sourceLeftAttention('it did not answer in time');
     }
     this.notes.push(`The migration completed although ${end.message.replace(/^The /, 'the ')}`);
     return this.finish('completed', null, { runningOn: to.name, attention });

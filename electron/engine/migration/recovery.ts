@@ -4,11 +4,11 @@
 // is "unknown", never "gone"; the source is resumed only while the destination provably never
 // ran guest code; anything else that cannot be decided is left paused as 'needs-attention'.
 import type { Guest, Host } from '../hosts/host';
-import { cont, migrateCancel, queryMigrate, queryStatus } from '../qmp';
+import { cont, migrateCancel } from '../qmp';
 import type { MigrationStatus } from '../qmp/types';
 import { delay } from '../util/time';
 import { MIGRATION_PHASES } from './types';
-import { decideCopies, type CopyState } from './copies';
+import { decideCopies, observeCopy, type CopyState } from './copies';
 import { MIGRATION_IN_FLIGHT } from './status';
 import type { JournalCopy, JournalEntry, MigrationJournal } from './journal';
 
@@ -76,12 +76,6 @@ export interface RecoveryOptions {
   guests?: readonly string[];
 }
 
-/** What one side's QEMU said, or why it could not say. */
-export type SideView =
-  | { kind: 'up'; running: boolean; status: string; migration: MigrationStatus | null }
-  | { kind: 'gone'; why: string }
-  | { kind: 'unknown'; why: string };
-
 export type SideName = 'source' | 'destination';
 
 /** What recovery does about one entry, decided from the journal and both QEMUs' answers. */
@@ -105,13 +99,13 @@ const atOrAfterSwitchover = (state: string) =>
  * destinationResumed before its `cont`. An entry from before that field (an engine that started
  * destinations unpaused) is read as "ran" once the source completed or the job reached the switchover.
  */
-export function destinationMayHaveRun(entry: JournalEntry, src: SideView, dst: SideView): { ran: boolean; why: string } {
-  const srcMigration = src.kind === 'up' ? src.migration : null;
-  if (dst.kind === 'up' && dst.running) return { ran: true, why: `QEMU on the destination says it runs ("${dst.status}")` };
-  if (dst.kind === 'up' && dst.status === 'inmigrate') return { ran: false, why: 'the destination was still waiting for its stream (inmigrate)' };
+function journalSaysDestinationRan(entry: JournalEntry, src: CopyState, dst: CopyState): { ran: boolean; why: string } {
+  const srcMigration = src.kind === 'alive' ? src.migration : null;
+  if (dst.kind === 'alive' && dst.running) return { ran: true, why: `QEMU on the destination says it runs ("${dst.runstate}")` };
+  if (dst.kind === 'alive' && dst.runstate === 'inmigrate') return { ran: false, why: 'the destination was still waiting for its stream (inmigrate)' };
   // QEMU keeps its last migration's status: none means this QEMU never sent the guest anywhere.
-  if (src.kind === 'up' && (srcMigration === null || srcMigration === 'none')) return { ran: false, why: 'the source QEMU never started a migration' };
-  if (dst.kind === 'up' && dst.status === 'paused' && entry.destinationResumed !== undefined && !entry.destinationPaused) {
+  if (src.kind === 'alive' && (srcMigration === null || srcMigration === 'none')) return { ran: false, why: 'the source QEMU never started a migration' };
+  if (dst.kind === 'alive' && dst.runstate === 'paused' && entry.destinationResumed !== undefined && !entry.destinationPaused) {
     return { ran: false, why: 'the destination stands paused where its stream left it: a destination started with -S runs once resumed, and MigLab never paused it, so it never ran' };
   }
   if (entry.destinationResumed === true) return { ran: true, why: 'the stopped engine had resumed the destination' };
@@ -122,14 +116,14 @@ export function destinationMayHaveRun(entry: JournalEntry, src: SideView, dst: S
   return { ran: false, why: 'an older engine stopped before the switchover and the source never completed' };
 }
 
-const label = (v: SideView) => (v.kind === 'up' ? `"${v.status}"` : v.kind === 'gone' ? `gone (${v.why})` : `unknown (${v.why})`);
+const label = (v: CopyState) => (v.kind === 'alive' ? `"${v.runstate}"` : v.kind === 'gone' ? `gone (${v.exit})` : `unknown (${v.why})`);
 
 /**
  * libvirt's rules as a table over what both QEMUs said. Pure: the caller asked, this decides,
  * the caller acts (see recoverMigration).
  */
-export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView): RecoveryPlan {
-  const C = src.kind === 'up' ? src.migration : null;
+export function decideRecovery(entry: JournalEntry, src: CopyState, dst: CopyState): RecoveryPlan {
+  const C = src.kind === 'alive' ? src.migration : null;
   const plan: RecoveryPlan = { stop: [], resume: null, outcome: 'lost', runningOn: null, notes: [], attention: null };
   const rerun = (side: string) => `run "miglab recover" on this lab (or open it again) once ${side} answers`;
   const attention = (reason: string, pausedOn: SideName | null, settle: string, runningOn: SideName | null = null) => {
@@ -145,11 +139,11 @@ export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView
     // recoverMigration cancels first; a stream that will not end leaves both as they are.
     return attention(`the source's migration did not end after migrate_cancel (still "${C}")`, null, rerun(entry.from));
   }
-  const dRan = destinationMayHaveRun(entry, src, dst);
+  const dRan = journalSaysDestinationRan(entry, src, dst);
   plan.notes.push(dRan.why);
-  if (entry.rollback && src.kind === 'up' && dst.kind !== 'unknown') {
+  if (entry.rollback && src.kind === 'alive' && dst.kind !== 'unknown') {
     // The stopped job had decided to take the guest back: finish what it began.
-    if (dst.kind === 'up') plan.stop.push('destination');
+    if (dst.kind === 'alive') plan.stop.push('destination');
     if (!src.running) plan.resume = 'source';
     plan.notes.push('a rollback was under way: finished it');
     plan.outcome = 'rolled-back';
@@ -158,12 +152,12 @@ export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView
   }
   // The rest is the job's own rule book (copies.ts), fed with what the journal and QEMUs say.
   const d = decideCopies({
-    source: copyState(src),
-    destination: copyState(dst),
+    source: src,
+    destination: dst,
     destinationResumed: entry.destinationResumed ?? dRan.ran,
     destinationRan: dRan.ran,
     // A destination out of inmigrate (paused, or its incoming completed) has the whole guest.
-    sourceCompleted: C === 'completed' || (dst.kind === 'up' && (dst.migration === 'completed' || (!dst.running && dst.status !== 'inmigrate'))),
+    sourceCompleted: C === 'completed' || (dst.kind === 'alive' && (dst.migration === 'completed' || (!dst.running && dst.runstate !== 'inmigrate'))),
     destinationCrashed: false,
     rollbackAllowed: false,
     rollbackRequested: false,
@@ -172,9 +166,9 @@ export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView
   const rerunTo = rerun(entry.to);
   switch (d.keep) {
     case 'source':
-      if (d.stopDestination && dst.kind === 'up') plan.stop.push('destination');
+      if (d.stopDestination && dst.kind === 'alive') plan.stop.push('destination');
       if (d.resumeSource) plan.resume = 'source';
-      plan.outcome = dst.kind === 'up' ? 'rolled-back' : 'source-kept';
+      plan.outcome = dst.kind === 'alive' ? 'rolled-back' : 'source-kept';
       plan.runningOn = 'source';
       if (C === 'completed' && !dRan.ran) plan.notes.push('the source had sent the whole guest, but the destination never ran: the source takes it back, so nothing is lost');
       if (dst.kind === 'unknown') {
@@ -184,8 +178,8 @@ export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView
       }
       return plan;
     case 'destination':
-      if (d.stopSource && src.kind === 'up') plan.stop.push('source');
-      if (d.resumeDestination && !(dst.kind === 'up' && dst.running)) plan.resume = 'destination';
+      if (d.stopSource && src.kind === 'alive') plan.stop.push('source');
+      if (d.resumeDestination && !(dst.kind === 'alive' && dst.running)) plan.resume = 'destination';
       if (src.kind === 'unknown') {
         return attention(`the destination runs the guest but the source on ${entry.from} cannot be asked (${src.why})`, null, `${rerun(entry.from)}: its copy is then stopped`, 'destination');
       }
@@ -193,30 +187,23 @@ export function decideRecovery(entry: JournalEntry, src: SideView, dst: SideView
       plan.runningOn = 'destination';
       return plan;
     case 'lost':
-      if (d.stopDestination && dst.kind === 'up') plan.stop.push('destination');
+      if (d.stopDestination && dst.kind === 'alive') plan.stop.push('destination');
       plan.notes.push(`no copy holds the whole guest (source: ${label(src)}; destination: ${label(dst)})`);
       return plan;
     case 'attention': {
       const side = d.unknown[0];
       if (side) {
-        const pausedOn = d.pausedOn ?? (side === 'destination' && src.kind === 'up' && !src.running ? 'source' : null);
-        return attention(d.why, pausedOn, rerun(side === 'source' ? entry.from : entry.to), src.kind === 'up' && src.running ? 'source' : null);
+        const pausedOn = d.pausedOn ?? (side === 'destination' && src.kind === 'alive' && !src.running ? 'source' : null);
+        return attention(d.why, pausedOn, rerun(side === 'source' ? entry.from : entry.to), src.kind === 'alive' && src.running ? 'source' : null);
       }
       const settle = d.pausedOn === 'source'
         ? `the guest ran on ${entry.to} after it left ${entry.from}, so resuming the paused source goes back in time` +
-          (dst.kind === 'up' ? ` (and ${entry.to} still holds its copy, QEMU "${dst.status}")` : '') +
+          (dst.kind === 'alive' ? ` (and ${entry.to} still holds its copy, QEMU "${dst.runstate}")` : '') +
           `: run "miglab recover LAB.yaml --resume-source ${entry.guest}" to take it back, or stop it to give the guest up`
         : `send QMP "cont" to ${entry.guest} on ${entry.to} if its guest is sound, or stop it`;
-      return attention(d.why, d.pausedOn ?? (dst.kind === 'up' ? 'destination' : null), settle);
+      return attention(d.why, d.pausedOn ?? (dst.kind === 'alive' ? 'destination' : null), settle);
     }
   }
-}
-
-/** Recovery's view of one side, in the rule book's terms. */
-function copyState(v: SideView): CopyState {
-  if (v.kind === 'up') return { kind: 'alive', runstate: v.status, running: v.running, migration: v.migration };
-  if (v.kind === 'gone') return { kind: 'gone', exit: v.why };
-  return { kind: 'unknown', why: v.why };
 }
 
 /** A host that can take over a guest a dead engine left in a folder (LocalHost). */
@@ -227,7 +214,7 @@ const canAdopt = (h: Host): h is Host & GuestAdopter => typeof (h as Partial<Gue
 const hostConnection = (h: Host): string | undefined => (h as Host & { connection?: string }).connection;
 
 /** Finds the journalled copy on its host: the host's own guest, or one adopted from the dead engine's folder. */
-async function findCopy(host: Host | undefined, entry: JournalEntry, copy: JournalCopy | null | undefined, side: SideName): Promise<{ guest: Guest } | { view: SideView }> {
+async function findCopy(host: Host | undefined, entry: JournalEntry, copy: JournalCopy | null | undefined, side: SideName): Promise<{ guest: Guest } | { view: CopyState }> {
   const name = entry.guest;
   const hostName = side === 'source' ? entry.from : entry.to;
   if (!host) return { view: { kind: 'unknown', why: `host ${hostName} is not in this lab` } };
@@ -236,34 +223,20 @@ async function findCopy(host: Host | undefined, entry: JournalEntry, copy: Journ
   }
   const have = host.guest(name);
   if (have) return { guest: have };
-  if (host.kind === 'remote') return { view: { kind: 'gone', why: `agent ${host.name} runs no guest "${name}"` } };
+  if (host.kind === 'remote') return { view: { kind: 'gone', exit: `agent ${host.name} runs no guest "${name}"` } };
   if (copy?.runtimeDir && canAdopt(host)) {
     try {
       const adopted = await host.adoptGuestFrom(copy.runtimeDir, name);
       if (adopted) return { guest: adopted };
-      return { view: { kind: 'gone', why: `no QEMU of "${name}" runs from ${copy.runtimeDir} any more` } };
+      return { view: { kind: 'gone', exit: `no QEMU of "${name}" runs from ${copy.runtimeDir} any more` } };
     } catch (err) {
       return { view: { kind: 'unknown', why: `its QEMU in ${copy.runtimeDir} did not answer: ${(err as Error).message}` } };
     }
   }
   if (side === 'destination' && entry.destination === null && entry.destinationResumed === false) {
-    return { view: { kind: 'gone', why: 'no destination had been started' } };
+    return { view: { kind: 'gone', exit: 'no destination had been started' } };
   }
   return { view: { kind: 'unknown', why: `the stopped engine did not record where its local QEMU of "${name}" lived` } };
-}
-
-/** Asks one QEMU, with a deadline; a QEMU that does not answer is unknown unless it provably exited. */
-async function ask(guest: Guest, timeoutMs: number, withMigration: boolean): Promise<SideView> {
-  try {
-    const st = await queryStatus(guest.qmp, { timeoutMs });
-    const mig = withMigration ? (await queryMigrate(guest.qmp, { timeoutMs })).status ?? null : null;
-    return { kind: 'up', running: st.running, status: st.status, migration: mig };
-  } catch (err) {
-    // A QEMU that just died closes its socket before its pid watch notices: look again.
-    await Promise.race([guest.exited, delay(300)]);
-    if (guest.exit) return { kind: 'gone', why: 'its QEMU exited' };
-    return { kind: 'unknown', why: `QMP did not answer within ${timeoutMs} ms: ${(err as Error).message}` };
-  }
 }
 
 /** Settles one journal entry; never throws for the guest's sake (the report says what it found). */
@@ -279,30 +252,30 @@ export async function recoverMigration(entry: JournalEntry, hosts: Host[], opts:
     source: await findCopy(hostOf.source, entry, entry.source, 'source'),
     destination: await findCopy(hostOf.destination, entry, entry.destination, 'destination'),
   };
-  const observe = async (side: SideName): Promise<SideView> => {
+  const observe = async (side: SideName): Promise<CopyState> => {
     const f = found[side];
-    return 'view' in f ? f.view : ask(f.guest, timeoutMs, true);
+    return 'view' in f ? f.view : observeCopy(f.guest, { timeoutMs, migration: true });
   };
   let src = await observe('source');
-  if (src.kind === 'up' && src.migration && MIGRATION_IN_FLIGHT.includes(src.migration)) {
+  if (src.kind === 'alive' && src.migration && MIGRATION_IN_FLIGHT.includes(src.migration)) {
     // Still streaming: cancel before stopping anything, then act on QEMU's verdict.
     const srcGuest = (found.source as { guest: Guest }).guest;
     report.actions.push(`the migration was still "${src.migration}" in QEMU: sent migrate_cancel`);
     if (src.migration !== 'cancelling') await migrateCancel(srcGuest.qmp, { timeoutMs }).catch((e: Error) => report.actions.push(`migrate_cancel failed: ${e.message}`));
     const end = performance.now() + (opts.waitActiveMs ?? 15_000);
-    while (src.kind === 'up' && src.migration && MIGRATION_IN_FLIGHT.includes(src.migration) && performance.now() < end) {
+    while (src.kind === 'alive' && src.migration && MIGRATION_IN_FLIGHT.includes(src.migration) && performance.now() < end) {
       await delay(100);
       src = await observe('source');
     }
   }
   const dst = await observe('destination');
-  report.qemuStatus = src.kind === 'up' ? src.migration : null;
+  report.qemuStatus = src.kind === 'alive' ? src.migration : null;
   report.why.push(`asked both QEMUs: source ${label(src)}${report.qemuStatus ? ` (migration "${report.qemuStatus}")` : ''}, destination ${label(dst)}`);
   let plan = decideRecovery(entry, src, dst);
-  if (opts.resumeSource?.includes(entry.guest) && plan.outcome === 'needs-attention' && plan.attention?.pausedOn === 'source' && src.kind === 'up' && dst.kind !== 'unknown') {
+  if (opts.resumeSource?.includes(entry.guest) && plan.outcome === 'needs-attention' && plan.attention?.pausedOn === 'source' && src.kind === 'alive' && dst.kind !== 'unknown') {
     // A person's choice, where the rules would not make it: the guest goes back to the source.
     plan = {
-      stop: dst.kind === 'up' ? ['destination'] : [], resume: src.running ? null : 'source', outcome: 'rolled-back', runningOn: 'source', attention: null,
+      stop: dst.kind === 'alive' ? ['destination'] : [], resume: src.running ? null : 'source', outcome: 'rolled-back', runningOn: 'source', attention: null,
       notes: [...plan.notes, `taken back to ${entry.from} on request (--resume-source): what the guest did on ${entry.to} is lost`],
     };
   }
@@ -325,7 +298,7 @@ export async function recoverMigration(entry: JournalEntry, hosts: Host[], opts:
     try {
       await cont(f.guest.qmp, { timeoutMs });
       const was = plan.resume === 'source' ? src : dst;
-      report.actions.push(`resumed the ${plan.resume} copy on ${name[plan.resume]}, which was paused ("${was.kind === 'up' ? was.status : '?'}")`);
+      report.actions.push(`resumed the ${plan.resume} copy on ${name[plan.resume]}, which was paused ("${was.kind === 'alive' ? was.runstate : '?'}")`);
     } catch (err) {
       failed = `resuming the ${plan.resume} copy on ${name[plan.resume]} failed: ${(err as Error).message}`;
     }

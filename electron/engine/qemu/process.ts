@@ -160,7 +160,7 @@ export class AdoptedQemu implements QemuHandle {
       this.exitInfo = {
         code: null,
         signal: null,
-        stderrTail: 'QEMU was reattached after an agent restart, so its exit status is not known',
+        stderrTail: 'QEMU was reattached after a restart (of its agent or engine), so its exit status is not known',
         expected: this.stopping,
       };
       finish(this.exitInfo);
