@@ -108,6 +108,21 @@ describe('QmpClient: negotiation', () => {
     await (await connP).closed;
   });
 
+  it('drops events a previous connection left queued ahead of the greeting, but not without bound', async () => {
+    const stale = (n: number) => Array.from({ length: n }, (_, i) => JSON.stringify({ timestamp: { seconds: 1, microseconds: i }, event: 'MIGRATION', data: { status: 'completed' } }) + '\r\n').join('');
+    const { server, client } = await setup({ greeting: stale(2) + JSON.stringify(DEFAULT_GREETING) + '\r\n' });
+    const seen: QmpEvent[] = [];
+    client.onEvent('MIGRATION', (ev) => seen.push(ev));
+    expect(await client.connect(server.path)).toEqual(DEFAULT_GREETING);
+    expect(client.runstate).toBe('running');
+    expect(seen).toEqual([]);
+    await client.disconnect();
+    const flood = await setup({ greeting: stale(17) + JSON.stringify(DEFAULT_GREETING) + '\r\n' });
+    const err = await rejection(flood.client.connect(flood.server.path));
+    expect(err).toBeInstanceOf(QmpProtocolError);
+    expect(err.message).toMatch(/Expected a QMP greeting, got: .*MIGRATION/);
+  });
+
   it('rejects a malformed greeting with a protocol error', async () => {
     const { server, client } = await setup({ greeting: { hello: 'world' } });
     const err = await rejection(client.connect(server.path));

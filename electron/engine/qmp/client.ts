@@ -104,6 +104,14 @@ function abortReason(signal: AbortSignal): unknown {
   return signal.reason ?? new DOMException('The operation was aborted', 'AbortError');
 }
 
+/**
+ * QEMU keeps a monitor's unsent output when its client goes away, and the next client reads it
+ * ahead of its greeting: an engine killed mid-migration leaves a MIGRATION event for the engine
+ * that adopts its QEMU (seen in test/integration/migration-recovery.test.ts). Those events belong
+ * to the old connection and are dropped; more than a few make the peer a broken one.
+ */
+const MAX_EVENTS_BEFORE_GREETING = 16;
+
 function parseGreeting(message: JsonObject): QmpGreeting {
   const qmp = message.QMP;
   const version = isObject(qmp) ? qmp.version : undefined;
@@ -140,6 +148,8 @@ export class QmpClient {
   readonly #disconnectListeners = new Set<QmpDisconnectListener>();
   #greeting: QmpGreeting | undefined;
   #greetingWaiter: GreetingWaiter | undefined;
+  /** Events skipped while waiting for this connection's greeting (see MAX_EVENTS_BEFORE_GREETING). */
+  #eventsBeforeGreeting = 0;
   #nextId = 0;
 
   constructor(opts: QmpClientOptions = {}) {
@@ -307,6 +317,7 @@ export class QmpClient {
     try {
       const greeting = new Promise<QmpGreeting>((resolve, reject) => {
         this.#greetingWaiter = { resolve, reject };
+        this.#eventsBeforeGreeting = 0;
       });
       this.#proto.attach(stream, signal);
       await this.#withTimeout(greeting, timeoutMs, () => new QmpTimeoutError(timeoutMs, { what: 'the QMP greeting' }));
@@ -392,6 +403,10 @@ export class QmpClient {
   // Throwing here (QmpProtocolError) makes the protocol tear the connection down.
   #onMessage(message: JsonObject): void {
     if (this.#greetingWaiter) {
+      if ('event' in message && !('QMP' in message) && this.#eventsBeforeGreeting < MAX_EVENTS_BEFORE_GREETING) {
+        this.#eventsBeforeGreeting++;
+        return;
+      }
       const greeting = parseGreeting(message);
       const waiter = this.#greetingWaiter;
       this.#greetingWaiter = undefined;
