@@ -5,9 +5,9 @@ import { join, resolve } from 'node:path';
 import { isIPv4 } from 'node:net';
 import { AgentServer } from '../engine/agent/server';
 import { TokenStore } from '../engine/agent/tokens';
-import { defaultStateDir } from '../engine/migration/journal';
 import { labName } from '../engine/qemu/spec';
 import { printJson, UsageError } from './output';
+import { defaultStateDir, statePath } from '../engine/util/paths';
 
 export interface AgentArgs {
   json: boolean;
@@ -24,7 +24,7 @@ export interface AgentArgs {
 export const DEFAULT_AGENT_PORT = 7800;
 
 function dataDirOf(args: AgentArgs): string {
-  return resolve(args['data-dir'] ?? join(defaultStateDir(), 'agent'));
+  return resolve(args['data-dir'] ?? statePath(defaultStateDir(), 'agent'));
 }
 
 function parseListen(text: string | undefined): { address: string; port: number } {

@@ -1,7 +1,7 @@
 // `miglab demo`: a whole migration on this machine, shown live on the terminal.
 import type { FollowedMigration } from '../engine/api/follow-migration';
-import { runDemo, type DemoOptions, type DemoReport } from '../engine/lab/demo';
-import { formatBytes, formatBytesRate, formatMs } from '../engine/migration/prediction';
+import { runDemo, type DemoOptions, type DemoReport } from '../engine/api/demo';
+import { formatBytes, formatBytesRate, formatMs } from '../engine/util/format';
 import type { MigrationEvent } from '../engine/migration/types';
 import { InvalidSubnetError, parseSubnet } from '../engine/network/lab-network';
 import { numberOption, printJson, table, UsageError } from './output';

@@ -1,4 +1,4 @@
-import { runDoctor } from '../engine/doctor';
+import { runDoctor } from '../engine/lab/doctor';
 import { printJson } from './output';
 
 export async function doctorCommand(opts: { json: boolean }): Promise<number> {

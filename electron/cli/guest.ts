@@ -1,4 +1,4 @@
-import { bootCheck } from '../engine/guest/boot-check';
+import { bootCheck } from '../engine/lab/boot-check';
 import { buildLabGuest, findLabGuest } from '../engine/guest/image';
 import { printJson, progress, UsageError } from './output';
 

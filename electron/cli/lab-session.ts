@@ -5,16 +5,16 @@ import { resolve } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { followMigration } from '../engine/api/follow-migration';
 import { LabService } from '../engine/api/service';
-import { RemoteHost } from '../engine/hosts/remote';
 import type { Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile } from '../engine/lab/lab-file';
 import { MigrationJournal } from '../engine/migration/journal';
-import { formatMs } from '../engine/migration/prediction';
-import { describeRecovery, recoverInterruptedMigrations, type RecoveryReport } from '../engine/migration/recovery';
+import { formatMs } from '../engine/util/format';
+import { recoverInterruptedMigrations } from '../engine/migration/recovery';
 import type { MigrationOptions } from '../engine/migration/types';
-import { parseLinkProfile } from '../engine/network/link-relay';
+import { parseLinkProfile } from '../engine/network/link-profile';
 import { liveDisplay } from './demo';
 import { numberOption, printJson, UsageError } from './output';
+import { describeRecovery, type RecoveryReport } from '../engine/migration/recovery-report';
 
 export interface LabSessionArgs {
   json: boolean;
@@ -35,7 +35,7 @@ async function openAgentLab(file: string | undefined): Promise<Lab> {
   const path = resolve(process.env.INIT_CWD ?? process.cwd(), file);
   try {
     const lab = await labFromFile(await readLabFile(path), { source: path });
-    const local = lab.hosts().filter((h) => !(h instanceof RemoteHost));
+    const local = lab.hosts().filter((h) => !h.describe().outlivesEngine);
     if (local.length) {
       await lab.leave();
       throw new UsageError(`Host ${local.map((h) => h.name).join(', ')} of ${file} is on this machine: migrate and recover work on hosts that run "miglab agent" (their guests outlive this command)`);

@@ -1,6 +1,6 @@
 import { chooseAccelerator, findQemu, forgetQemuChoice, tracksTcgWritesExactly, type ChosenQemu } from '../engine/qemu/binary';
 import { fetchPrivateQemu } from '../engine/qemu/private-qemu';
-import { defaultCacheRoot } from '../engine/util/cache-dir';
+import { defaultCacheRoot } from '../engine/util/paths';
 import { printJson, progress } from './output';
 
 /** A QEMU that loses guest writes under TCG, with no better one chosen: the case QEMU 10 is fetched for. */

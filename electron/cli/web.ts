@@ -5,12 +5,14 @@ import { resolve } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { LabFileError, labFromFile, readLabFile, type LabFile } from '../engine/lab/lab-file';
-import { describeRecovery, recoverInterruptedMigrations } from '../engine/migration/recovery';
-import { defaultStateDir, MigrationJournal } from '../engine/migration/journal';
+import { recoverInterruptedMigrations } from '../engine/migration/recovery';
+import { MigrationJournal } from '../engine/migration/journal';
 import { WebServer } from '../engine/web/server';
-import { isLoopbackHost, loadOrCreateWebIdentity } from '../engine/web/tls-identity';
+import { isLoopbackHost, loadOrCreateWebIdentity } from '../engine/tls/web-identity';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { printJson, UsageError } from './output';
+import { defaultStateDir } from '../engine/util/paths';
+import { describeRecovery } from '../engine/migration/recovery-report';
 
 export interface WebArgs {
   json: boolean;

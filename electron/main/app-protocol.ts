@@ -2,7 +2,7 @@
 // can name only files inside that folder.
 import { readFile } from 'node:fs/promises';
 import { contentType, uiFilePath, UI_CSP } from '../engine/web/ui-files';
-import { APP_ORIGIN } from './channels';
+import { APP_ORIGIN } from '../engine/api/ipc-channels';
 
 /** The file a miglab://app/ URL names, or null when it is not one inside `uiDir`. */
 export function resolveAppFile(uiDir: string, url: string): string | null {

@@ -6,12 +6,13 @@ import { join } from 'node:path';
 import { LabService } from '../engine/api/service';
 import { defaultLocalLab, type Lab } from '../engine/lab/lab';
 import { labFromFile, readLabFile } from '../engine/lab/lab-file';
-import { describeRecovery, recoverInterruptedMigrations } from '../engine/migration/recovery';
+import { recoverInterruptedMigrations } from '../engine/migration/recovery';
 import { MigrationJournal } from '../engine/migration/journal';
 import { findBuiltUi } from '../engine/web/ui-files';
 import { appProtocolHandler } from './app-protocol';
-import { APP_ORIGIN, APP_SCHEME, CHANNELS } from './channels';
-import { registerLabIpc } from './ipc';
+import { APP_ORIGIN, APP_SCHEME, CHANNELS } from '../engine/api/ipc-channels';
+import { registerHelloIpc, registerLabIpc } from './ipc';
+import { describeRecovery } from '../engine/migration/recovery-report';
 
 declare const MAIN_WINDOW_VITE_NAME: string;
 
@@ -124,6 +125,7 @@ export async function start(opts: { uiDir?: string; labFile?: string | null } = 
   session.defaultSession.setPermissionCheckHandler(() => false);
   protocol.handle(APP_SCHEME, appProtocolHandler(opts.uiDir ?? uiDir()));
   Menu.setApplicationMenu(buildMenu());
+  registerHelloIpc(ipcMain, windowContents);
   win = createWindow();
   win.on('closed', () => {
     win = null;

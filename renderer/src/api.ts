@@ -1,6 +1,6 @@
 // The renderer's only way to the lab: the API contract over a WebSocket (browser mode). In the
 // desktop app the same calls go through window.lab; the UI does not know which.
-import type { ApiCommand, ApiEvent, ApiResults, ApiRole, ServerMessage } from '../../electron/engine/api/contract';
+import { API_VERSION, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type LabBridge, type ServerMessage } from '../../electron/engine/api/contract';
 
 export interface LabConnection {
   readonly role: ApiRole;
@@ -70,21 +70,24 @@ export function connectWebSocket(url = `${location.protocol === 'https:' ? 'wss'
   });
 }
 
-/** What the desktop app's preload exposes (see electron/preload/preload.ts). */
-interface WindowLab {
-  apiVersion: number;
-  role: ApiRole;
-  call(command: ApiCommand): Promise<unknown>;
-  onEvent(listener: (ev: ApiEvent) => void): () => void;
-}
-
-/** In the desktop app: the same connection over window.lab, which the engine answers through IPC. */
-export function connectWindowLab(): LabConnection | null {
-  const lab = (globalThis as { lab?: WindowLab }).lab;
+/**
+ * In the desktop app: the same connection over window.lab (the preload), which the engine answers
+ * through IPC with the WebSocket's hello and replies. Null outside the app.
+ */
+export async function connectWindowLab(): Promise<LabConnection | null> {
+  const lab = (globalThis as { lab?: LabBridge }).lab;
   if (!lab || typeof lab.call !== 'function') return null;
+  const hello = await lab.hello();
+  if (hello.apiVersion !== API_VERSION) {
+    throw new Error(`This MigLab window speaks API version ${API_VERSION}, but the app's engine speaks version ${hello.apiVersion}: the app is not installed whole, reinstall it`);
+  }
   return {
-    role: lab.role,
-    call: (command) => lab.call(command).catch((err: Error) => Promise.reject(new ApiCallError(err.message.replace(/^Error invoking remote method '[^']+': (Error: )?/, ''), 'failed'))) as never,
+    role: hello.role,
+    call: async (command) => {
+      const reply = await lab.call(command);
+      if (!reply.ok) throw new ApiCallError(reply.error.message, reply.error.code);
+      return reply.result;
+    },
     onEvent: (l) => lab.onEvent(l),
     onClose: () => () => {},
   };

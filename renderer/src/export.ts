@@ -1,7 +1,7 @@
 // One migration, taken home: the story the UI kept of it as a JSON document, its samples and its
 // pre-copy passes as CSV for a spreadsheet, and a browser download to save them. Pure functions
 // but download(), which needs a DOM; nothing here touches Node.
-import type { MigrationPass, PhaseSpan, PreflightCheck, Prediction } from '../../electron/engine/migration/types';
+import type { MigrationPass, PhaseSpan, PreflightCheck, Prediction } from '../../electron/engine/api/contract';
 import type { MigrationTrack } from './store';
 
 /**

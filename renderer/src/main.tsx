@@ -6,8 +6,7 @@ import './styles.css';
 
 const root = createRoot(document.getElementById('root')!);
 // The desktop app provides window.lab; browser mode has the page's own WebSocket.
-const desktop = connectWindowLab();
-(desktop ? Promise.resolve<LabConnection>(desktop) : connectWebSocket()).then(
+connectWindowLab().then((desktop): LabConnection | Promise<LabConnection> => desktop ?? connectWebSocket()).then(
   (conn) => root.render(<App conn={conn} />),
   (err: Error) => root.render(<p role="alert" className="error">{err.message}</p>),
 );

@@ -1,12 +1,11 @@
 // What the UI knows: the lab snapshot, and for each migration the story its events tell. Events
 // arrive up to ~50 a second; listeners hear of them at most once per animation frame.
 import { useSyncExternalStore } from 'react';
-import { MIGRATION_OUTCOMES } from '../../electron/engine/migration/types';
-import type { ApiEvent, LabSnapshot } from '../../electron/engine/api/contract';
-import type { LinkProfile, LinkRelayStats } from '../../electron/engine/network/link-relay';
-import type {
-  JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
-} from '../../electron/engine/migration/types';
+import {
+  MIGRATION_OUTCOMES,
+  type ApiEvent, type JobState, type LabSnapshot, type LinkProfile, type LinkRelayStats, type MigrationPass, type MigrationResult,
+  type NetworkMacMove, type PhaseSpan, type PreflightCheck, type Prediction, type ProbeSample,
+} from '../../electron/engine/api/contract';
 
 /** Samples kept per migration for the charts: at 10 a second, five minutes. */
 export const MAX_SAMPLES = 3000;

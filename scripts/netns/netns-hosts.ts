@@ -3,7 +3,7 @@
 //   npx tsx scripts/netns/netns-hosts.ts up host-a host-b [--prefix P] [--subnet S]
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import { NetnsLab, listNetnsObjects, removeNetnsLeftovers } from '../../electron/engine/hosts/netns';
+import { NetnsLab, listNetnsObjects, removeNetnsLeftovers } from '../../electron/engine/network/netns';
 import { startNetnsAgents } from '../../electron/engine/lab/netns-lab';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 

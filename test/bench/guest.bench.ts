@@ -3,7 +3,7 @@
 // --smoke: one run, a 1 s heartbeat window (see smoke.ts).
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { LocalHost } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import { chooseAccelerator, findQemu } from '../../electron/engine/qemu/binary';
 import { delay } from '../../electron/engine/util/time';
 import { failSmokeOn, resultFile, setting, SMOKE, smokeBanner } from './smoke';

@@ -8,10 +8,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { findLabGuest, labGuestAppend } from '../../electron/engine/guest/image';
-import { labGuestNeedsPti, TCG_SAFE_APPEND } from '../../electron/engine/hosts/local';
 import { buildQemuArgv } from '../../electron/engine/qemu/argv';
 import { chooseAccelerator, findQemu } from '../../electron/engine/qemu/binary';
 import type { GuestSpec } from '../../electron/engine/qemu/spec';
+import { labGuestNeedsPti, TCG_SAFE_APPEND } from '../../electron/engine/hosts/local/boot-files';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { findPrivateQemu } from '../../electron/engine/qemu/private-qemu';
 import { chooseAccelerator, whichBinary } from '../../electron/engine/qemu/binary';
 import { parseQemuVersion } from '../../electron/engine/qemu/version';
-import { defaultCacheRoot } from '../../electron/engine/util/cache-dir';
+import { defaultCacheRoot } from '../../electron/engine/util/paths';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { SMOKE, failSmokeOn, smokeBanner } from './smoke';
 

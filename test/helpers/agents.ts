@@ -1,7 +1,7 @@
 // Real `miglab agent` processes for tests: started by the engine's own launcher.
-import { miglabBin, type AgentProcess } from '../../electron/engine/agent/launch';
+import { miglabBin, type AgentProcess } from '../../electron/engine/hosts/remote/agent-process';
 
-export { launchAgent as startAgent, type AgentProcess } from '../../electron/engine/agent/launch';
+export { launchAgent as startAgent, type AgentProcess } from '../../electron/engine/hosts/remote/agent-process';
 
 export const MIGLAB_BIN = miglabBin();
 

@@ -5,9 +5,9 @@
 // whose engine died answers nothing, ever; a new FakeHost over the same world reattaches.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { AgentRpcError } from '../../electron/engine/agent/rpc';
+import { AgentRpcError } from '../../electron/engine/hosts/remote/rpc';
 import { GuestConsole } from '../../electron/engine/hosts/console';
-import { stopNamedGuest, type Guest, type GuestEventMap, type GuestQmp, type GuestState, type Host, type HostEventMap, type HostInfo, type LinkRelayControl, type StartGuestOptions } from '../../electron/engine/hosts/host';
+import { stopNamedGuest, type Guest, type GuestEventMap, type GuestQmp, type GuestState, type Host, type HostDescription, type HostEventMap, type HostInfo, type LinkRelayControl, type StartGuestOptions } from '../../electron/engine/hosts/host';
 import { MigrationJournal, type JournalEntry } from '../../electron/engine/migration/journal';
 import type { ExitInfo } from '../../electron/engine/qemu/process';
 import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../../electron/engine/qemu/spec';
@@ -259,6 +259,23 @@ export class FakeHost extends EventEmitter implements Host {
 
   override off<K extends keyof HostEventMap>(event: K, listener: (...args: HostEventMap[K]) => void): this {
     return super.off(event, listener as (...a: unknown[]) => void);
+  }
+
+  describe(): HostDescription {
+    const remote = this.kind === 'remote';
+    return {
+      kind: this.kind, transport: remote ? 'agent-tls' : 'in-process', address: this.address,
+      outlivesEngine: remote, imageLibrary: false, sharesEngineFiles: !remote, migrationPorts: null,
+      agent: remote ? { url: `wss://${this.address}:7443`, fingerprint: 'fake' } : null,
+      connection: this.disposed ? 'closed' : this.linkUp ? 'connected' : 'reconnecting',
+      refusedGuests: [],
+    };
+  }
+
+  setLabPeers(): void {}
+
+  leave(): Promise<void> {
+    return this.dispose();
   }
 
   /** Closes this engine's QMP connections; the QEMUs are the world's to end (world.close()). */

@@ -4,7 +4,7 @@
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
-import { loadOrCreateAgentIdentity } from '../../electron/engine/agent/certs';
+import { loadOrCreateAgentIdentity } from '../../electron/engine/tls/certs';
 import type { AgentProcess } from './agents';
 
 export type DescriptorRewrite = (descriptor: Record<string, unknown>) => unknown;

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { listNetnsObjects, netnsRunTag, netnsSupport } from '../../electron/engine/hosts/netns';
+import { listNetnsObjects, netnsRunTag, netnsSupport } from '../../electron/engine/network/netns';
 
 const run = promisify(execFile);
 

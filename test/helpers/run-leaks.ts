@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { netnsRunTag, removeNetnsLeftovers } from '../../electron/engine/hosts/netns';
+import { netnsRunTag, removeNetnsLeftovers } from '../../electron/engine/network/netns';
 import { commandLine, leakedSince, processRuns, sharesOurTempFolder, snapshot, type Snapshot } from './leaks';
 import { deleteNamespace, doctorNamespacePid, namespacePids } from './netns-leaks';
 import { otherRunTempFolders, type TestRunDirs } from './test-run';

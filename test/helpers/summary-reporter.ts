@@ -1,10 +1,10 @@
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import type { Reporter, TestModule, Vitest } from 'vitest/node';
-import { defaultStateDir } from '../../electron/engine/migration/journal';
-import { defaultCacheRoot } from '../../electron/engine/util/cache-dir';
+import { defaultCacheRoot } from '../../electron/engine/util/paths';
 import { findRunLeaks, takeBaseline, type RunBaseline } from './run-leaks';
 import { readTcgRetries, startTestRun, type TestRunDirs } from './test-run';
+import { defaultStateDir } from '../../electron/engine/util/paths';
 
 export interface RunCounts {
   passed: number;

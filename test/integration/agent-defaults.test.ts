@@ -13,15 +13,15 @@ import { hostname, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectAgent } from '../../electron/engine/agent/connect';
-import { AgentRpcError, type RpcPeer } from '../../electron/engine/agent/rpc';
-import type { AgentStartInfo } from '../../electron/engine/agent/server';
-import { NetnsLab } from '../../electron/engine/hosts/netns';
+import { connectAgent } from '../../electron/engine/hosts/remote/connect';
+import { AgentRpcError, type RpcPeer } from '../../electron/engine/hosts/remote/rpc';
+import { NetnsLab } from '../../electron/engine/network/netns';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { MIGLAB_BIN } from '../helpers/agents';
 import { runMiglab } from '../helpers/cli';
 import { requireLabGuest } from '../helpers/lab';
 import { qemuPids } from '../helpers/leaks';
+import type { AgentStartInfo } from '../../electron/engine/hosts/remote/protocol';
 
 const DEFAULT_PORT = 7800;
 

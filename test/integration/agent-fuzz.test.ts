@@ -15,7 +15,7 @@ import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type WebSocket from 'ws';
-import { connectAgent } from '../../electron/engine/agent/connect';
+import { connectAgent } from '../../electron/engine/hosts/remote/connect';
 import {
   AGENT_MAX_MESSAGE_BYTES,
   AgentRequestSchemas,
@@ -24,9 +24,9 @@ import {
   type AgentErrorCode,
   type AgentMethod,
   type GuestDescriptor,
-} from '../../electron/engine/agent/protocol';
-import { AgentRpcError, type RpcPeer } from '../../electron/engine/agent/rpc';
-import { parseTcpUri } from '../../electron/engine/agent/lab-peers';
+} from '../../electron/engine/hosts/remote/protocol';
+import { AgentRpcError, type RpcPeer } from '../../electron/engine/hosts/remote/rpc';
+import { parseTcpUri } from '../../electron/engine/hosts/remote/lab-peers';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { delay } from '../../electron/engine/util/time';
 import { MIGLAB_BIN, startAgent, stopAgent, type AgentProcess } from '../helpers/agents';

@@ -5,9 +5,9 @@
 import { link, copyFile, mkdir, readFile, realpath, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RemoteHost } from '../../electron/engine/hosts/remote';
-import { LocalHost } from '../../electron/engine/hosts/local';
-import { RefusedGuestError } from '../../electron/engine/hosts/guest-descriptor';
+import { RemoteHost } from '../../electron/engine/hosts/remote/remote-host';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
+import { RefusedGuestError } from '../../electron/engine/hosts/remote/guest-descriptor';
 import type { Guest } from '../../electron/engine/hosts/host';
 import type { LabGuestImage } from '../../electron/engine/guest/image';
 import { Lab } from '../../electron/engine/lab/lab';

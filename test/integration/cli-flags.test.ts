@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LabGuestImage } from '../../electron/engine/guest/image';
-import { probeQemu } from '../../electron/engine/qemu/probe';
+import { detectQemuCapabilities } from '../../electron/engine/qemu/capabilities';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { jsonOf, runMiglab, serveMiglab, type CliRun } from '../helpers/cli';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
@@ -92,7 +92,7 @@ describe('miglab demo flags', () => {
   }, DEMO_TIMEOUT_MS);
 
   it('refuses a capability this QEMU does not offer, naming it, and leaves the guest on host-a', async () => {
-    const offered = (await probeQemu()).migrationCapabilities;
+    const offered = (await detectQemuCapabilities()).migrationCapabilities;
     // compress and block were removed in QEMU 9.1; an older QEMU offers both, but no QEMU a made-up one.
     const missing = ['compress', 'block', 'x-teleport'].find((c) => !offered.includes(c))!;
     const { run, out } = await demo(['--capability', missing]);

@@ -11,7 +11,7 @@ import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { expectScopeClean, requireLabGuest } from '../helpers/lab';
 import { qemuPids } from '../helpers/leaks';
 import { demoAttempt, retryTcgCrashes } from '../helpers/tcg-retry';
-import { listNetnsObjects, netnsRunTag } from '../../electron/engine/hosts/netns';
+import { listNetnsObjects, netnsRunTag } from '../../electron/engine/network/netns';
 import { delay } from '../../electron/engine/util/time';
 
 const runFile = promisify(execFile);

@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalHost } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import type { Guest } from '../../electron/engine/hosts/host';
 import { queryStatus } from '../../electron/engine/qmp';
 import { delay } from '../../electron/engine/util/time';

@@ -8,8 +8,7 @@ import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promis
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { LocalHost } from '../../electron/engine/hosts/local';
-import { TCG_SAFE_APPEND } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import { chooseAccelerator, findQemu, forgetQemuChoice, whichBinary } from '../../electron/engine/qemu/binary';
 import { findTestKernel, bootKernelBanner } from '../../electron/engine/qemu/kvm-check';
 import {
@@ -21,9 +20,10 @@ import {
   verifyQemuBinary,
 } from '../../electron/engine/qemu/private-qemu';
 import { parseQemuVersion } from '../../electron/engine/qemu/version';
-import { defaultCacheRoot } from '../../electron/engine/util/cache-dir';
+import { defaultCacheRoot } from '../../electron/engine/util/paths';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 import { requireLabGuest } from '../helpers/lab';
+import { TCG_SAFE_APPEND } from '../../electron/engine/hosts/local/boot-files';
 
 const runFile = promisify(execFile);
 const root = join(__dirname, '..', '..');

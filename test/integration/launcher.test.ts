@@ -5,7 +5,7 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GuestImageError, LocalHost } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import { canBind } from '../../electron/engine/hosts/ports';
 import type { Host } from '../../electron/engine/hosts/host';
 import { Lab, defaultLocalLab } from '../../electron/engine/lab/lab';
@@ -18,6 +18,7 @@ import { expectGuestGone, expectScopeClean, requireLabGuest } from '../helpers/l
 import { labCrashEvidence } from '../helpers/migration';
 import { retryTcgCrashes } from '../helpers/tcg-retry';
 import { delay, withTimeout } from '../../electron/engine/util/time';
+import { GuestImageError } from '../../electron/engine/hosts/local/boot-files';
 
 const run = promisify(execFile);
 

@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LinkRelay, type LinkProfile } from '../../electron/engine/network/link-relay';
+import type { LinkProfile } from '../../electron/engine/network/link-profile';
+import { LinkRelay } from '../../electron/engine/network/link-relay';
 import { findQemu } from '../../electron/engine/qemu/binary';
 import { QemuProcess, describeExit } from '../../electron/engine/qemu/process';
 import {

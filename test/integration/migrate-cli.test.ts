@@ -9,12 +9,11 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { LabCa } from '../../electron/engine/agent/certs';
+import { LabCa } from '../../electron/engine/tls/certs';
 import type { Guest } from '../../electron/engine/hosts/host';
-import { listNetnsObjects } from '../../electron/engine/hosts/netns';
+import { listNetnsObjects } from '../../electron/engine/network/netns';
 import { netnsAgentLab, type NetnsAgentLab } from '../../electron/engine/lab/netns-lab';
 import { MigrationJournal, type JournalEntry } from '../../electron/engine/migration/journal';
-import type { RecoveryReport } from '../../electron/engine/migration/recovery';
 import type { MigrationResult } from '../../electron/engine/migration/types';
 import { queryStatus } from '../../electron/engine/qmp';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
@@ -23,6 +22,7 @@ import { jsonOf, runMiglab, type CliRun } from '../helpers/cli';
 import { requireLabGuest } from '../helpers/lab';
 import { qemuPids } from '../helpers/leaks';
 import { expectOneCopyOn } from '../helpers/migration';
+import type { RecoveryReport } from '../../electron/engine/migration/recovery-report';
 
 const GUEST = 'mc';
 

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { LocalHost } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import { MigrationJournal, type JournalEntry } from '../../electron/engine/migration/journal';
 import { recoverInterruptedMigrations } from '../../electron/engine/migration/recovery';
 import { QmpClient, cont, queryMigrate, queryStatus } from '../../electron/engine/qmp';
@@ -19,7 +19,7 @@ const GUEST = 'rg';
 
 /** The engine that dies: two local hosts, a guest booted on host-a, migrated to host-b by the real job. */
 const ENGINE = `
-import { LocalHost } from '${ROOT}/electron/engine/hosts/local.ts';
+import { LocalHost } from '${ROOT}/electron/engine/hosts/local/local-host.ts';
 import { MigrationJournal } from '${ROOT}/electron/engine/migration/journal.ts';
 import { migrateGuest } from '${ROOT}/electron/engine/migration/orchestrator.ts';
 const [stateDir, bandwidth] = process.argv.slice(2);

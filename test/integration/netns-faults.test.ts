@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import type { Guest } from '../../electron/engine/hosts/host';
 import { netnsAgentLab, type NetnsAgentLab } from '../../electron/engine/lab/netns-lab';
-import { listNetnsObjects } from '../../electron/engine/hosts/netns';
+import { listNetnsObjects } from '../../electron/engine/network/netns';
 import { migrateGuest, type MigrationJob } from '../../electron/engine/migration/orchestrator';
 import type { MigrationOptions, MigrationResult } from '../../electron/engine/migration/types';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';

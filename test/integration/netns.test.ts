@@ -13,7 +13,7 @@ import {
   netnsRunTag,
   netnsSupport,
   removeNetnsLeftovers,
-} from '../../electron/engine/hosts/netns';
+} from '../../electron/engine/network/netns';
 import { pidAlive } from '../helpers/leaks';
 import { netnsLeftovers } from '../helpers/netns-leaks';
 

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Guest } from '../../electron/engine/hosts/host';
-import { LocalHost } from '../../electron/engine/hosts/local';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
 import { defaultLocalLab, type Lab } from '../../electron/engine/lab/lab';
 import { migrateGuest } from '../../electron/engine/migration/orchestrator';
 import { queryMigrateParameters } from '../../electron/engine/qmp';

@@ -5,10 +5,10 @@ import { readFile, symlink } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RemoteHost } from '../../electron/engine/hosts/remote';
-import { LocalHost } from '../../electron/engine/hosts/local';
-import { parseCpuinfo } from '../../electron/engine/hosts/host-cpu';
-import { kernelAppendOf } from '../../electron/engine/hosts/launch-args';
+import { RemoteHost } from '../../electron/engine/hosts/remote/remote-host';
+import { LocalHost } from '../../electron/engine/hosts/local/local-host';
+import { parseCpuinfo } from '../../electron/engine/hosts/local/host-cpu';
+import { kernelAppendOf } from '../../electron/engine/hosts/local/launch-args';
 import type { Guest, Host, HostInfo } from '../../electron/engine/hosts/host';
 import { defaultLocalLab, localPortRange, type Lab } from '../../electron/engine/lab/lab';
 import { runPreflight, type PreflightContext, type PreflightOutcome } from '../../electron/engine/migration/preflight';
@@ -258,7 +258,7 @@ describe('cpu-accelerator', () => {
 describe('disks', () => {
   it('passes a guest without a disk, warns for a destination whose files it cannot look at, fails for a kernel the destination cannot reach', async () => {
     expect(await checkOf('disks', { guest: ready })).toMatchObject({ status: 'pass', message: 'The guest has no disk: only memory and device state move.' });
-    const remote = hostSaying(hostB, (r) => r, { kind: 'remote' });
+    const remote = hostSaying(hostB, (r) => r, { describe: () => ({ ...hostB.describe(), kind: 'remote', transport: 'agent-tls', imageLibrary: true, sharesEngineFiles: false, outlivesEngine: true }) });
     expect(await checkOf('disks', { guest: plain, to: remote })).toMatchObject({ status: 'warn', message: expect.stringMatching(/cannot yet look at host-b's files/) });
     expect(await checkOf('disks', { guest: plain })).toMatchObject({ status: 'pass' });
     await removeDir(plainKernel); // the kernel pf-plain booted from is gone: a destination could not start it

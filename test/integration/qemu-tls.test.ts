@@ -5,7 +5,7 @@ import { mkdir } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { LabCa, writeQemuTlsDir } from '../../electron/engine/agent/certs';
+import { LabCa, writeQemuTlsDir } from '../../electron/engine/tls/certs';
 import { QmpClient, migrate, migrateIncoming, migrateSetParameters, queryMigrate, queryStatus, quit } from '../../electron/engine/qmp';
 import type { MigrationInfo } from '../../electron/engine/qmp';
 import { findQemu, type QemuBinary } from '../../electron/engine/qemu/binary';

@@ -12,7 +12,7 @@ import {
   normalizeFingerprint,
   writeQemuTlsDir,
   type TlsIdentity,
-} from '../../electron/engine/agent/certs';
+} from '../../electron/engine/tls/certs';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 
 let work: string;

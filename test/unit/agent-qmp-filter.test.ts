@@ -1,7 +1,7 @@
 // The agent's rules for QMP calls and migration streams, as pure functions: which lab hosts an
 // agent accepts, how a tcp: URI is read, and what the QMP filter passes with which arguments.
 import { describe, expect, it } from 'vitest';
-import { parseTcpUri, peerProblem, usablePeers } from '../../electron/engine/agent/lab-peers';
+import { parseTcpUri, peerProblem, usablePeers } from '../../electron/engine/hosts/remote/lab-peers';
 import { qmpRefusal, type QmpFilterContext } from '../../electron/engine/agent/qmp-filter';
 
 const RANGE = { first: 50000, last: 50099 };

@@ -7,6 +7,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { ApiReply } from '../../electron/engine/api/contract';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
 
 const mocks = vi.hoisted(() => {
@@ -110,7 +111,12 @@ type Call = (event: unknown, command: unknown) => Promise<unknown>;
 const APP_PAGE = 'miglab://app/index.html';
 /** An IPC event as Electron gives it: the sending web contents and the frame it came from. */
 const from = (sender: unknown, url: string | null) => ({ sender, senderFrame: url === null ? null : { url } });
-const call = (): Call => mocks.ipcHandlers.get('lab:call') as Call;
+/** The lab:call handler, its reply unwrapped as the renderer does: the result, or a rejection with the error's code. */
+const call = (): Call => async (event, command) => {
+  const reply = (await (mocks.ipcHandlers.get('lab:call') as Call)(event, command)) as ApiReply<unknown>;
+  if (reply.ok) return reply.result;
+  throw Object.assign(new Error(reply.error.message), { code: reply.error.code });
+};
 /** The window start() opened: the app's one window. */
 const appWindow = () => mocks.windows.at(-1)!;
 const fromApp = () => from(appWindow().contents, APP_PAGE);

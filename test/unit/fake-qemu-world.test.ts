@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentRpcError } from '../../electron/engine/agent/rpc';
+import { AgentRpcError } from '../../electron/engine/hosts/remote/rpc';
 import { QmpClient, QmpCommandError, type QmpEvent } from '../../electron/engine/qmp';
 import { FakeHost, FaultyJournal, type FakeGuest } from '../helpers/fake-host';
 import { FakeQemuWorld, SplitBrainDetector, type FakeQemu } from '../helpers/fake-qemu-world';

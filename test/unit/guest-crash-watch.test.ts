@@ -13,7 +13,7 @@ import {
   watchGuestCrash,
   type CrashWatchedGuest,
   type GuestCrash,
-} from '../../electron/engine/guest/crash-watch';
+} from '../../electron/engine/migration/crash-watch';
 import { GuestConsole } from '../../electron/engine/hosts/console';
 import type { ExitInfo } from '../../electron/engine/qemu/process';
 import { QmpClient } from '../../electron/engine/qmp/client';

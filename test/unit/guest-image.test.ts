@@ -2,18 +2,7 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  GUEST_BUILDER_VERSION,
-  LABLOAD_VERSION,
-  LAB_GUEST_BASE_APPEND,
-  checkGuestIp,
-  defaultCacheRoot,
-  elfInfo,
-  findLabGuest,
-  guestCacheKey,
-  initramfsEntries,
-  labGuestAppend,
-} from '../../electron/engine/guest/image';
+import { GUEST_BUILDER_VERSION, LABLOAD_VERSION, LAB_GUEST_BASE_APPEND, checkGuestIp, elfInfo, findLabGuest, guestCacheKey, initramfsEntries, labGuestAppend } from '../../electron/engine/guest/image';
 import { buildCpio, buildInitramfs, parseCpio } from '../../electron/engine/guest/initramfs';
 import {
   bzImagePayload,
@@ -34,6 +23,7 @@ import {
 } from '../../electron/engine/guest/kernel';
 import { LABLOAD_VERSION as PROTOCOL_VERSION } from '../../electron/engine/guest/labload-protocol';
 import { makeTempDir, removeDir } from '../../electron/engine/util/fs';
+import { defaultCacheRoot } from '../../electron/engine/util/paths';
 
 // ---- a tiny ELF64 writer for synthetic modules and kernels -----------------------------------------
 

@@ -5,9 +5,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { canBind } from '../../electron/engine/hosts/ports';
-import {
-  LinkProfileError, LinkRelay, LinkRelayListenError, parseLinkProfile, retransmitTimeoutMs, type LinkProfile,
-} from '../../electron/engine/network/link-relay';
+import { LinkProfileError, parseLinkProfile, type LinkProfile } from '../../electron/engine/network/link-profile';
+import { LinkRelay, LinkRelayListenError, retransmitTimeoutMs } from '../../electron/engine/network/link-relay';
 import { delay, withTimeout } from '../../electron/engine/util/time';
 
 const HOST = '127.0.0.1';

@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationJournal } from '../../electron/engine/migration/journal';
 import { migrateGuest, type MigrationRequest } from '../../electron/engine/migration/orchestrator';
-import { recoverInterruptedMigrations, type RecoveryReport } from '../../electron/engine/migration/recovery';
+import { recoverInterruptedMigrations } from '../../electron/engine/migration/recovery';
 import type { MigrationEvent, MigrationOptions, MigrationResult } from '../../electron/engine/migration/types';
 import { FakeHost, FaultyJournal, type FakeGuest, type FakeHostOptions } from '../helpers/fake-host';
 import { FakeQemuWorld, SplitBrainDetector, type FakeQemu, type Hold } from '../helpers/fake-qemu-world';
+import type { RecoveryReport } from '../../electron/engine/migration/recovery-report';
 
 const PHASES = ['preflight', 'prepare', 'configure', 'listen', 'migrate', 'monitor', 'switchover', 'pre-switchover', 'confirm', 'cleanup'] as const;
 type Phase = (typeof PHASES)[number];

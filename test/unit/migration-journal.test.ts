@@ -100,8 +100,8 @@ describe('MigrationJournal', () => {
   });
 
   it('journalCopy names the host, the QEMU and, for a local guest, its folder', () => {
-    const local = { name: 'host-a', address: '127.0.0.1', kind: 'local' } as Host;
-    const remote = { name: 'lan-1', address: '10.0.0.7', kind: 'remote' } as Host;
+    const local = { name: 'host-a', address: '127.0.0.1', describe: () => ({ kind: 'local', outlivesEngine: false }) } as unknown as Host;
+    const remote = { name: 'lan-1', address: '10.0.0.7', describe: () => ({ kind: 'remote', outlivesEngine: true }) } as unknown as Host;
     const localGuest = { id: 'id-1', pid: 4242, runtimeDir: '/tmp/miglab-host-a-abc/g' } as unknown as Guest;
     const remoteGuest = { id: 'id-2', pid: undefined } as unknown as Guest;
     expect(journalCopy(local, localGuest)).toEqual({ host: 'host-a', address: '127.0.0.1', kind: 'local', guestId: 'id-1', pid: 4242, runtimeDir: '/tmp/miglab-host-a-abc/g' });

@@ -1,12 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { PredictionInput } from '../../electron/engine/migration/prediction';
-import {
-  ADVICE_PASSES,
-  formatBytes,
-  formatBytesRate,
-  formatMs,
-  predict,
-} from '../../electron/engine/migration/prediction';
+import { ADVICE_PASSES, predict } from '../../electron/engine/migration/prediction';
+import { formatBytes, formatBytesRate, formatMs } from '../../electron/engine/util/format';
 import type { Prediction } from '../../electron/engine/migration/types';
 
 const MB = 1e6;

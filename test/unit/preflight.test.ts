@@ -3,8 +3,8 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { parseCpuinfo, readHostCpu } from '../../electron/engine/hosts/host-cpu';
-import { kernelAppendOf, readProcessArgv } from '../../electron/engine/hosts/launch-args';
+import { parseCpuinfo, readHostCpu } from '../../electron/engine/hosts/local/host-cpu';
+import { kernelAppendOf, readProcessArgv } from '../../electron/engine/hosts/local/launch-args';
 
 const CPUINFO = `processor\t: 0
 vendor_id\t: AuthenticAMD

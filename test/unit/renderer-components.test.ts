@@ -7,7 +7,7 @@ import { createElement as h } from 'react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ApiEvent, LabSnapshot, MigrationView as MigrationViewInfo } from '../../electron/engine/api/contract';
 import type { MigrationEvent, MigrationPass, MigrationResult } from '../../electron/engine/migration/types';
-import type { LinkRelayStats } from '../../electron/engine/network/link-relay';
+import type { LinkRelayStats } from '../../electron/engine/network/link-profile';
 import type { LabConnection } from '../../renderer/src/api';
 import { HistoryView } from '../../renderer/src/components/HistoryView';
 import { LabView } from '../../renderer/src/components/LabView';

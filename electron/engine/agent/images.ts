@@ -1,7 +1,7 @@
 // Image paths from a peer name files inside the agent's image library, and nothing else.
-import { LibraryPathError, resolveBootInLibrary } from '../hosts/image-library';
+import { LibraryPathError, resolveBootInLibrary } from '../hosts/local/image-library';
 import type { GuestSpec } from '../qemu/spec';
-import { AgentRpcError } from './rpc';
+import { AgentRpcError } from '../hosts/remote/rpc';
 
 /** A peer's guest spec with its library-relative image paths resolved; nothing else touched. */
 export async function resolveSpecPaths(spec: GuestSpec, library: string | null): Promise<GuestSpec> {

@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createDiskOverlay } from '../hosts/disk-overlay';
-import { detectDiskFormat } from '../hosts/local';
+import { createDiskOverlay } from '../hosts/local/disk-overlay';
+import { detectDiskFormat } from '../hosts/local/boot-files';
 
 export class DiskOverlays {
   constructor(private readonly dir: string) {}

@@ -1,8 +1,8 @@
 // What a peer may ask a guest's QEMU through the agent: named commands (protocol.ts QMP_ALLOWED),
 // each with the arguments the engine sends and nothing more, every value checked. A refusal
 // names the problem; anything not listed here is refused.
-import { QMP_ALLOWED } from './protocol';
-import { parseTcpUri } from './lab-peers';
+import { QMP_ALLOWED } from '../hosts/remote/protocol';
+import { parseTcpUri } from '../hosts/remote/lab-peers';
 
 export interface QmpFilterContext {
   /** Why a migration stream may not go to address:port (null: it may). */

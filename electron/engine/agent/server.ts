@@ -10,30 +10,27 @@ import { totalmem } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { LocalHost, type LocalGuest } from '../hosts/local';
-import type { Guest, NetworkAttachment } from '../hosts/host';
+import { LocalHost } from '../hosts/local/local-host';
+import type { Guest } from '../hosts/host';
 import type { PortLabel, SwitchPortHandle } from '../network/switch';
-import { LinkRelay, parseLinkProfile } from '../network/link-relay';
+import { parseLinkProfile } from '../network/link-profile';
+import { LinkRelay } from '../network/link-relay';
 import { parseGuestSpec, type GuestSpec } from '../qemu/spec';
-import { loadOrCreateAgentIdentity, writeQemuTlsDir, type TlsIdentity } from './certs';
+import { loadOrCreateAgentIdentity, writeQemuTlsDir, type TlsIdentity } from '../tls/certs';
 import { resolveSpecPaths } from './images';
 import { addTlsCredsObject } from '../qemu/tls';
-import {
-  AGENT_MAX_MESSAGE_BYTES,
-  AGENT_PROTOCOL_VERSION,
-  AGENT_WS_PATH,
-  AgentRequestSchemas,
-  type AgentMethod,
-  type GuestDescriptor,
-  type HelloReply,
-  type LabPeer,
-} from './protocol';
-import { AgentRpcError, RateLimit, RpcPeer } from './rpc';
+import { AGENT_MAX_MESSAGE_BYTES, AGENT_PROTOCOL_VERSION, AGENT_WS_PATH, AgentRequestSchemas, type AgentMethod, type GuestDescriptor, type HelloReply } from '../hosts/remote/protocol';
+import { AgentRpcError, RpcPeer } from '../hosts/remote/rpc';
 import { TokenStore } from './tokens';
-import { describePeers, peerProblem } from './lab-peers';
+import { describePeers, peerProblem } from '../hosts/remote/lab-peers';
 import { qmpRefusal, type QmpFilterContext } from './qmp-filter';
 import { DiskOverlays } from './overlays';
 import { readAgentRecords, writeAgentRecord, type AgentGuestRecord } from './guest-records';
+import { RateLimit } from '../util/rate-limit';
+import type { NetworkAttachment } from '../network/attachment';
+import type { AgentStartInfo } from '../hosts/remote/protocol';
+import type { LabPeer } from '../hosts/host';
+import type { LocalGuest } from '../hosts/local/local-guest';
 
 export interface AgentOptions {
   /** Shown to the engine; also the default host name in a lab. */
@@ -54,15 +51,6 @@ export interface AgentOptions {
   maxConnections?: number;
   maxConnectionsPerToken?: number;
   log?: (line: string) => void;
-}
-
-export interface AgentStartInfo {
-  name: string;
-  url: string;
-  fingerprint: string;
-  /** A new pairing token, shown once: only on the first start (or when none is left). */
-  pairingToken: string | null;
-  adopted: string[];
 }
 
 /** One engine's connection. What it makes belongs to its token, not to the connection. */

@@ -1,9 +1,9 @@
 // Validation of what front ends send: a browser, a renderer, a spectator's laptop. Nothing
-// reaches the engine unless it parses here; an error names the field and what is wrong.
+// reaches the engine unless it parses here; an error names the field and what is wrong. The
+// ApiCommand type is inferred from the schema, so the contract and the check cannot drift apart.
 import { z } from 'zod';
 import { AgentFingerprintSchema, AgentTokenSchema, AgentUrlSchema } from '../lab/lab-file';
-import { LinkProfileSchema } from '../network/link-relay';
-import type { ApiCommand, ApiErrorCode } from './contract';
+import { LinkProfileSchema } from '../network/link-profile';
 
 const name = z.string().min(1).max(64);
 /** A file on the host that runs the guest: absolute, so nothing depends on the engine's folder. */
@@ -29,6 +29,7 @@ export const CommandSchema = z.discriminatedUnion('type', [
     guest: z.object({
       name,
       memoryMiB: z.number().int().min(64).max(65536).optional(),
+      /** The lab guest, or a custom kernel or disk image on the host (GuestBootInput). */
       boot: z.discriminatedUnion('kind', [
         z.object({ kind: z.literal('lab') }).strict(),
         z.object({ kind: z.literal('kernel'), kernel: path, initrd: path.optional(), append: z.string().max(2048).optional(), readyPattern: z.string().min(1).max(200).optional() }).strict(),
@@ -43,14 +44,20 @@ export const CommandSchema = z.discriminatedUnion('type', [
     capabilities: z.record(z.string().max(64), z.boolean()).optional(),
   }).strict(),
   z.object({ type: z.literal('stopGuest'), host: name, guest: name }).strict(),
+  /** Runs the job; a destination the pre-flight prepared for this guest on `to` is handed to it. */
   z.object({
     type: z.literal('migrate'),
     guest: name,
     to: name,
+    /** Fields of MigrationOptions (migration/types.ts), each optional. */
     options: z.object({
+      /** max-bandwidth, MB/s (10^6 bytes). */
       bandwidthMBps: z.number().min(1).max(100_000).optional(),
+      /** downtime-limit, ms. */
       downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
+      /** Extra capabilities (name -> on/off); each must be offered by both QEMUs. */
       capabilities: z.record(z.string().max(64), z.boolean()).optional(),
+      /** query-migrate sampling interval, ms. */
       sampleIntervalMs: z.number().int().min(20).max(1000).optional(),
       /** How often the lab network's probe pings the guest, ms. */
       probeIntervalMs: z.number().int().min(5).max(1000).optional(),
@@ -61,17 +68,31 @@ export const CommandSchema = z.discriminatedUnion('type', [
       /** How long the paused source stays after the destination runs; null: MigLab's policy. */
       keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
     }).strict().optional(),
-    /** From one second (a lesson on giving up) to a day. */
+    /** Give up (cancel) when not completed by then (the job's default: 10 minutes); from one second (a lesson on giving up) to a day. */
     maxDurationMs: z.number().int().min(1000).max(86_400_000).optional(),
   }).strict(),
-  z.object({ type: z.literal('cancelMigration'), id: z.string().max(64), reason: z.string().min(1).max(200).optional() }).strict(),
+  z.object({
+    type: z.literal('cancelMigration'),
+    id: z.string().max(64),
+    /** What the result will say (default "Cancelled from the lab"). */
+    reason: z.string().min(1).max(200).optional(),
+  }).strict(),
+  /** Stops the destination a pre-flight prepared for this guest (the dialog closed without migrating). */
   z.object({ type: z.literal('releasePreparedDestination'), guest: name }).strict(),
+  /** With pause-before-switchover: QEMU waits in pre-switchover; this lets it go on (migrate-continue). */
   z.object({ type: z.literal('continueMigration'), id: z.string().max(64) }).strict(),
+  /** While the paused source is kept (keepSourceMs): takes a diskless guest back to it. */
   z.object({ type: z.literal('rollbackMigration'), id: z.string().max(64) }).strict(),
+  /**
+   * A person's choice after needs-attention: the destination ran and failed, the source stands
+   * paused; resume it there (going back in time), as `miglab recover --resume-source` does.
+   */
   z.object({ type: z.literal('resumeSource'), guest: name }).strict(),
+  /** The emulated link of a running migration: pull the cable, plug it back, or change its profile. */
   z.object({
     type: z.literal('linkControl'),
     id: z.string().max(64),
+    /** 'set' takes a profile (only the fields given change); 'cut' resets every connection until 'restore'. */
     action: z.enum(['cut', 'restore', 'set']),
     profile: LinkPatchSchema.optional(),
   }).strict(),
@@ -99,6 +120,12 @@ export const CommandSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('exportLab') }).strict(),
 ]);
 
+/** What a front end may ask. Each command has one result type (ApiResults in ./contract). */
+export type ApiCommand = z.infer<typeof CommandSchema>;
+
+/** 'rate-limited': browser mode's per-connection command budget is spent for now (see web/client-budget.ts). */
+export type ApiErrorCode = 'invalid' | 'forbidden' | 'not-found' | 'failed' | 'rate-limited';
+
 export class ApiError extends Error {
   constructor(
     readonly code: ApiErrorCode,
@@ -113,7 +140,7 @@ export class ApiError extends Error {
 export function parseCommand(input: unknown): ApiCommand {
   const r = CommandSchema.safeParse(input);
   if (r.success) {
-    const cmd = r.data as ApiCommand;
+    const cmd: ApiCommand = r.data;
     // A rule between two fields, which a discriminated union's members cannot refine.
     if (cmd.type === 'linkControl' && (cmd.action === 'set') !== (cmd.profile !== undefined)) {
       throw new ApiError('invalid', cmd.action === 'set'

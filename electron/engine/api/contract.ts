@@ -1,10 +1,22 @@
 // The one API contract between the lab engine and every front end: the renderer (over Electron
-// IPC or a WebSocket in browser mode) and the CLI. Types only, so the renderer can import it
-// without pulling in Node: the engine validates what arrives with the schemas in ./commands.
+// IPC or a WebSocket in browser mode) and the CLI. Types, and pure helpers re-exported for the UI:
+// the renderer imports nothing else of the engine, so every value here must come from a module
+// without Node imports (type-only imports from anywhere are erased). The engine validates what
+// arrives with the schemas in ./commands.
 import type { GuestState } from '../hosts/host';
-import type { JobState, MigrationEvent, MigrationOptions, MigrationResult, PreflightCheck } from '../migration/types';
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
+import type { JobState, MigrationEvent, MigrationResult, PreflightCheck } from '../migration/types';
+import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 import type { PortInfo } from '../network/switch';
+import type { ApiCommand, ApiErrorCode } from './commands';
+
+// For the UI: each from a module with no Node imports.
+export { formatBytes, formatBytesRate, formatMs } from '../util/format';
+export { MIGRATION_OUTCOMES, MIGRATION_PHASES } from '../migration/types';
+export { capabilityRefusal } from '../migration/capabilities';
+export type {
+  JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
+} from '../migration/types';
+export type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 
 export const API_VERSION = 1;
 
@@ -27,7 +39,8 @@ export interface GuestView {
 
 export interface HostView {
   name: string;
-  kind: 'local' | 'remote';
+  /** The host's kind, as the host describes itself ('local', 'remote', ...). */
+  kind: string;
   address: string;
   guests: GuestView[];
   /** A remote host's agent address (wss://...); never its token. */
@@ -76,48 +89,14 @@ export interface LabSnapshot {
   network: NetworkView | null;
 }
 
-/** What a front end may ask. Each command has one result type (ApiResults). */
-export type ApiCommand =
-  | { type: 'snapshot' }
-  | { type: 'startGuest'; host: string; guest: { name: string; memoryMiB?: number; boot?: GuestBootInput } }
-  | { type: 'preflight'; guest: string; to: string; capabilities?: Record<string, boolean> }
-  | { type: 'stopGuest'; host: string; guest: string }
-  /**
-   * Runs the job; a destination the pre-flight prepared for this guest on `to` is handed to it.
-   * maxDurationMs: give up (cancel) when not completed by then (the job's default: 10 minutes).
-   */
-  | { type: 'migrate'; guest: string; to: string; options?: Partial<Pick<MigrationOptions, 'bandwidthMBps' | 'downtimeLimitMs' | 'capabilities' | 'sampleIntervalMs' | 'probeIntervalMs' | 'tls' | 'link' | 'keepSourceMs'>>; maxDurationMs?: number }
-  /** reason: what the result will say (default "Cancelled from the lab"). */
-  | { type: 'cancelMigration'; id: string; reason?: string }
-  /** With pause-before-switchover: QEMU waits in pre-switchover; this lets it go on (migrate-continue). */
-  | { type: 'continueMigration'; id: string }
-  /** While the paused source is kept (keepSourceMs): takes a diskless guest back to it. */
-  | { type: 'rollbackMigration'; id: string }
-  /**
-   * A person's choice after needs-attention: the destination ran and failed, the source stands
-   * paused; resume it there (going back in time), as `miglab recover --resume-source` does.
-   */
-  | { type: 'resumeSource'; guest: string }
-  /** Stops the destination a pre-flight prepared for this guest (the dialog closed without migrating). */
-  | { type: 'releasePreparedDestination'; guest: string }
-  /** The emulated link of a running migration: pull the cable, plug it back, or change its profile. */
-  | { type: 'linkControl'; id: string; action: LinkAction; profile?: Partial<LinkProfile> }
-  | { type: 'setMigrationParameters'; id: string; bandwidthMBps?: number; downtimeLimitMs?: number }
-  | { type: 'setWorkload'; guest: string; rateMBps: number; workingSetMiB: number }
-  | { type: 'consoleInput'; guest: string; data: string }
-  | { type: 'consoleHistory'; guest: string }
-  | { type: 'addHost'; name: string; agent?: AgentRef }
-  | { type: 'removeHost'; name: string }
-  | { type: 'exportLab' };
+// What a front end may ask, inferred from the schema that checks it (./commands).
+export type { ApiCommand, ApiErrorCode } from './commands';
 
 /** 'set' takes a profile (only the fields given change); 'cut' resets every connection until 'restore'. */
-export type LinkAction = 'cut' | 'restore' | 'set';
+export type LinkAction = Extract<ApiCommand, { type: 'linkControl' }>['action'];
 
 /** A guest to boot: the lab guest, or a custom kernel or disk image on the host. */
-export type GuestBootInput =
-  | { kind: 'lab' }
-  | { kind: 'kernel'; kernel: string; initrd?: string; append?: string; readyPattern?: string }
-  | { kind: 'disk'; path: string; readyPattern?: string };
+export type GuestBootInput = NonNullable<Extract<ApiCommand, { type: 'startGuest' }>['guest']['boot']>;
 
 export interface ApiResults {
   snapshot: LabSnapshot;
@@ -161,11 +140,25 @@ export type ApiEvent =
 export type ClientMessage = { id: number; command: ApiCommand };
 export type ApiRole = 'teacher' | 'spectator';
 
+/** What a front end hears first: the API version the engine speaks, and what it may do. */
+export interface Hello {
+  apiVersion: number;
+  role: ApiRole;
+}
+
+/** A command's answer, the same on every wire (WebSocket, IPC): its result, or the error with its code. */
+export type ApiReply<R = ApiResults[ApiCommand['type']]> = { ok: true; result: R } | ApiFailure;
+export type ApiFailure = { ok: false; error: { message: string; code: ApiErrorCode } };
+
 export type ServerMessage =
-  | { hello: { apiVersion: number; role: ApiRole } }
-  | { id: number; ok: true; result: ApiResults[ApiCommand['type']] }
-  | { id: number; ok: false; error: { message: string; code: ApiErrorCode } }
+  | { hello: Hello }
+  | ({ id: number } & ApiReply)
   | { event: ApiEvent };
 
-/** 'rate-limited': browser mode's per-connection command budget is spent for now (see web/client-budget.ts). */
-export type ApiErrorCode = 'invalid' | 'forbidden' | 'not-found' | 'failed' | 'rate-limited';
+/** window.lab in the desktop app: what the preload exposes to the renderer. */
+export interface LabBridge {
+  hello(): Promise<Hello>;
+  call<K extends ApiCommand['type']>(command: Extract<ApiCommand, { type: K }>): Promise<ApiReply<ApiResults[K]>>;
+  /** Returns the way to stop listening. */
+  onEvent(listener: (ev: ApiEvent) => void): () => void;
+}

@@ -2,9 +2,9 @@
 // workload, a migration to host-b, and a check of the guest where it landed. The workload and
 // the migration go through the lab's front door (LabService), as in the app and browser mode.
 // (It sits above api/ although it lives in lab/: it is a front end of its own.)
-import type { ApiCommand } from '../api/contract';
-import { followMigration, type FollowedMigration } from '../api/follow-migration';
-import { LabService } from '../api/service';
+import type { ApiCommand } from './contract';
+import { followMigration, type FollowedMigration } from './follow-migration';
+import { LabService } from './service';
 import type { Guest } from '../hosts/host';
 import type { GuestSpecInput } from '../qemu/spec';
 import { queryMigrateCapabilities } from '../qmp';
@@ -12,8 +12,8 @@ import { MigrationJournal } from '../migration/journal';
 import { UNREADY_GRACE_MS } from '../migration/preflight';
 import type { MigrationEvent, MigrationResult } from '../migration/types';
 import { delay } from '../util/time';
-import { defaultLocalLab, type Lab } from './lab';
-import { netnsAgentLab } from './netns-lab';
+import { defaultLocalLab, type Lab } from '../lab/lab';
+import { netnsAgentLab } from '../lab/netns-lab';
 
 export interface DemoOptions {
   memoryMiB: number;
@@ -93,7 +93,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     lab = await defaultLocalLab(opts.subnet ? { network: { subnet: opts.subnet } } : {});
     dispose = () => lab.dispose();
   }
-  const hosts: DemoHost[] = lab.hosts().map((h) => ({ name: h.name, address: h.address, transport: h.kind === 'remote' ? 'agent-tls-netns' : 'local' }));
+  const hosts: DemoHost[] = lab.hosts().map((h) => ({ name: h.name, address: h.address, transport: h.describe().transport === 'agent-tls' ? 'agent-tls-netns' : 'local' }));
   const service = new LabService(lab, new MigrationJournal());
   try {
     const from = lab.host('host-a');

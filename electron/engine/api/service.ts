@@ -5,12 +5,11 @@ import { EventEmitter } from 'node:events';
 import { basename } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Guest, Host } from '../hosts/host';
-import { RemoteHost } from '../hosts/remote';
-import { AgentConnectError } from '../agent/connect';
-import { AgentRpcError } from '../agent/rpc';
+import { AgentConnectError } from '../hosts/remote/connect';
+import { AgentRpcError } from '../hosts/remote/rpc';
 import type { Lab } from '../lab/lab';
 import { labFileText, type LabFile } from '../lab/lab-file';
-import { defaultStateDir, MigrationJournal } from '../migration/journal';
+import { MigrationJournal } from '../migration/journal';
 import { recoverInterruptedMigrations } from '../migration/recovery';
 import { migrateGuest, type MigrationJob, type MigrationRequest } from '../migration/orchestrator';
 import { runPreflight } from '../migration/preflight';
@@ -21,6 +20,7 @@ import { PreparedDestinations } from './prepared-destinations';
 import {
   API_VERSION, READ_ONLY_COMMANDS, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView,
 } from './contract';
+import { defaultStateDir } from '../util/paths';
 
 /**
  * The lab file a spectator may see: a custom guest's kernel, initrd and disk keep only their file
@@ -159,11 +159,12 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
   }
 
   private hostView(h: Host): HostView {
-    const view: HostView = { name: h.name, kind: h.kind, address: h.address, guests: h.guests().map((g) => this.guestView(g)) };
-    if (h instanceof RemoteHost) {
-      view.agentUrl = h.agentUrl;
-      view.connection = h.connection;
-      if (h.refusedGuests.size) view.refusedGuests = [...h.refusedGuests].map(([guest, problem]) => ({ guest, problem }));
+    const about = h.describe();
+    const view: HostView = { name: h.name, kind: about.kind, address: h.address, guests: h.guests().map((g) => this.guestView(g)) };
+    if (about.agent) {
+      view.agentUrl = about.agent.url;
+      view.connection = about.connection;
+      if (about.refusedGuests.length) view.refusedGuests = about.refusedGuests;
     }
     return view;
   }
@@ -323,7 +324,10 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     // Agents on other machines reach the switch at its own address; 127.0.0.1 is the default.
     const switchAddress = net && net.switch.address !== '127.0.0.1' ? { address: net.switch.address } : {};
     return {
-      hosts: this.lab.hosts().map((h) => (h instanceof RemoteHost ? { name: h.name, agent: { url: h.agentUrl, fingerprint: h.fingerprint } } : { name: h.name })),
+      hosts: this.lab.hosts().map((h) => {
+        const { agent } = h.describe();
+        return agent ? { name: h.name, agent: { url: agent.url, fingerprint: agent.fingerprint } } : { name: h.name };
+      }),
       network: net ? { subnet: net.subnetText, ...switchAddress } : null,
       ...(this.lab.migration.keepSourceMs !== undefined ? { migration: { keepSourceMs: this.lab.migration.keepSourceMs } } : {}),
       guests: guests.map((g) => {

@@ -16,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, link, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { findScriptsSubdir } from '../util/scripts-dir';
-import { defaultCacheRoot } from '../util/cache-dir';
+import { cachePath, defaultCacheRoot } from '../util/paths';
 import { buildInitramfs } from './initramfs';
 import type { InitramfsEntry } from './initramfs';
 import {
@@ -29,7 +29,7 @@ import {
 } from './kernel';
 import type { CachedKernel, KernelPackage } from './kernel';
 import { LABLOAD_VERSION } from './labload-protocol';
-import { BUILD_DEPS_HINT, ToolFailedError, runTool, tail, throwIfAborted } from './tools';
+import { BUILD_DEPS_HINT, ToolFailedError, runTool, tail, throwIfAborted } from '../util/host-tools';
 
 export { LABLOAD_VERSION } from './labload-protocol';
 
@@ -80,7 +80,6 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 // ---- paths ---------------------------------------------------------------------------------------
 
-export { defaultCacheRoot };
 
 /**
  * scripts/guest/ (labload.c, init): $MIGLAB_GUEST_SRC_DIR, else found by walking up from this
@@ -252,7 +251,7 @@ async function loadImage(dir: string): Promise<{ image: LabGuestImage; manifest:
 }
 
 async function newestImage(root: string): Promise<LabGuestImage | null> {
-  const base = join(root, 'guest');
+  const base = cachePath(root, 'guest');
   let names: string[];
   try {
     names = await readdir(base);
@@ -327,7 +326,7 @@ async function lookUpLabGuest(root: string): Promise<LabGuestImage | null> {
   } catch {
     return newestImage(root);
   }
-  return (await loadImage(join(root, 'guest', inputs.key)))?.image ?? null;
+  return (await loadImage(cachePath(root, 'guest', inputs.key)))?.image ?? null;
 }
 
 // ---- building --------------------------------------------------------------------------------------
@@ -433,7 +432,7 @@ export async function buildLabGuest(opts: BuildLabGuestOptions = {}): Promise<La
 
   progress('guest: checking inputs');
   const inputs = await gatherInputs(root, signal, progress);
-  const guestBase = join(root, 'guest');
+  const guestBase = cachePath(root, 'guest');
   const dir = join(guestBase, inputs.key);
   if (!opts.force) {
     const got = await loadImage(dir);
@@ -444,7 +443,7 @@ export async function buildLabGuest(opts: BuildLabGuestOptions = {}): Promise<La
   }
   await mkdir(guestBase, { recursive: true });
   await sweepStale(guestBase);
-  await sweepStale(join(root, 'kernel'));
+  await sweepStale(cachePath(root, 'kernel'));
 
   const kernel = inputs.cachedKernel ?? (await ensureKernel(root, { signal, onProgress: progress, pkg: inputs.kernelPackage }));
   throwIfAborted(signal);

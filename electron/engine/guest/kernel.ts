@@ -16,7 +16,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { ToolFailedError, runTool, tail, throwIfAborted } from './tools';
+import { ToolFailedError, runTool, tail, throwIfAborted } from '../util/host-tools';
+import { cachePath } from '../util/paths';
 
 export const KERNEL_META_PACKAGE = 'linux-image-amd64';
 
@@ -203,7 +204,7 @@ function sameRoots(a: readonly string[], b: readonly string[]): boolean {
 
 /** A complete cached kernel for this package, or null. */
 export async function findCachedKernel(cacheRoot: string, pkg: KernelPackage): Promise<CachedKernel | null> {
-  const dir = join(cacheRoot, 'kernel', kernelCacheDirName(pkg));
+  const dir = cachePath(cacheRoot, 'kernel', kernelCacheDirName(pkg));
   const m = await readManifest(dir);
   if (!m || !sameRoots(m.roots, GUEST_MODULE_ROOTS)) return null;
   return toCached(dir, m);
@@ -211,7 +212,7 @@ export async function findCachedKernel(cacheRoot: string, pkg: KernelPackage): P
 
 /** The most recently made complete cached kernel, whatever its version (for offline use). */
 export async function newestCachedKernel(cacheRoot: string): Promise<CachedKernel | null> {
-  const base = join(cacheRoot, 'kernel');
+  const base = cachePath(cacheRoot, 'kernel');
   let names: string[];
   try {
     names = await readdir(base);
@@ -264,7 +265,7 @@ async function fetchKernel(
   opts: { signal?: AbortSignal; onProgress?: Progress },
 ): Promise<CachedKernel> {
   const progress = opts.onProgress ?? (() => {});
-  const base = join(cacheRoot, 'kernel');
+  const base = cachePath(cacheRoot, 'kernel');
   await mkdir(base, { recursive: true });
   const work = join(base, `.tmp-${kernelCacheDirName(pkg)}-${randomBytes(4).toString('hex')}`);
   const stage = join(work, 'stage');

@@ -1,26 +1,16 @@
 import type { AccelChoice } from '../qemu/binary';
-import type { QemuCpuOffer } from '../qemu/probe';
+import type { QemuCpuOffer } from '../qemu/capabilities';
 import type { ExitInfo } from '../qemu/process';
 import type { GuestSpec, GuestSpecInput } from '../qemu/spec';
 import type { QmpClient } from '../qmp';
 import type { LabloadChannel } from '../guest/labload-channel';
-import type { PortLabel, SwitchPortHandle } from '../network/switch';
 import type { GuestConsole } from './console';
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
-
-/**
- * Where a host plugs its guests' NICs in: the lab switch. The host picks the UDP port QEMU sends
- * from; the switch opens a port that accepts frames from that address only.
- */
-export interface NetworkAttachment {
-  openPort(label: PortLabel, peer: { address: string; port: number }): Promise<SwitchPortHandle>;
-  /** A handle for a port opened before a restart (a reattached guest's), so it can still be closed. */
-  portHandle?(port: { id: number; address: string; port: number }): SwitchPortHandle;
-}
+import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 
 export interface HostInfo {
   name: string;
-  kind: 'local' | 'remote';
+  /** The host's kind, as describe() names it. */
+  kind: string;
   /** Where this host's migration ports listen: another host connects here. */
   address: string;
   qemu: { path: string; version: string };
@@ -141,11 +131,44 @@ export interface MigrationTlsCreds {
   keyPem: string;
 }
 
-/** Where QEMU runs: this machine (LocalHost) or a LAN machine's agent (RemoteHost). */
+/**
+ * What a host is and can do. Code outside hosts/ asks this, never which class a host is, so a
+ * new kind of host is a folder here and an entry in the lab file's schema.
+ */
+export interface HostDescription {
+  /** The kind's name, as the UI, the journal and HostInfo show it: 'local', 'remote', ... */
+  kind: string;
+  /** How the engine reaches its QEMUs: in this process, or through an agent over TLS. */
+  transport: 'in-process' | 'agent-tls';
+  /** Where its migration ports listen: another host connects here. */
+  address: string;
+  /** Its guests go on running after this engine stops, and the next engine finds them by name (an agent's). */
+  outlivesEngine: boolean;
+  /** It names guest images relative to its own image library, not by this machine's paths. */
+  imageLibrary: boolean;
+  /** Its files are this machine's: the engine can look at them itself (stat a disk, compare inodes). */
+  sharesEngineFiles: boolean;
+  /** The ports migration streams arrive on; null: not known (an agent not yet heard from). */
+  migrationPorts: { first: number; last: number } | null;
+  /** The agent serving it, as a lab file names one; null for a host in this process. */
+  agent: { url: string; fingerprint: string } | null;
+  /** Its link to the engine now (always 'connected' for a host in this process). */
+  connection: 'connected' | 'reconnecting' | 'closed';
+  /** Guests its agent described in a way the engine refused, each with why. */
+  refusedGuests: { guest: string; problem: string }[];
+}
+
+/** Another host of the lab, as a host with migration rules of its own (an agent) is told it. */
+export interface LabPeer {
+  address: string;
+  ports: { first: number; last: number };
+}
+
+/** Where QEMU runs: this machine (local/) or a LAN machine's agent (remote/). */
 export interface Host {
   readonly name: string;
-  readonly kind: 'local' | 'remote';
   readonly address: string;
+  describe(): HostDescription;
   info(): Promise<HostInfo>;
   startGuest(spec: GuestSpecInput, opts?: StartGuestOptions): Promise<Guest>;
   /** A migration destination for `spec`: same device model, `-incoming defer`, not yet listening. */
@@ -165,8 +188,28 @@ export interface Host {
   installMigrationTls(creds: MigrationTlsCreds): Promise<void>;
   /** Adds the TLS credentials object to a guest's QEMU; returns its id for tls-creds. */
   addMigrationTls(guest: Guest, endpoint: 'server' | 'client'): Promise<string>;
+  /**
+   * The lab's hosts: a host whose agent guards its migration streams sends them only to these
+   * peers' addresses and migration ports. Told again whenever a host joins or leaves.
+   */
+  setLabPeers(peers: readonly LabPeer[]): void;
+  /**
+   * For a guest that comes from a host with an image library: its spec with every image resolved
+   * inside this host's own library (throws naming a path it refuses). Absent: names are kept.
+   */
+  resolvePeerSpec?(spec: GuestSpec): Promise<GuestSpec>;
+  /**
+   * Takes over a guest that a stopped engine left running from `dir` (its runtime folder here);
+   * null when no QEMU runs from there. Absent on hosts whose guests outlive the engine anyway.
+   */
+  adoptGuestFrom?(dir: string, name: string): Promise<Guest | null>;
   /** Stops every guest and removes the host's runtime dir. */
   dispose(): Promise<void>;
+  /**
+   * Lets go of the host at the end of a CLI run: what outlives the engine (an agent's guests)
+   * keeps running; a host in this process is disposed.
+   */
+  leave(): Promise<void>;
 }
 
 /** Host.stopGuest for any host: the named guest stopped, or an error naming the guests it has. */

@@ -1,4 +1,4 @@
-import { LocalHost } from '../hosts/local';
+import { LocalHost } from '../hosts/local/local-host';
 import type { Guest } from '../hosts/host';
 import { chooseAccelerator, type Accelerator } from '../qemu/binary';
 import { delay } from '../util/time';

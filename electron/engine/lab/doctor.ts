@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { findLabGuest, findStaticBusybox } from './guest/image';
-import { INSTALL_QEMU_HINT, chooseAccelerator, findQemu, whichBinary, type QemuSource } from './qemu/binary';
-import { probeQemu } from './qemu/probe';
+import { findLabGuest, findStaticBusybox } from '../guest/image';
+import { INSTALL_QEMU_HINT, chooseAccelerator, findQemu, whichBinary, type QemuSource } from '../qemu/binary';
+import { detectQemuCapabilities } from '../qemu/capabilities';
 
 const runFile = promisify(execFile);
 
@@ -58,8 +58,7 @@ async function qemuChecks(): Promise<DoctorCheck[]> {
       source: q.source,
     }];
     try {
-      const probe = await probeQemu(q.path);
-      const caps = probe.migrationCapabilities;
+      const caps = (await detectQemuCapabilities(q.path)).migrationCapabilities;
       out.push(check(
         'migration-capabilities', true, caps.includes('events'), `${caps.length} offered: ${caps.join(', ')}`,
         'This QEMU lacks the "events" migration capability that MigLab uses to see every pre-copy pass: install QEMU 6.2 or newer',

@@ -4,13 +4,13 @@ import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument, stringify } from 'yaml';
 import { z } from 'zod';
-import { LocalHost } from '../hosts/local';
+import { LocalHost } from '../hosts/local/local-host';
 import { DEFAULT_LAB_SUBNET, LabNetwork, parseSubnet } from '../network/lab-network';
 import { BootSchema, bootFiles, hostPath, labName, withBootFiles } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
-import { RemoteHost } from '../hosts/remote';
+import { RemoteHost } from '../hosts/remote/remote-host';
 import type { Host } from '../hosts/host';
-import { normalizeFingerprint } from '../agent/certs';
+import { normalizeFingerprint } from '../tls/certs';
 import { Lab, localPortRange } from './lab';
 
 

@@ -1,15 +1,15 @@
 import { join } from 'node:path';
 import type { Guest, Host } from '../hosts/host';
-import { LocalHost, disposeAllLocalHosts } from '../hosts/local';
-import { RemoteHost } from '../hosts/remote';
-import type { AgentAddress } from '../agent/connect';
+import { LocalHost, disposeAllLocalHosts } from '../hosts/local/local-host';
+import { RemoteHost } from '../hosts/remote/remote-host';
+import type { AgentAddress } from '../hosts/remote/connect';
 import type { PortRange } from '../hosts/ports';
-import type { LabPeer } from '../agent/protocol';
 import { LabNetwork, type LabNetworkOptions } from '../network/lab-network';
 import { labName, type GuestSpecInput } from '../qemu/spec';
 import { makeTempDir, removeDir } from '../util/fs';
-import { LabCa } from '../agent/certs';
-import { defaultStateDir } from '../migration/journal';
+import { LabCa } from '../tls/certs';
+import { defaultStateDir, statePath } from '../util/paths';
+import type { LabPeer } from '../hosts/host';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
 export const DEFAULT_LOCAL_HOSTS: readonly string[] = ['host-a', 'host-b'];
@@ -67,10 +67,10 @@ export class Lab {
    */
   private tellAgentsTheLab(): void {
     const peers: LabPeer[] = this.hosts().flatMap((h) => {
-      const ports = (h as { migrationPortRange?: PortRange | null }).migrationPortRange;
+      const ports = h.describe().migrationPorts;
       return ports && h.address ? [{ address: h.address, ports: { first: ports.first, last: ports.last } }] : [];
     });
-    for (const h of this.hosts()) if (h instanceof RemoteHost) h.setLabPeers(peers);
+    for (const h of this.hosts()) h.setLabPeers(peers);
   }
 
   hosts(): Host[] {
@@ -158,7 +158,7 @@ export class Lab {
    * migrations can be encrypted with QEMU's TLS. The CA lives in the state dir and is reused.
    */
   async prepareMigrationTls(stateDir = defaultStateDir()): Promise<{ caFingerprint: string }> {
-    const ca = await LabCa.loadOrCreate(join(stateDir, 'lab-ca'));
+    const ca = await LabCa.loadOrCreate(statePath(stateDir, 'labCa'));
     await Promise.all(
       this.hosts().map(async (h) => {
         const leaf = await ca.issue({ commonName: `miglab host ${h.name}`, ipAddresses: [h.address] });
@@ -173,7 +173,7 @@ export class Lab {
    * a CLI run); local hosts, the switch and the lab's runtime dir go as with dispose().
    */
   leave(): Promise<void> {
-    return this.end((h) => (h instanceof RemoteHost ? h.disconnect() : h.dispose()));
+    return this.end((h) => h.leave());
   }
 
   dispose(): Promise<void> {

@@ -3,10 +3,10 @@
 // stay in the root namespace on the bridge's address. Used by `miglab demo --netns`, the
 // multi-host tests and `npm run bench:agent`. Needs root.
 import { join } from 'node:path';
-import { NetnsLab, netnsSupport } from '../hosts/netns';
-import { RemoteHost } from '../hosts/remote';
+import { NetnsLab, netnsSupport } from '../network/netns';
+import { RemoteHost } from '../hosts/remote/remote-host';
 import { LabNetwork } from '../network/lab-network';
-import { launchAgent, type AgentProcess } from '../agent/launch';
+import { launchAgent, type AgentProcess } from '../hosts/remote/agent-process';
 import { makeTempDir, removeDir } from '../util/fs';
 import { Lab } from './lab';
 

@@ -3,16 +3,18 @@
 // (fsync of the file and of its folder): a power cut must not leave an older phase than the
 // one the job acted on.
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { Guest, Host } from '../hosts/host';
+import { defaultStateDir, statePath } from '../util/paths';
 import { MIGRATION_PHASES, type JobState, type MigrationResult } from './types';
+import type { RecoveryReport } from './recovery-report';
 
 /** One QEMU of a job, as the journal names it, so that a new engine can find that very QEMU again. */
 export interface JournalCopy {
   host: string;
   address: string;
-  kind: 'local' | 'remote';
+  /** The host's kind, as its describe() names it ('local', 'remote'). */
+  kind: string;
   /** The Guest object's id in the engine that wrote the entry. */
   guestId: string;
   pid: number | null;
@@ -31,10 +33,11 @@ export function journalCopy(host: Host, guest: Guest): JournalCopy {
   return {
     host: host.name,
     address: host.address,
-    kind: host.kind,
+    kind: host.describe().kind,
     guestId: guest.id,
     pid: guest.pid ?? null,
-    runtimeDir: host.kind === 'local' ? runtimeDirOf(guest) : null,
+    // A host that ends with the engine: the next engine adopts the QEMU from this folder.
+    runtimeDir: host.describe().outlivesEngine ? null : runtimeDirOf(guest),
   };
 }
 
@@ -58,7 +61,7 @@ export interface JournalEntry {
   updatedAt: string;
   result: MigrationResult | null;
   /** Set by an engine that restarted and settled this job, or tried to (see recovery.ts). */
-  recovery?: import('./recovery').RecoveryReport;
+  recovery?: RecoveryReport;
   // The fields below are absent from entries older engines wrote; recovery reads their absence
   // as "not known" (see recovery.ts), never as false.
   /** The guest's copy on the source host. */
@@ -82,18 +85,11 @@ export interface JournalEntry {
   attempts?: number;
 }
 
-/** $MIGLAB_STATE_DIR, else $XDG_STATE_HOME/miglab, else ~/.local/state/miglab. */
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.MIGLAB_STATE_DIR) return resolve(env.MIGLAB_STATE_DIR);
-  if (env.XDG_STATE_HOME) return resolve(env.XDG_STATE_HOME, 'miglab');
-  return join(homedir(), '.local', 'state', 'miglab');
-}
-
 export class MigrationJournal {
   private readonly dir: string;
 
   constructor(stateDir: string = defaultStateDir()) {
-    this.dir = join(stateDir, 'migrations');
+    this.dir = statePath(stateDir, 'migrations');
   }
 
   private file(id: string): string {

@@ -1,7 +1,7 @@
 // The migration's limits, in one place: what a caller may ask for (bandwidth, downtime, sampling,
 // how long the source is kept), checked the same way at the start and for a live change.
 import { z } from 'zod';
-import { LinkProfileSchema } from '../network/link-relay';
+import { LinkProfileSchema } from '../network/link-profile';
 import { DEFAULT_MIGRATION_OPTIONS, type MigrationOptions } from './types';
 
 export const LIMITS = {

@@ -1,7 +1,7 @@
 // The emulated link of one migration (a relay on the destination): opened once the destination
 // listens, its counters reported twice a second while the stream flows, closed with the job.
 import type { Host, LinkRelayControl } from '../hosts/host';
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
+import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 
 const REPORT_MS = 500;
 

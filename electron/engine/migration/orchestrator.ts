@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Guest, Host } from '../hosts/host';
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
+import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 import type { LabNetwork } from '../network/lab-network';
 import {
   announceSelf,
@@ -20,7 +20,7 @@ import {
 } from '../qmp';
 import { describeExit } from '../qemu/process';
 import { tracksTcgWritesExactly } from '../qemu/binary';
-import { consoleTail, crashWords, watchGuestCrash, type GuestCrash } from '../guest/crash-watch';
+import { consoleTail, crashWords, watchGuestCrash, type GuestCrash } from './crash-watch';
 import { delay, withTimeout } from '../util/time';
 import { decideCopies, destinationMayHaveRun, observeCopy, type CopyDecision, type CopyFacts, type CopyState } from './copies';
 import { HeartbeatWatch } from './heartbeat-watch';

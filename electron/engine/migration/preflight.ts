@@ -2,7 +2,6 @@
 // blocks the migration; a warning lets the user go on.
 import { stat } from 'node:fs/promises';
 import type { Guest, Host, HostInfo } from '../hosts/host';
-import type { LocalHost } from '../hosts/local';
 import { bootFiles, type GuestSpec } from '../qemu/spec';
 import { tracksTcgWritesExactly } from '../qemu/binary';
 import { capabilityRefusal } from './capabilities';
@@ -194,7 +193,7 @@ function cpuCheck(from: HostInfo, to: HostInfo, guest: Guest): PreflightCheck {
  * inside the local host's own library, and only the resolved paths reach its QEMU.
  */
 export async function destinationSpec(guest: Guest, from: Host, to: Host): Promise<GuestSpec> {
-  if (from.kind === 'remote' && to.kind === 'local') return (to as LocalHost).resolvePeerSpec(guest.spec);
+  if (from.describe().imageLibrary && to.resolvePeerSpec) return to.resolvePeerSpec(guest.spec);
   return guest.spec;
 }
 
@@ -204,7 +203,7 @@ export async function destinationSpec(guest: Guest, from: Host, to: Host): Promi
  * that guest. Its writes do not follow it between hosts: there is no storage migration yet.
  */
 export async function destinationStart(guest: Guest, from: Host, to: Host): Promise<{ spec: GuestSpec; overlayDisk: boolean }> {
-  const overlayDisk = from.kind === 'remote' || (guest as { overlayDisk?: boolean }).overlayDisk === true;
+  const overlayDisk = from.describe().imageLibrary || (guest as { overlayDisk?: boolean }).overlayDisk === true;
   return { spec: await destinationSpec(guest, from, to), overlayDisk };
 }
 
@@ -223,7 +222,9 @@ async function disksCheck(guest: Guest, from: Host, to: Host): Promise<Preflight
   if (bootFiles(guest.spec.boot).length === 0) return check('disks', 'pass', `The guest has no disk: only memory and device state move.`);
   const disk = guest.spec.boot.kind === 'disk';
   let spec: GuestSpec | null = null;
-  if (to.kind === 'local') {
+  const fromAbout = from.describe();
+  const toAbout = to.describe();
+  if (toAbout.sharesEngineFiles) {
     // An agent's names must resolve inside this host's library first: a bad one is named as such.
     try {
       spec = await destinationSpec(guest, from, to);
@@ -231,8 +232,8 @@ async function disksCheck(guest: Guest, from: Host, to: Host): Promise<Preflight
       return check('disks', 'fail', `${to.name} will not open the images agent ${from.name} reported for ${guest.name}: ${(err as Error).message}`);
     }
   }
-  if (disk && (from.kind !== 'local' || to.kind !== 'local')) {
-    const agent = from.kind !== 'local' ? from.name : to.name;
+  if (disk && (!fromAbout.sharesEngineFiles || !toAbout.sharesEngineFiles)) {
+    const agent = !fromAbout.sharesEngineFiles ? from.name : to.name;
     return check(
       'disks', 'fail',
       `${guest.name} boots from a disk, and ${agent} keeps its disks in its own image library, so the two hosts would not open the same file and the guest's disk writes would stay behind. ` +
@@ -256,7 +257,7 @@ async function disksCheck(guest: Guest, from: Host, to: Host): Promise<Preflight
       return check('disks', 'fail', `${to.name} cannot reach ${f.path}, which the guest needs: put it where both hosts can read it.`);
     }
   }
-  if (from.kind === 'remote') {
+  if (fromAbout.imageLibrary) {
     return check('disks', 'pass', `${to.name} has the guest's ${files.map((f) => f.what).join(' and ')} in its image library: ${files.map((f) => f.path).join(', ')}.`);
   }
   if (spec.boot.kind === 'disk' && guest.spec.boot.kind === 'disk') {

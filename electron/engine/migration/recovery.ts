@@ -11,56 +11,7 @@ import { MIGRATION_PHASES } from './types';
 import { decideCopies, observeCopy, type CopyState } from './copies';
 import { MIGRATION_IN_FLIGHT } from './status';
 import type { JournalCopy, JournalEntry, MigrationJournal } from './journal';
-
-export type RecoveryOutcome =
-  /** The destination keeps the guest (it ran, or the source was gone and it held the whole guest). */
-  | 'completed'
-  /** The destination copy was stopped and the source runs. */
-  | 'rolled-back'
-  /** No destination copy was found; the source runs. */
-  | 'source-kept'
-  /** Not decided without a person (or a host that answers): see `attention`. Retried next time. */
-  | 'needs-attention'
-  /** Neither host has the guest. Final only when both hosts answered (see `final`). */
-  | 'lost';
-
-export interface RecoveryAttention {
-  reason: string;
-  /** The copy left paused on purpose, by host name; null when none is. */
-  pausedOn: string | null;
-  /** Hosts that could not be asked (or could not be asked about this guest). */
-  unknown: string[];
-  /** What settles it, in words a person can act on. */
-  settle: string;
-}
-
-export interface RecoveryReport {
-  id: string;
-  guest: string;
-  from: string;
-  to: string;
-  /** The last phase the stopped engine wrote. */
-  lastPhase: string;
-  /** The source QEMU's migration status once it ended (after a migrate_cancel if it still streamed). */
-  qemuStatus: MigrationStatus | null;
-  outcome: RecoveryOutcome;
-  runningOn: string | null;
-  /** What the new engine did, in order, in words. */
-  actions: string[];
-  /** What it found and why it decided so: both QEMUs' answers, then the rule that applied. */
-  why: string[];
-  attention: RecoveryAttention | null;
-  /** The journal entry is closed: false for 'needs-attention' and for 'lost' while a host did not answer. */
-  final: boolean;
-  /** Engines that have tried to settle this entry, this one included. */
-  attempts: number;
-}
-
-/** One line for people: the guest, the route, where the stopped engine was, and what became of it. */
-export function describeRecovery(r: RecoveryReport): string {
-  const att = r.attention ? `; needs attention: ${r.attention.reason}; to settle: ${r.attention.settle}` : '';
-  return `${r.guest} (${r.from} -> ${r.to}, stopped in ${r.lastPhase}): ${r.outcome}${r.runningOn ? `, runs on ${r.runningOn}` : ''}; ${r.actions.join('; ')}${att}`;
-}
+import type { RecoveryAttention, RecoveryOutcome, RecoveryReport } from './recovery-report';
 
 export interface RecoveryOptions {
   /** After a migrate_cancel, how long QEMU may take to say cancelled, failed or completed. */
@@ -206,25 +157,20 @@ export function decideRecovery(entry: JournalEntry, src: CopyState, dst: CopySta
   }
 }
 
-/** A host that can take over a guest a dead engine left in a folder (LocalHost). */
-interface GuestAdopter {
-  adoptGuestFrom(dir: string, name: string): Promise<Guest | null>;
-}
-const canAdopt = (h: Host): h is Host & GuestAdopter => typeof (h as Partial<GuestAdopter>).adoptGuestFrom === 'function';
-const hostConnection = (h: Host): string | undefined => (h as Host & { connection?: string }).connection;
 
 /** Finds the journalled copy on its host: the host's own guest, or one adopted from the dead engine's folder. */
 async function findCopy(host: Host | undefined, entry: JournalEntry, copy: JournalCopy | null | undefined, side: SideName): Promise<{ guest: Guest } | { view: CopyState }> {
   const name = entry.guest;
   const hostName = side === 'source' ? entry.from : entry.to;
   if (!host) return { view: { kind: 'unknown', why: `host ${hostName} is not in this lab` } };
-  if (host.kind === 'remote' && hostConnection(host) !== undefined && hostConnection(host) !== 'connected') {
-    return { view: { kind: 'unknown', why: `agent ${host.name} is ${hostConnection(host)}` } };
+  const about = host.describe();
+  if (about.connection !== 'connected') {
+    return { view: { kind: 'unknown', why: `agent ${host.name} is ${about.connection}` } };
   }
   const have = host.guest(name);
   if (have) return { guest: have };
-  if (host.kind === 'remote') return { view: { kind: 'gone', exit: `agent ${host.name} runs no guest "${name}"` } };
-  if (copy?.runtimeDir && canAdopt(host)) {
+  if (about.outlivesEngine) return { view: { kind: 'gone', exit: `agent ${host.name} runs no guest "${name}"` } };
+  if (copy?.runtimeDir && host.adoptGuestFrom) {
     try {
       const adopted = await host.adoptGuestFrom(copy.runtimeDir, name);
       if (adopted) return { guest: adopted };
@@ -325,8 +271,8 @@ function ours(entry: JournalEntry, hosts: Host[]): boolean {
   const from = byName.get(entry.from);
   const to = byName.get(entry.to);
   if (!from || !to) return false; // the journal is shared with every other lab of this user
-  if (from.kind === 'remote' || to.kind === 'remote') return true;
-  // All local: only entries that recorded their QEMUs' folders (older engines did not).
+  if (from.describe().outlivesEngine || to.describe().outlivesEngine) return true;
+  // Hosts that end with the engine: only entries that recorded their QEMUs' folders (older engines did not).
   return Boolean(entry.source?.runtimeDir || entry.destination?.runtimeDir);
 }
 

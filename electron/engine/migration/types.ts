@@ -1,4 +1,4 @@
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
+import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 // The migration's typed event stream and result: one contract for the CLI, the app and the web
 // front end. Every figure says where it came from (QEMU, the guest, the wire).
 import type { MigrationStatus } from '../qmp';

@@ -1,9 +1,10 @@
 // The lab network: one switch, one subnet, an address per guest, and the probe. Hosts plug guest
 // NICs into it (it is their NetworkAttachment); migrations watch it.
-import type { NetworkAttachment } from '../hosts/host';
 import { ipv4ToNumber, macToString, numberToIpv4 } from './frame';
 import { ProbeEndpoint } from './probe';
 import { LabSwitch, type PortLabel, type SwitchOptions, type SwitchPortHandle } from './switch';
+import type { NetworkAttachment } from './attachment';
+import { isSubnet, readSubnet, type Subnet } from './subnet';
 
 export const DEFAULT_LAB_SUBNET = '10.80.0.0/24';
 /** The probe's host number in the subnet (.2); guests are numbered from FIRST_GUEST_HOST (.10). */
@@ -11,13 +12,6 @@ const PROBE_HOST = 2;
 const FIRST_GUEST_HOST = 10;
 /** QEMU's OUI; the low three bytes are the low bytes of the guest's IP, so a MAC says its IP. */
 const MAC_PREFIX = 0x525400 * 2 ** 24;
-
-export interface Subnet {
-  network: number;
-  prefix: number;
-  /** Host numbers 1 .. size-2 are usable. */
-  size: number;
-}
 
 export class InvalidSubnetError extends Error {
   constructor(text: string, why: string) {
@@ -27,19 +21,14 @@ export class InvalidSubnetError extends Error {
 }
 
 export function parseSubnet(text: string): Subnet {
-  const m = /^([\d.]+)\/(\d{1,2})$/.exec(text);
-  if (!m) throw new InvalidSubnetError(text, 'write it as an IPv4 network with a prefix, like 10.80.0.0/24');
-  let addr: number;
-  try {
-    addr = ipv4ToNumber(m[1]!);
-  } catch (err) {
-    throw new InvalidSubnetError(text, (err as Error).message);
+  const r = readSubnet(text, { minPrefix: 16, maxPrefix: 28 });
+  if (isSubnet(r)) return r;
+  switch (r.problem) {
+    case 'form': throw new InvalidSubnetError(text, 'write it as an IPv4 network with a prefix, like 10.80.0.0/24');
+    case 'address': throw new InvalidSubnetError(text, r.why);
+    case 'prefix': throw new InvalidSubnetError(text, 'use a prefix from /16 to /28 (room for the probe and the guests)');
+    case 'host-bits': throw new InvalidSubnetError(text, `the host bits must be zero: did you mean ${r.network}?`);
   }
-  const prefix = Number(m[2]);
-  if (prefix < 16 || prefix > 28) throw new InvalidSubnetError(text, 'use a prefix from /16 to /28 (room for the probe and the guests)');
-  const size = 2 ** (32 - prefix);
-  if (addr % size !== 0) throw new InvalidSubnetError(text, `the host bits must be zero: did you mean ${numberToIpv4(addr - (addr % size))}/${prefix}?`);
-  return { network: addr, prefix, size };
 }
 
 export interface LabNetworkOptions extends SwitchOptions {

@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { whichBinary } from '../qemu/binary';
 import { labName } from '../qemu/spec';
 import { delay } from '../util/time';
+import { ipv4ToNumber, numberToIpv4 } from './frame';
+import { isSubnet, readSubnet, subnetsOverlap, subnetText, type Subnet } from './subnet';
 
 /**
  * Lab "hosts" as Linux network namespaces: each has a veth pair whose root end is plugged into a
@@ -212,58 +214,40 @@ export async function removeNetnsLeftovers(prefix: string): Promise<{ namespaces
 // ---------------------------------------------------------------------------------------------
 // Addresses
 
-interface Cidr {
-  network: number;
-  prefixLength: number;
-}
-
-function ipv4ToInt(address: string): number | null {
-  const parts = address.split('.');
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) return null;
-  return parts.reduce((acc, p) => acc * 256 + Number(p), 0);
-}
-
-function intToIpv4(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
-
-function mask(prefixLength: number): number {
-  return prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0;
-}
-
-function parseSubnet(subnet: string, hostCount: number): Cidr {
-  const m = /^([\d.]+)\/(\d{1,2})$/.exec(subnet);
-  const address = m ? ipv4ToInt(m[1]!) : null;
-  const prefixLength = m ? Number(m[2]) : NaN;
-  if (address === null || !(prefixLength >= 8 && prefixLength <= 29)) {
-    throw new NetnsError('use the subnet', `"${subnet}" is not an IPv4 subnet like 10.97.5.0/24 (prefix length 8-29)`);
+/** The subnet a netns lab was given, with room for its hosts from FIRST_HOST_OFFSET on. */
+function parseLabSubnet(text: string, hostCount: number): Subnet {
+  const r = readSubnet(text, { minPrefix: 8, maxPrefix: 29 });
+  if (!isSubnet(r)) {
+    throw new NetnsError('use the subnet', r.problem === 'host-bits'
+      ? `"${text}" has host bits set: give its network address, like ${r.network}`
+      : `"${text}" is not an IPv4 subnet like 10.97.5.0/24 (prefix length 8-29)`);
   }
-  if ((address & ~mask(prefixLength)) >>> 0 !== 0) {
-    throw new NetnsError('use the subnet', `"${subnet}" has host bits set: give its network address, like ${intToIpv4((address & mask(prefixLength)) >>> 0)}/${prefixLength}`);
+  if (FIRST_HOST_OFFSET + hostCount > r.size - 1) {
+    throw new NetnsError('use the subnet', `${text} has no room for ${hostCount} hosts from .${FIRST_HOST_OFFSET} on: use a larger subnet`);
   }
-  const size = 2 ** (32 - prefixLength);
-  if (FIRST_HOST_OFFSET + hostCount > size - 1) {
-    throw new NetnsError('use the subnet', `${subnet} has no room for ${hostCount} hosts from .${FIRST_HOST_OFFSET} on: use a larger subnet`);
-  }
-  return { network: address, prefixLength };
+  return r;
 }
 
-function overlaps(a: Cidr, b: Cidr): boolean {
-  const m = mask(Math.min(a.prefixLength, b.prefixLength));
-  return ((a.network & m) >>> 0) === ((b.network & m) >>> 0);
+function ipv4OrNull(address: string): number | null {
+  try {
+    return ipv4ToNumber(address);
+  } catch {
+    return null;
+  }
 }
 
 /** Every IPv4 address on a root-namespace interface, as interface and subnet. */
-async function rootAddresses(): Promise<Array<{ ifname: string; cidr: Cidr; text: string }>> {
+async function rootAddresses(): Promise<Array<{ ifname: string; cidr: Subnet; text: string }>> {
   const out = (await ip(['-4', '-j', 'addr', 'show'])).trim();
   if (!out) return [];
   const links = JSON.parse(out) as Array<{ ifname: string; addr_info?: Array<{ local?: string; prefixlen?: number }> }>;
-  const result: Array<{ ifname: string; cidr: Cidr; text: string }> = [];
+  const result: Array<{ ifname: string; cidr: Subnet; text: string }> = [];
   for (const link of links) {
     for (const a of link.addr_info ?? []) {
-      const n = a.local ? ipv4ToInt(a.local) : null;
+      const n = a.local ? ipv4OrNull(a.local) : null;
       if (n === null || a.prefixlen === undefined) continue;
-      result.push({ ifname: link.ifname, cidr: { network: n, prefixLength: a.prefixlen }, text: `${a.local}/${a.prefixlen}` });
+      // An interface's own address, not its network: enough for an overlap test.
+      result.push({ ifname: link.ifname, cidr: { network: n, prefix: a.prefixlen, size: 2 ** (32 - a.prefixlen) }, text: `${a.local}/${a.prefixlen}` });
     }
   }
   return result;
@@ -272,23 +256,19 @@ async function rootAddresses(): Promise<Array<{ ifname: string; cidr: Cidr; text
 /** Subnets this process's labs hold, so two labs made at once never pick the same one. */
 const subnetsInUse = new Set<string>();
 
-function cidrText(c: Cidr): string {
-  return `${intToIpv4(c.network)}/${c.prefixLength}`;
-}
-
 /** A free 10.97.X.0/24, held in subnetsInUse from the moment it is chosen. */
-async function pickDefaultSubnet(): Promise<Cidr> {
+async function pickDefaultSubnet(): Promise<Subnet> {
   const used = await step('read the addresses of this machine', rootAddresses);
-  const free: Cidr[] = [];
+  const free: Subnet[] = [];
   for (let x = 1; x <= 254; x++) {
-    const c: Cidr = { network: ipv4ToInt(`${DEFAULT_SUBNET_BASE.join('.')}.${x}.0`)!, prefixLength: 24 };
-    if (!subnetsInUse.has(cidrText(c)) && !used.some((u) => overlaps(u.cidr, c))) free.push(c);
+    const c: Subnet = { network: ipv4ToNumber(`${DEFAULT_SUBNET_BASE.join('.')}.${x}.0`), prefix: 24, size: 256 };
+    if (!subnetsInUse.has(subnetText(c)) && !used.some((u) => subnetsOverlap(u.cidr, c))) free.push(c);
   }
   const chosen = free[randomBytes(2).readUInt16BE(0) % Math.max(free.length, 1)];
   if (!chosen) {
     throw new NetnsError('choose a subnet', `every 10.97.X.0/24 overlaps an address of this machine: give one with --subnet`);
   }
-  subnetsInUse.add(cidrText(chosen));
+  subnetsInUse.add(subnetText(chosen));
   return chosen;
 }
 
@@ -415,23 +395,23 @@ export class NetnsLab {
     let reserved: string | null = null; // the subnet this call holds in subnetsInUse
     try {
       const bridgeName = `${prefix}br`;
-      let subnet: Cidr;
+      let subnet: Subnet;
       if (opts.subnet) {
-        subnet = parseSubnet(opts.subnet, hostNames.length);
-        if (subnetsInUse.has(cidrText(subnet))) throw new NetnsError('use the subnet', `${opts.subnet} is in use by another lab of this process`);
+        subnet = parseLabSubnet(opts.subnet, hostNames.length);
+        if (subnetsInUse.has(subnetText(subnet))) throw new NetnsError('use the subnet', `${opts.subnet} is in use by another lab of this process`);
         await checkSubnetFree(subnet, null);
-        subnetsInUse.add(cidrText(subnet));
+        subnetsInUse.add(subnetText(subnet));
       } else {
         subnet = await pickDefaultSubnet();
       }
-      reserved = cidrText(subnet);
+      reserved = subnetText(subnet);
 
       await step(`create bridge ${bridgeName}`, () => ip(['link', 'add', bridgeName, 'type', 'bridge']));
       made.links.push(bridgeName);
       // Another process may have picked the same subnet at the same moment: after the address is
       // on our bridge, a default subnet that turns out shared is given up for another.
       for (let attempt = 0; ; attempt++) {
-        const bridgeCidr = `${intToIpv4(subnet.network + 1)}/${subnet.prefixLength}`;
+        const bridgeCidr = `${numberToIpv4(subnet.network + 1)}/${subnet.prefix}`;
         await step(`address bridge ${bridgeName}`, () => ip(['addr', 'add', bridgeCidr, 'dev', bridgeName]));
         try {
           await checkSubnetFree(subnet, bridgeName);
@@ -442,7 +422,7 @@ export class NetnsLab {
           subnetsInUse.delete(reserved);
           reserved = null;
           subnet = await pickDefaultSubnet();
-          reserved = cidrText(subnet);
+          reserved = subnetText(subnet);
         }
       }
       await step(`bring bridge ${bridgeName} up`, () => ip(['link', 'set', bridgeName, 'up']));
@@ -451,7 +431,7 @@ export class NetnsLab {
       for (const [i, name] of hostNames.entries()) {
         const netns = `${prefix}-${name}`;
         const rootVeth = `${prefix}v${i}`;
-        const address = intToIpv4(subnet.network + FIRST_HOST_OFFSET + i);
+        const address = numberToIpv4(subnet.network + FIRST_HOST_OFFSET + i);
         await step(`add namespace ${netns}`, () => ip(['netns', 'add', netns]));
         made.namespaces.push(netns);
         // The peer is born inside the namespace as eth0: no root-side name to leak if we stop here.
@@ -460,13 +440,13 @@ export class NetnsLab {
         );
         made.links.push(rootVeth);
         await step(`plug ${rootVeth} into ${bridgeName}`, () => ip(['link', 'set', rootVeth, 'master', bridgeName, 'up']));
-        await step(`address eth0 in ${netns}`, () => ip(['-n', netns, 'addr', 'add', `${address}/${subnet.prefixLength}`, 'dev', 'eth0']));
+        await step(`address eth0 in ${netns}`, () => ip(['-n', netns, 'addr', 'add', `${address}/${subnet.prefix}`, 'dev', 'eth0']));
         await step(`bring eth0 up in ${netns}`, () => ip(['-n', netns, 'link', 'set', 'eth0', 'up']));
         await step(`bring lo up in ${netns}`, () => ip(['-n', netns, 'link', 'set', 'lo', 'up']));
         hosts.push({ name, netns, address, rootVeth });
       }
 
-      const lab = new NetnsLab(prefix, cidrText(subnet), { name: bridgeName, address: intToIpv4(subnet.network + 1) }, hosts, ipBinary);
+      const lab = new NetnsLab(prefix, subnetText(subnet), { name: bridgeName, address: numberToIpv4(subnet.network + 1) }, hosts, ipBinary);
       await lab.checkBridgedTraffic();
       return lab;
     } catch (err) {
@@ -611,11 +591,11 @@ function validate(opts: NetnsLabOptions): { prefix: string; hostNames: string[] 
 }
 
 /** Throws when an address on a root-namespace interface other than `ours` overlaps the subnet. */
-async function checkSubnetFree(subnet: Cidr, ours: string | null): Promise<void> {
+async function checkSubnetFree(subnet: Subnet, ours: string | null): Promise<void> {
   const clash = (await step('read the addresses of this machine', rootAddresses)).find(
-    (a) => a.ifname !== ours && overlaps(a.cidr, subnet),
+    (a) => a.ifname !== ours && subnetsOverlap(a.cidr, subnet),
   );
   if (clash) {
-    throw new NetnsError('use the subnet', `${cidrText(subnet)} overlaps ${clash.text} on ${clash.ifname}: choose another subnet`);
+    throw new NetnsError('use the subnet', `${subnetText(subnet)} overlaps ${clash.text} on ${clash.ifname}: choose another subnet`);
   }
 }

@@ -4,9 +4,9 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { defaultCacheRoot } from '../util/cache-dir';
+import { cachePath, defaultCacheRoot } from '../util/paths';
 import { PromiseCache } from '../util/promise-cache';
-import { runTool } from '../guest/tools';
+import { runTool } from '../util/host-tools';
 import { findScriptsSubdir } from '../util/scripts-dir';
 
 export class SwitchdBuildError extends Error {
@@ -30,9 +30,9 @@ async function build(cacheRoot: string): Promise<string> {
   if (!dir) throw new SwitchdBuildError('Cannot find scripts/switch/switchd.c (the lab switch): run MigLab from its source tree, or set MIGLAB_SWITCHD to a built miglab-switchd');
   const src = join(dir, 'switchd.c');
   const key = createHash('sha256').update(await readFile(src)).digest('hex').slice(0, 16);
-  const out = join(cacheRoot, 'switchd', key, 'miglab-switchd');
+  const out = cachePath(cacheRoot, 'switchd', key, 'miglab-switchd');
   if (existsSync(out)) return out;
-  await mkdir(join(cacheRoot, 'switchd', key), { recursive: true });
+  await mkdir(cachePath(cacheRoot, 'switchd', key), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   try {
     await runTool('gcc', ['-O2', '-Wall', '-o', tmp, src], { timeoutMs: 60_000 });

@@ -1,7 +1,7 @@
 import { access } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { defaultCacheRoot } from '../util/cache-dir';
+import { defaultCacheRoot } from '../util/paths';
 import { PromiseCache } from '../util/promise-cache';
 import { verifyKvm } from './kvm-check';
 import { BACKPORTS_SUITE, EXACT_TCG_TRACKING_MAJOR, findPrivateQemu, verifyQemuBinary } from './private-qemu';

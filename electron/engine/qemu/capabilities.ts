@@ -1,3 +1,5 @@
+// What a QEMU binary offers, asked of QEMU itself once per binary (-machine none, then QMP):
+// its version, migration capabilities and guest CPU models. Detected, never assumed.
 import { join } from 'node:path';
 import { QmpClient, queryMachines, queryMigrateCapabilities, queryVersion, qemuVersionString, type QmpExecutor } from '../qmp';
 import { makeTempDir, removeDir } from '../util/fs';
@@ -5,7 +7,7 @@ import { PromiseCache } from '../util/promise-cache';
 import { findQemu } from './binary';
 import { QemuProcess, QemuStartError, describeExit } from './process';
 
-export interface QemuProbe {
+export interface QemuCapabilities {
   version: string;
   /** Migration capabilities this QEMU offers: detected, never assumed. */
   migrationCapabilities: string[];
@@ -45,30 +47,30 @@ async function queryCpuOffer(qmp: QmpExecutor): Promise<QemuCpuOffer | null> {
   }
 }
 
-const probes = new PromiseCache<QemuProbe>();
+const detected = new PromiseCache<QemuCapabilities>();
 
 /**
  * Asks a QEMU binary what it can do by starting it with no machine and querying QMP.
  * Cached per binary path: the answer does not change while we run.
  */
-export function probeQemu(binaryPath?: string): Promise<QemuProbe> {
-  return probes.get(binaryPath ?? '', () => runProbe(binaryPath));
+export function detectQemuCapabilities(binaryPath?: string): Promise<QemuCapabilities> {
+  return detected.get(binaryPath ?? '', () => askQemu(binaryPath));
 }
 
-async function runProbe(binaryPath?: string): Promise<QemuProbe> {
+async function askQemu(binaryPath?: string): Promise<QemuCapabilities> {
   const path = binaryPath ?? (await findQemu()).path;
-  const dir = await makeTempDir('probe');
+  const dir = await makeTempDir('qemu-caps');
   const sock = join(dir, 'qmp.sock');
   const proc = new QemuProcess(path, [
     '-machine', 'none', '-nodefaults', '-no-user-config', '-display', 'none',
     '-chardev', `socket,id=qmp,path=${sock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
   ]);
-  const qmp = new QmpClient({ name: 'probe' });
+  const qmp = new QmpClient({ name: 'capabilities' });
   try {
     await Promise.race([
       qmp.connect(sock, { retryUntilMs: 10_000 }),
       proc.exited.then((exit) => {
-        throw new QemuStartError('probe', exit, describeExit(exit));
+        throw new QemuStartError('capabilities', exit, describeExit(exit));
       }),
     ]);
     const version = qemuVersionString(await queryVersion(qmp));

@@ -12,6 +12,7 @@ import { constants, existsSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
+import { cachePath } from '../util/paths';
 
 /** How long a kernel gets to print its banner under KVM before KVM is judged unusable. */
 export const KVM_TEST_TIMEOUT_MS = 10_000;
@@ -59,7 +60,7 @@ export async function findTestKernel(cacheRoot: string): Promise<string | null> 
 /** findTestKernel, with the cache the verdict is kept in (the one the kernel came from). */
 async function findTestKernelIn(cacheRoot: string): Promise<{ kernel: string; verdictRoot: string } | null> {
   for (const root of [cacheRoot, join(userInfo().homedir, '.cache', 'miglab')]) {
-    const k = await newestCachedKernel(join(root, 'kernel'));
+    const k = await newestCachedKernel(cachePath(root, 'kernel'));
     if (k) return { kernel: k, verdictRoot: root };
   }
   const boot = existsSync('/boot') ? (await readdir('/boot')).filter((f) => f.startsWith('vmlinuz-')).sort() : [];

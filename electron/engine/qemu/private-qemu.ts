@@ -18,6 +18,7 @@ import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:f
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { readQemuVersion } from './version';
+import { cachePath } from '../util/paths';
 
 const run = promisify(execFile);
 
@@ -57,7 +58,7 @@ export class PrivateQemuError extends Error {
 }
 
 export function privateQemuRoot(cacheRoot: string): string {
-  return join(cacheRoot, 'qemu');
+  return cachePath(cacheRoot, 'qemu');
 }
 
 // ---- the machine's Debian mirror ------------------------------------------------------------

@@ -3,7 +3,8 @@
 // MigLab's state dir: the fingerprint a browser was told to trust survives restarts.
 import { join } from 'node:path';
 import { networkInterfaces } from 'node:os';
-import { AGENT_CERT_FILE, loadOrCreateAgentIdentity, type TlsIdentity } from '../agent/certs';
+import { AGENT_CERT_FILE, loadOrCreateAgentIdentity, type TlsIdentity } from './certs';
+import { statePath } from '../util/paths';
 
 /** Loopback addresses stay plain HTTP: nothing crosses a network, and browsers trust them as secure. */
 export function isLoopbackHost(host: string): boolean {
@@ -19,7 +20,7 @@ function certificateAddresses(host: string): string[] {
 
 /** Where the certificate for `host` lives: <state>/web-tls/<host>. */
 export function webTlsDir(stateDir: string, host: string): string {
-  return join(stateDir, 'web-tls', host.replace(/[^0-9A-Za-z.-]/g, '_'));
+  return statePath(stateDir, 'webTls', host.replace(/[^0-9A-Za-z.-]/g, '_'));
 }
 
 export async function loadOrCreateWebIdentity(stateDir: string, host: string): Promise<TlsIdentity & { dir: string; certFile: string }> {

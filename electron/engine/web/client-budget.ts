@@ -4,7 +4,7 @@
 // goes on. The real UI stays far below both (it sends a command per click or keystroke and reads
 // as fast as the page renders).
 import type { WebSocket } from 'ws';
-import { RateLimit } from '../agent/rpc';
+import { RateLimit } from '../util/rate-limit';
 
 /** Commands a second a client may send, and the burst it may send at once. */
 export const COMMANDS_PER_SECOND = 100;

@@ -12,7 +12,8 @@ import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError } from '../api/commands';
-import { API_VERSION, READ_ONLY_COMMANDS, type ApiEvent, type ApiRole, type ServerMessage } from '../api/contract';
+import { READ_ONLY_COMMANDS, type ApiEvent, type ApiRole, type ServerMessage } from '../api/contract';
+import { failureReply, helloFor } from '../api/replies';
 import type { LabService } from '../api/service';
 import { ClientBudget, COMMANDS_PER_SECOND } from './client-budget';
 import { afterAnswers, closeWithStatus, LINGER_MS, parseErrorStatus, trackAnswer } from './connections';
@@ -229,7 +230,7 @@ export class WebServer {
     // A protocol error (a bad frame): ws has sent its close frame and reads on; cutting the
     // socket at once could reset it before the client reads what we sent.
     ws.on('error', () => setTimeout(() => ws.terminate(), LINGER_MS).unref());
-    this.sendTo(ws, { hello: { apiVersion: API_VERSION, role } });
+    this.sendTo(ws, { hello: helloFor(role) });
     this.sendTo(ws, { event: { type: 'lab', snapshot: this.service.snapshot() } });
     ws.on('message', (data, isBinary) => {
       this.onMessage(ws, role, data as Buffer, isBinary).catch(() => ws.terminate());
@@ -261,8 +262,7 @@ export class WebServer {
       const result = await this.service.execute(m.command, { role });
       this.sendTo(ws, { id, ok: true, result });
     } catch (err) {
-      const e = err instanceof ApiError ? err : new ApiError('failed', (err as Error).message);
-      this.sendTo(ws, { id, ok: false, error: { message: e.message, code: e.code } });
+      this.sendTo(ws, { id, ...failureReply(err) });
     }
   }
 

@@ -1,8 +1,7 @@
 // Every migration this UI has seen, newest first: how each went, a button to bring it back into
 // the Migration view, and its data to take home as JSON or CSV.
 import { useId } from 'react';
-import { formatMs } from '../../../electron/engine/migration/prediction';
-import { MIGRATION_OUTCOMES } from '../../../electron/engine/migration/types';
+import { formatMs, MIGRATION_OUTCOMES } from '../../../electron/engine/api/contract';
 import { download, exportFileName, migrationCsv, migrationJson, passesCsv, stateOf } from '../export';
 import type { MigrationTrack } from '../store';
 

@@ -2,9 +2,7 @@
 // a bandwidth, a latency and a loss rate, and a cable that can be pulled. Its profile inputs and
 // presets (shared with the migration dialog) and its live panel in the Migration view.
 import { useState } from 'react';
-import { formatBytes, formatBytesRate } from '../../../electron/engine/migration/prediction';
-import { MIGRATION_OUTCOMES } from '../../../electron/engine/migration/types';
-import type { LinkProfile } from '../../../electron/engine/network/link-relay';
+import { formatBytes, formatBytesRate, MIGRATION_OUTCOMES, type LinkProfile } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 import type { MigrationTrack } from '../store';
 

@@ -4,8 +4,7 @@
 // engine starts the destination QEMU while the pre-flight runs; closing without migrating
 // releases it.
 import { useEffect, useRef, useState } from 'react';
-import type { ApiResults, GuestView, LabSnapshot } from '../../../electron/engine/api/contract';
-import { capabilityRefusal } from '../../../electron/engine/migration/capabilities';
+import { capabilityRefusal, type ApiResults, type GuestView, type LabSnapshot } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 import { draftOf, LinkPresets, LinkProfileFields, LINK_PRESETS, profileOf, type LinkDraft } from './LinkPanel';
 

@@ -2,8 +2,7 @@
 // converging (or not) towards what fits in the downtime budget, and the controls that act on it.
 import { memo, useMemo, useState } from 'react';
 import uPlot from 'uplot';
-import { formatBytes, formatBytesRate, formatMs } from '../../../electron/engine/migration/prediction';
-import { MIGRATION_PHASES, type MigrationResult } from '../../../electron/engine/migration/types';
+import { formatBytes, formatBytesRate, formatMs, MIGRATION_PHASES, type MigrationResult } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 import { UPlotChart } from '../charts/UPlotChart';
 import type { MigrationTrack } from '../store';

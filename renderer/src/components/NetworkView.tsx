@@ -2,8 +2,7 @@
 // that moved it), QEMU's announce frames, and the probe's replies with the gap in them.
 import { useMemo } from 'react';
 import type uPlot from 'uplot';
-import type { LabSnapshot } from '../../../electron/engine/api/contract';
-import { formatMs } from '../../../electron/engine/migration/prediction';
+import { formatMs, type LabSnapshot } from '../../../electron/engine/api/contract';
 import { UPlotChart } from '../charts/UPlotChart';
 import type { MigrationTrack } from '../store';
 

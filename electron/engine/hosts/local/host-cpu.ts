@@ -1,7 +1,7 @@
 // What a host's CPU is, as its kernel describes it: a "host" CPU model copies it into the guest,
 // so the pre-flight check compares the two hosts' CPUs before such a guest moves.
 import { readFile } from 'node:fs/promises';
-import type { HostCpu } from './host';
+import type { HostCpu } from '../host';
 
 /** The first processor's "model name" and "flags" of a /proc/cpuinfo text; null when absent. */
 export function parseCpuinfo(text: string): HostCpu | null {

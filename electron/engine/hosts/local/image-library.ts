@@ -2,7 +2,7 @@
 // in from an agent) may boot from, and nothing outside it. Shared by the agent and LocalHost.
 import { realpath } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
-import { bootFiles, withBootFiles, type GuestSpec } from '../qemu/spec';
+import { bootFiles, withBootFiles, type GuestSpec } from '../../qemu/spec';
 
 /** A path refused by the library; `code` says how (the agent passes it on to its peer). */
 export class LibraryPathError extends Error {

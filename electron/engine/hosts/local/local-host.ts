@@ -1,64 +1,35 @@
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, readFile, rename, rmdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, stat } from 'node:fs/promises';
 import { cpus, freemem, totalmem } from 'node:os';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { randomUUID } from 'node:crypto';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import { QmpClient, cont, queryStatus, quit } from '../qmp';
-import { LabloadChannel } from '../guest/labload-channel';
-import { findLabGuest, labGuestAppend } from '../guest/image';
-import { buildQemuArgv, type LaunchConfig } from '../qemu/argv';
-import { chooseAccelerator, findQemu, tracksTcgWritesExactly, type Accelerator } from '../qemu/binary';
-import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, qemuPidAlive, type ExitInfo, type QemuHandle } from '../qemu/process';
-import { probeQemu } from '../qemu/probe';
-import { withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { QmpClient, cont, queryStatus } from '../../qmp';
+import { LabloadChannel } from '../../guest/labload-channel';
+import { findLabGuest, labGuestAppend } from '../../guest/image';
+import { buildQemuArgv, type LaunchConfig } from '../../qemu/argv';
+import { chooseAccelerator, findQemu } from '../../qemu/binary';
+import { AdoptedQemu, QemuProcess, QemuStartError, describeExit, type ExitInfo } from '../../qemu/process';
+import { detectQemuCapabilities } from '../../qemu/capabilities';
+import { withBootFiles, parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../../qemu/spec';
 import { LibraryPathError, resolveBootInLibrary } from './image-library';
 import { createDiskOverlay } from './disk-overlay';
-import { TEMP_PREFIX, makeTempDir, removeDir } from '../util/fs';
-import { connectUnix } from '../util/net';
-import { withTimeout } from '../util/time';
-import { GuestConsole } from './console';
-import type { SwitchPortHandle } from '../network/switch';
+import { makeTempDir, removeDir } from '../../util/fs';
+import { connectUnix } from '../../util/net';
+import { GuestConsole } from '../console';
+import type { SwitchPortHandle } from '../../network/switch';
 import type { Duplex } from 'node:stream';
-import { LinkRelay, type LinkProfile } from '../network/link-relay';
-import { writeQemuTlsDir } from '../agent/certs';
-import { addTlsCredsObject } from '../qemu/tls';
-import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
-import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
-import { PortAllocator, type PortRange } from './ports';
+import type { LinkProfile } from '../../network/link-profile';
+import { LinkRelay } from '../../network/link-relay';
+import { writeQemuTlsDir } from '../../tls/certs';
+import { addTlsCredsObject } from '../../qemu/tls';
+import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from '../host';
+import type { Guest, Host, HostDescription, HostEventMap, HostInfo, StartGuestOptions } from '../host';
+import { PortAllocator, type PortRange } from '../ports';
 import { readHostCpu } from './host-cpu';
 import { kernelAppendOf, readProcessArgv } from './launch-args';
-
-const runFile = promisify(execFile);
-
-/**
- * Only for QEMUs older than 10.0 (QEMU 10 tracks TCG's writes exactly; see qemu/private-qemu.ts).
- * Under TCG, QEMU 7.2 misses guest writes made through long-lived softmmu TLB entries while it
- * migrates, and a guest kernel that writes memory during a migration is then corrupted on the
- * destination (measured: 0 of 7 migrations at 100 MB/s survived without it; with it, 29 of 29
- * on an idle machine, about 9 in 10 on a loaded one). With page-table isolation on, every kernel entry and exit reloads CR3, which makes
- * TCG flush its TLB, so stale entries rarely live long enough to matter. KVM tracks dirty pages
- * in hardware and does not need it.
- */
-export const TCG_SAFE_APPEND = 'pti=on';
-
-/**
- * Whether the lab guest boots with TCG_SAFE_APPEND: under TCG with a QEMU older than 10.0.
- * MIGLAB_GUEST_PTI=on|off overrides it, to measure the difference (npm run bench:tcg).
- */
-export function labGuestNeedsPti(accel: Accelerator, qemu: { major: number }, env: NodeJS.ProcessEnv = process.env): boolean {
-  if (env.MIGLAB_GUEST_PTI === 'on') return true;
-  if (env.MIGLAB_GUEST_PTI === 'off') return false;
-  return accel === 'tcg' && !tracksTcgWritesExactly(qemu);
-}
-
-export class GuestImageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'GuestImageError';
-  }
-}
+import type { NetworkAttachment } from '../../network/attachment';
+import { GuestImageError, detectDiskFormat, fileMustExist, labGuestNeedsPti, TCG_SAFE_APPEND } from './boot-files';
+import { LocalGuest } from './local-guest';
+import { isQemuOf, readRecord, removeIfEmptyTempDir, writeRecord, type GuestRecord } from './guest-record';
 
 export interface LocalHostOptions {
   name: string;
@@ -82,51 +53,6 @@ export interface LocalHostOptions {
   imagesDir?: string;
 }
 
-async function fileMustExist(path: string, what: string, hint: string): Promise<void> {
-  try {
-    const st = await stat(path);
-    if (!st.isFile()) throw new GuestImageError(`${what} ${path} is not a file: ${hint}`);
-  } catch (err) {
-    if (err instanceof GuestImageError) throw err;
-    throw new GuestImageError(`${what} ${path} does not exist: ${hint}`);
-  }
-}
-
-/**
- * qemu-img tells qcow2 from raw, so QEMU never has to guess (guessing raw is unsafe). -U: a
- * migration destination reads the image the running source QEMU holds locked.
- */
-export async function detectDiskFormat(path: string): Promise<'qcow2' | 'raw'> {
-  try {
-    const { stdout } = await runFile('qemu-img', ['info', '-U', '--output=json', path], { timeout: 10_000 });
-    const fmt = (JSON.parse(stdout) as { format?: string }).format;
-    if (fmt === 'qcow2' || fmt === 'raw') return fmt;
-    throw new GuestImageError(`Disk image ${path} is in ${fmt} format: convert it with "qemu-img convert -O qcow2"`);
-  } catch (err) {
-    if (err instanceof GuestImageError) throw err;
-    throw new GuestImageError(
-      `Could not read disk image ${path} with qemu-img (${(err as Error).message.split('\n')[0]}): ` +
-        'install qemu-utils, or give the format explicitly',
-    );
-  }
-}
-
-
-/**
- * What a host writes next to each guest's sockets, so that a host object made after a restart
- * (an agent restarted under its running guests) can find and reattach them.
- */
-interface GuestRecord {
-  version: 1;
-  spec: GuestSpec;
-  pid: number;
-  qmpSocket: string;
-  labload: boolean;
-  nic: { localPort: number; switchPort: { id: number; address: string; port: number } } | null;
-}
-
-const RECORD_FILE = 'guest.json';
-
 /** Every LocalHost not yet disposed, so a process that is told to stop can stop their guests. */
 const liveHosts = new Set<LocalHost>();
 
@@ -141,7 +67,6 @@ export async function disposeAllLocalHosts(): Promise<void> {
 
 /** A host that runs QEMU on this machine. Several can run side by side, each in its own dir. */
 export class LocalHost extends EventEmitter implements Host {
-  readonly kind = 'local' as const;
   readonly name: string;
   readonly address: string;
   private runtimeDir: string | null;
@@ -173,21 +98,43 @@ export class LocalHost extends EventEmitter implements Host {
     return this.runtimeDir;
   }
 
+  describe(): HostDescription {
+    return {
+      kind: 'local', transport: 'in-process', address: this.address,
+      // QEMU runs in its own process group and a new engine can adopt it (adoptGuestFrom), but
+      // only from this machine's folders: the host itself ends with the engine.
+      outlivesEngine: false,
+      imageLibrary: false,
+      sharesEngineFiles: true,
+      migrationPorts: this.ports.range,
+      agent: null,
+      connection: 'connected',
+      refusedGuests: [],
+    };
+  }
+
+  /** Nothing to tell: only an agent restricts where its streams go. */
+  setLabPeers(): void {}
+
+  leave(): Promise<void> {
+    return this.dispose();
+  }
+
   async info(): Promise<HostInfo> {
     const [qemu, accel] = await Promise.all([findQemu(), chooseAccelerator()]);
-    const probe = await probeQemu(qemu.path);
+    const caps = await detectQemuCapabilities(qemu.path);
     return {
       name: this.name,
-      kind: this.kind,
+      kind: 'local',
       address: this.address,
       qemu: { path: qemu.path, version: qemu.version },
       accel,
       memory: { totalMiB: Math.round(totalmem() / 2 ** 20), freeMiB: Math.round(freemem() / 2 ** 20) },
       cpus: cpus().length,
-      migrationCapabilities: probe.migrationCapabilities,
+      migrationCapabilities: caps.migrationCapabilities,
       labNetwork: this.opts.network !== undefined,
       cpu: await readHostCpu(),
-      qemuCpu: probe.cpu,
+      qemuCpu: caps.cpu,
     };
   }
 
@@ -239,11 +186,6 @@ export class LocalHost extends EventEmitter implements Host {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       throw new GuestImageError(`${owner} ${library} cannot be read (${code}), so the guest's images cannot be found there: create the folder, or fix images: in the lab file`);
     }
-  }
-
-  /** The ports migration streams arrive on here (the lab tells its agents, see Lab). */
-  get migrationPortRange(): PortRange {
-    return this.ports.range;
   }
 
   allocateMigrationPort(): Promise<number> {
@@ -613,10 +555,6 @@ export class LocalHost extends EventEmitter implements Host {
   }
 }
 
-function readyPatternOf(spec: GuestSpec): string | undefined {
-  return spec.boot.kind === 'lab' ? undefined : spec.boot.readyPattern;
-}
-
 interface PluggedNic {
   config: NonNullable<LaunchConfig['nic']>;
   port: SwitchPortHandle;
@@ -624,252 +562,3 @@ interface PluggedNic {
   unplug: () => void;
 }
 
-async function writeRecord(dir: string, record: GuestRecord): Promise<void> {
-  const tmp = join(dir, `${RECORD_FILE}.tmp`);
-  await writeFile(tmp, JSON.stringify(record));
-  await rename(tmp, join(dir, RECORD_FILE));
-}
-
-/**
- * Removes an engine's temp runtime dir (one makeTempDir made, by its name) once nothing is left in
- * it: the folder a dead engine's last adopted guest lived in. Anything else is left alone.
- */
-async function removeIfEmptyTempDir(dir: string): Promise<void> {
-  if (!basename(dir).startsWith(TEMP_PREFIX)) return;
-  await rmdir(dir).catch(() => {}); // not empty, or gone already: not ours to remove
-}
-
-async function readRecord(dir: string): Promise<GuestRecord | null> {
-  try {
-    const r = JSON.parse(await readFile(join(dir, RECORD_FILE), 'utf8')) as GuestRecord;
-    return r.version === 1 && typeof r.pid === 'number' && r.spec?.name ? r : null;
-  } catch {
-    return null;
-  }
-}
-
-/** The pid still runs the QEMU of that record (and not a process that reused the pid). */
-async function isQemuOf(record: GuestRecord): Promise<boolean> {
-  if (!qemuPidAlive(record.pid)) return false;
-  try {
-    return (await readFile(`/proc/${record.pid}/cmdline`, 'utf8')).includes(record.qmpSocket);
-  } catch {
-    return false;
-  }
-}
-
-interface LocalGuestParts {
-  spec: GuestSpec;
-  hostName: string;
-  proc: QemuHandle & { forget?: () => void };
-  qmp: QmpClient;
-  console: GuestConsole;
-  labload: LabloadChannel | null;
-  /** labload's socket, for an agent that relays its bytes to the engine. */
-  control: Duplex | null;
-  dir: string;
-  startedAt: number;
-  /** The -append QEMU was started with (Guest.kernelAppend). */
-  kernelAppend: string | null;
-  initialState: GuestState;
-  switchPort: Guest['switchPort'];
-  adopted: boolean;
-  /** Its disk is a library image it boots through an overlay in its dir (StartGuestOptions.overlayDisk). */
-  overlayDisk?: boolean;
-  /** Runs once QEMU is gone and the guest's folder removed; awaited, so its clean-up ends first. */
-  onGone: () => void | Promise<void>;
-}
-
-export class LocalGuest extends EventEmitter implements Guest {
-  readonly id = randomUUID();
-  readonly name: string;
-  readonly hostName: string;
-  readonly spec: GuestSpec;
-  readonly console: GuestConsole;
-  readonly labload: LabloadChannel | null;
-  readonly startedAt: number;
-  readonly kernelAppend: string | null;
-  readonly switchPort: Guest['switchPort'];
-  readonly adopted: boolean;
-  /** Boots its library disk through an overlay: a next destination must do the same. */
-  readonly overlayDisk: boolean;
-  private readonly client: QmpClient;
-  private readonly proc: LocalGuestParts['proc'];
-  private current: GuestState;
-  private stopPromise: Promise<ExitInfo> | null = null;
-
-  constructor(private readonly parts: LocalGuestParts) {
-    super();
-    this.spec = parts.spec;
-    this.name = parts.spec.name;
-    this.hostName = parts.hostName;
-    this.console = parts.console;
-    this.labload = parts.labload;
-    this.startedAt = parts.startedAt;
-    this.kernelAppend = parts.kernelAppend;
-    this.switchPort = parts.switchPort;
-    this.adopted = parts.adopted;
-    this.overlayDisk = parts.overlayDisk ?? false;
-    this.client = parts.qmp;
-    this.proc = parts.proc;
-    this.current = parts.initialState;
-    if (!this.labload && this.current === 'booting') this.current = 'running';
-    this.labload?.waitReady(24 * 3600_000).then(
-      () => this.markReady(),
-      () => {},
-    );
-    const pattern = readyPatternOf(this.spec);
-    if (!this.labload && pattern && parts.initialState !== 'incoming') {
-      this.console.waitFor(pattern, 24 * 3600_000, true).then(
-        () => this.markReady(),
-        () => {},
-      );
-    }
-    // A destination runs once its migration completes: QEMU says so with RESUME.
-    if (parts.initialState === 'incoming') {
-      const off = this.client.onEvent('RESUME', () => {
-        off();
-        if (this.current === 'incoming') this.setState('running');
-      });
-    }
-    void this.proc.exited.then((exit) => this.onExit(exit));
-  }
-
-  /**
-   * Declares the guest booted: labload said so, its console showed its ready pattern, or (for a
-   * migration destination) the copy it was migrated from was ready.
-   */
-  markReady(): void {
-    if (['booting', 'running', 'incoming'].includes(this.current)) this.setState('ready');
-  }
-
-  get state(): GuestState {
-    return this.current;
-  }
-
-  /** The guest's own folder: QMP, console and control sockets, and its guest record. */
-  get runtimeDir(): string {
-    return this.parts.dir;
-  }
-
-  /** The full QMP client (an agent uses commands a peer may not send, like object-add). */
-  get qmpClient(): QmpClient {
-    return this.client;
-  }
-
-  /** labload's raw bytes as they arrive, for an agent to relay; returns the unsubscribe. */
-  tapControl(listener: (data: Buffer) => void): () => void {
-    const c = this.parts.control;
-    if (!c) return () => {};
-    c.on('data', listener);
-    return () => c.off('data', listener);
-  }
-
-  /** Bytes to labload from elsewhere (the engine, through an agent). */
-  writeControl(data: Buffer): void {
-    const c = this.parts.control;
-    if (!c || c.destroyed) throw new Error(`Guest "${this.name}" has no labload channel open`);
-    c.write(data);
-  }
-
-  /** Closes our channels and leaves QEMU running (see LocalHost.detach). */
-  async detach(): Promise<void> {
-    this.detached = true;
-    this.parts.proc.forget?.();
-    this.labload?.close();
-    this.console.close();
-    await this.client.disconnect();
-  }
-
-  private detached = false;
-
-  get qmp(): GuestQmp {
-    return this.client;
-  }
-
-  get pid(): number | undefined {
-    return this.proc.pid;
-  }
-
-  get exit(): ExitInfo | null {
-    return this.proc.exit;
-  }
-
-  get exited(): Promise<ExitInfo> {
-    return this.proc.exited;
-  }
-
-  override on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this {
-    return super.on(event, listener as (...a: unknown[]) => void);
-  }
-
-  override off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this {
-    return super.off(event, listener as (...a: unknown[]) => void);
-  }
-
-  private setState(next: GuestState): void {
-    const prev = this.current;
-    if (prev === next) return;
-    this.current = next;
-    this.emit('state', next, prev);
-  }
-
-  async waitReady(timeoutMs = 30_000): Promise<void> {
-    if (this.current === 'ready') return;
-    if (!this.labload && !readyPatternOf(this.spec)) {
-      throw new Error(
-        `Guest "${this.name}" does not run labload and has no ready pattern, so it cannot report that it is ready`,
-      );
-    }
-    const gone = new Promise<never>((_, reject) => {
-      void this.proc.exited.then((exit) =>
-        reject(new Error(`Guest "${this.name}" stopped before it was ready: ${describeExit(exit)}`)),
-      );
-    });
-    gone.catch(() => {});
-    let onState: ((state: GuestState) => void) | null = null;
-    const ready = new Promise<void>((resolve) => {
-      onState = (state: GuestState) => {
-        if (state === 'ready') resolve();
-      };
-      this.on('state', onState);
-    });
-    try {
-      await withTimeout(Promise.race([ready, gone]), timeoutMs, `Guest "${this.name}" reporting ready`);
-    } finally {
-      if (onState) this.off('state', onState);
-    }
-  }
-
-  stop(): Promise<ExitInfo> {
-    this.stopPromise ??= (async () => {
-      if (this.proc.running) this.setState('stopping');
-      const exit = await this.proc.stop({ quit: () => quit(this.client) });
-      await this.proc.exited;
-      await this.release();
-      return exit;
-    })();
-    return this.stopPromise;
-  }
-
-  private released: Promise<void> | null = null;
-
-  /** Closes every channel and removes the guest's runtime files; runs once. */
-  private release(): Promise<void> {
-    this.released ??= (async () => {
-      this.labload?.close();
-      this.console.close();
-      await this.client.disconnect();
-      await removeDir(this.parts.dir);
-      await this.parts.onGone();
-    })();
-    return this.released;
-  }
-
-  private async onExit(exit: ExitInfo): Promise<void> {
-    if (this.detached) return;
-    await this.release();
-    this.setState(exit.expected ? 'stopped' : 'failed');
-    this.emit('exit', exit);
-  }
-}

@@ -4,8 +4,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { findUpwards } from '../util/scripts-dir';
-import type { AgentStartInfo } from './server';
+import { findUpwards } from '../../util/scripts-dir';
+import type { AgentStartInfo } from './protocol';
 
 export interface AgentProcess {
   proc: ChildProcess;

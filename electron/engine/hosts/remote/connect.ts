@@ -2,7 +2,7 @@
 // checked against the pinned fingerprint BEFORE the token is sent, then the WebSocket.
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
-import { normalizeFingerprint } from './certs';
+import { normalizeFingerprint } from '../../tls/certs';
 import { AGENT_MAX_MESSAGE_BYTES, AGENT_PROTOCOL_VERSION, AGENT_WS_PATH, type HelloReply } from './protocol';
 import { RpcPeer } from './rpc';
 

@@ -2,9 +2,9 @@
 // types before the engine believes it: a guest's spec names the files its QEMU opens, and a
 // migration carries that spec to other hosts.
 import { z } from 'zod';
-import type { GuestDescriptor } from '../agent/protocol';
-import { InvalidGuestSpecError, parseGuestSpec, type GuestSpec } from '../qemu/spec';
-import type { GuestState } from './host';
+import type { GuestDescriptor } from './protocol';
+import { InvalidGuestSpecError, parseGuestSpec, type GuestSpec } from '../../qemu/spec';
+import type { GuestState } from '../host';
 
 export const GUEST_STATES = ['starting', 'incoming', 'booting', 'ready', 'running', 'stopping', 'stopped', 'failed'] as const satisfies readonly GuestState[];
 

@@ -2,7 +2,7 @@
 // told it (labPeers), each an IPv4 address with its migration port range. Nothing else: not the
 // agent's own loopback services, not a cloud metadata service, not a broadcast.
 import { isIPv4 } from 'node:net';
-import type { LabPeer } from './protocol';
+import type { LabPeer } from '../host';
 
 /** The first octets of an IPv4 address, as a number (canonical dotted quad only). */
 function octets(address: string): number[] | null {

@@ -73,13 +73,6 @@ export const QMP_ALLOWED = new Set([
   'query-status', 'query-migrate', 'query-migrate-parameters', 'query-migrate-capabilities',
 ]);
 
-/** A host of the engine's lab as the agent is told it: where migration streams may go. */
-export interface LabPeer {
-  address: string;
-  /** The host's migration ports: streams (and link relays) listen there. */
-  ports: { first: number; last: number };
-}
-
 export const AgentRequestSchemas = {
   hello: z.object({ protocol: z.number().int(), client: z.string().max(200) }).strict(),
   info: z.object({}).strict().optional(),
@@ -146,3 +139,13 @@ export interface GuestDescriptor {
 // token only: guest-started (a GuestDescriptor), guest-state {handle, state, previous},
 // guest-exited {handle, exit}, qmp-event {handle, event}, port-closed {id} (a NIC's switch port
 // the engine can close).
+
+/** The one JSON line `miglab agent` prints once it listens (read by agent-process.ts and the tests). */
+export interface AgentStartInfo {
+  name: string;
+  url: string;
+  fingerprint: string;
+  /** A new pairing token, shown once: only on the first start (or when none is left). */
+  pairingToken: string | null;
+  adopted: string[];
+}

@@ -5,25 +5,27 @@
 import { EventEmitter, once } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Duplex } from 'node:stream';
-import { LabloadChannel } from '../guest/labload-channel';
-import { GuestConsole } from './console';
-import type { ExitInfo } from '../qemu/process';
-import { describeExit } from '../qemu/process';
-import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../qemu/spec';
-import type { QmpEvent } from '../qmp/types';
-import type { QmpEventListener, QmpWaitOptions } from '../qmp/client';
-import type { SwitchPortHandle } from '../network/switch';
-import { connectAgent, type AgentAddress } from '../agent/connect';
-import { normalizeFingerprint } from '../agent/certs';
-import { EngineRequestSchemas, type GuestDescriptor, type LabPeer, type StreamKind } from '../agent/protocol';
-import { usablePeers } from '../agent/lab-peers';
-import type { PortRange } from './ports';
-import { AgentRpcError, type RpcPeer } from '../agent/rpc';
-import { delay, withTimeout } from '../util/time';
-import type { LinkProfile, LinkRelayStats } from '../network/link-relay';
-import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from './host';
+import { LabloadChannel } from '../../guest/labload-channel';
+import { GuestConsole } from '../console';
+import type { ExitInfo } from '../../qemu/process';
+import { describeExit } from '../../qemu/process';
+import { parseGuestSpec, type GuestSpec, type GuestSpecInput } from '../../qemu/spec';
+import type { QmpEvent } from '../../qmp/types';
+import type { QmpEventListener, QmpWaitOptions } from '../../qmp/client';
+import type { SwitchPortHandle } from '../../network/switch';
+import { connectAgent, type AgentAddress } from './connect';
+import { normalizeFingerprint } from '../../tls/certs';
+import { EngineRequestSchemas, type GuestDescriptor, type StreamKind } from './protocol';
+import { usablePeers } from './lab-peers';
+import type { PortRange } from '../ports';
+import { AgentRpcError, type RpcPeer } from './rpc';
+import { delay, withTimeout } from '../../util/time';
+import type { LinkProfile, LinkRelayStats } from '../../network/link-profile';
+import { stopNamedGuest, type LinkRelayControl, type MigrationTlsCreds } from '../host';
 import { checkGuestDescriptor, isGuestState, RefusedGuestError, type CheckedDescriptor } from './guest-descriptor';
-import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostEventMap, HostInfo, NetworkAttachment, StartGuestOptions } from './host';
+import type { Guest, GuestEventMap, GuestQmp, GuestState, Host, HostDescription, HostEventMap, HostInfo, StartGuestOptions } from '../host';
+import type { NetworkAttachment } from '../../network/attachment';
+import type { LabPeer } from '../host';
 
 export interface RemoteHostOptions extends AgentAddress {
   /** The host's name in the lab (the agent has its own; this one is what the lab shows). */
@@ -52,7 +54,6 @@ class AgentStream extends Duplex {
 }
 
 export class RemoteHost extends EventEmitter implements Host {
-  readonly kind = 'remote' as const;
   readonly name: string;
   address = '';
   /** The agent's migration ports, as it said in hello. */
@@ -293,6 +294,23 @@ export class RemoteHost extends EventEmitter implements Host {
   }
 
   // ---- Host ----
+
+  describe(): HostDescription {
+    return {
+      kind: 'remote', transport: 'agent-tls', address: this.address,
+      outlivesEngine: true,
+      imageLibrary: true,
+      sharesEngineFiles: false,
+      migrationPorts: this.migrationPortRange,
+      agent: { url: this.agentUrl, fingerprint: this.fingerprint },
+      connection: this.state,
+      refusedGuests: [...this.refused].map(([guest, problem]) => ({ guest, problem })),
+    };
+  }
+
+  leave(): Promise<void> {
+    return this.disconnect();
+  }
 
   async info(): Promise<HostInfo> {
     const info = await this.call<HostInfo>('info');

@@ -11,6 +11,7 @@ import {
   type WireError,
   type WireMessage,
 } from './protocol';
+import { RateLimit } from '../../util/rate-limit';
 
 export class AgentRpcError extends Error {
   constructor(
@@ -37,26 +38,6 @@ export interface RpcPeerEvents {
   close: [reason: string];
   /** A message that was not valid: counted, answered where it had an id, never fatal. */
   invalid: [reason: string];
-}
-
-/** Token bucket: `rate` messages a second, bursts up to `burst`. */
-export class RateLimit {
-  private tokens: number;
-  private last = performance.now();
-  constructor(
-    private readonly rate: number,
-    private readonly burst: number,
-  ) {
-    this.tokens = burst;
-  }
-  take(): boolean {
-    const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
-    this.last = now;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
 }
 
 export class RpcPeer extends EventEmitter<RpcPeerEvents> {
