@@ -123,6 +123,9 @@ const SILENCE_MS = 500;
 /** The source is kept this long by default where destinations may crash after arriving. */
 const TCG_OLD_QEMU_KEEP_MS = 3000;
 
+/** How long a failed stream waits to see whether the destination's QEMU has exited. */
+const DESTINATION_EXIT_GRACE_MS = 500;
+
 export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   /** The phases in order, each with what its failure undoes: the compiler wants one per phase. */
   private static readonly PHASES: Record<MigrationPhase, PhaseStep> = {
@@ -486,7 +489,9 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     }
     if (verdict === 'cancelled') throw new JobEnd('cancelled', this.cancelReason ?? 'QEMU cancelled the migration.');
     const desc = this.src.finalInfo?.['error-desc'];
-    const dstExit = this.dst?.exit;
+    // A killed destination resets the stream before its exit reaches this process: wait a moment
+    // for it, so the reason names the cause (the destination stopped), not the symptom (a reset).
+    const dstExit = this.dst ? (this.dst.exit ?? (await Promise.race([this.dst.exited, delay(DESTINATION_EXIT_GRACE_MS).then(() => null)]))) : null;
     const why = dstExit ? `the destination QEMU stopped (${describeExit(dstExit)})` : (desc ?? 'QEMU gave no reason');
     throw new JobEnd('failed', `The migration failed: ${why}.`, desc ?? dstExit?.stderrTail ?? null);
   }
