@@ -31,6 +31,12 @@ export function connectWebSocket(url = `${location.protocol === 'https:' ? 'wss'
     ws.onmessage = (m) => {
       const msg = JSON.parse(String(m.data)) as ServerMessage;
       if ('hello' in msg) {
+        if (msg.hello.apiVersion !== API_VERSION) {
+          // A page from another MigLab (a cached tab, a spectator's old copy): its calls would be misread.
+          reject(new Error(`This page speaks API version ${API_VERSION}, but the MigLab it reached speaks version ${msg.hello.apiVersion}: reload the page`));
+          ws.close();
+          return;
+        }
         opened = true;
         const conn: LabConnection = {
           role: msg.hello.role,

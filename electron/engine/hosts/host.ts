@@ -77,6 +77,10 @@ export interface Guest {
   readonly kernelAppend: string | null;
   /** The lab switch port this guest's NIC is plugged into; null without a NIC. Retired when QEMU exits. */
   readonly switchPort: { id: number; address: string; port: number } | null;
+  /** It boots its library disk through an overlay of its own (StartGuestOptions.overlayDisk): a next destination must too. */
+  readonly overlayDisk?: boolean;
+  /** Its own folder on a host that ends with the engine (QMP socket, guest.json): where a new engine adopts it from. */
+  readonly runtimeDir?: string;
   on<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   off<K extends keyof GuestEventMap>(event: K, listener: (...args: GuestEventMap[K]) => void): this;
   /**

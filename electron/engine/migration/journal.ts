@@ -23,11 +23,6 @@ export interface JournalCopy {
 }
 
 /** A guest that says where its files live (LocalGuest does). */
-function runtimeDirOf(guest: Guest): string | null {
-  const dir = (guest as Guest & { runtimeDir?: unknown }).runtimeDir;
-  return typeof dir === 'string' ? dir : null;
-}
-
 /** The journal's record of one copy of a guest: which host, which QEMU, where its files are. */
 export function journalCopy(host: Host, guest: Guest): JournalCopy {
   return {
@@ -37,7 +32,7 @@ export function journalCopy(host: Host, guest: Guest): JournalCopy {
     guestId: guest.id,
     pid: guest.pid ?? null,
     // A host that ends with the engine: the next engine adopts the QEMU from this folder.
-    runtimeDir: host.describe().outlivesEngine ? null : runtimeDirOf(guest),
+    runtimeDir: host.describe().outlivesEngine ? null : (guest.runtimeDir ?? null),
   };
 }
 

@@ -203,7 +203,7 @@ export async function destinationSpec(guest: Guest, from: Host, to: Host): Promi
  * that guest. Its writes do not follow it between hosts: there is no storage migration yet.
  */
 export async function destinationStart(guest: Guest, from: Host, to: Host): Promise<{ spec: GuestSpec; overlayDisk: boolean }> {
-  const overlayDisk = from.describe().imageLibrary || (guest as { overlayDisk?: boolean }).overlayDisk === true;
+  const overlayDisk = from.describe().imageLibrary || guest.overlayDisk === true;
   return { spec: await destinationSpec(guest, from, to), overlayDisk };
 }
 
@@ -240,7 +240,7 @@ async function disksCheck(guest: Guest, from: Host, to: Host): Promise<Preflight
         'A guest with a disk migrates only between hosts that share the image (local hosts); storage migration is not in MigLab yet.',
     );
   }
-  if (disk && (guest as { overlayDisk?: boolean }).overlayDisk) {
+  if (disk && guest.overlayDisk) {
     return check(
       'disks', 'fail',
       `${guest.name} writes to its own overlay of ${guest.spec.boot.kind === 'disk' ? guest.spec.boot.path : 'its disk'} on ${from.name}, which ${to.name} cannot open: its disk writes would stay behind. Storage migration is not in MigLab yet.`,
