@@ -4,7 +4,7 @@ import { runDemo, type DemoOptions, type DemoReport } from '../engine/api/demo';
 import { formatBytes, formatBytesRate, formatMs } from '../engine/util/format';
 import type { MigrationEvent } from '../engine/migration/types';
 import { InvalidSubnetError, parseSubnet } from '../engine/network/lab-network';
-import { numberOption, printJson, table, UsageError } from './output';
+import { numberOption, printJson, table, UsageError, downtimePolicyOption } from './output';
 
 export interface DemoArgs {
   json: boolean;
@@ -13,6 +13,8 @@ export interface DemoArgs {
   'working-set'?: string | undefined;
   bandwidth?: string | undefined;
   'downtime-limit'?: string | undefined;
+  'downtime-policy'?: string | undefined;
+  'measure-dirty-rate'?: string | undefined;
   kernel?: string | undefined;
   initrd?: string | undefined;
   append?: string | undefined;
@@ -42,7 +44,10 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
   if (custom && dirtyRateMBps > 0) throw new UsageError('--dirty-rate needs the lab guest (labload makes the workload): drop it for a custom guest');
   const migration: DemoOptions['migration'] = {
     bandwidthMBps: num('bandwidth', a.bandwidth, 1, 100_000, 1000),
-    downtimeLimitMs: num('downtime-limit', a['downtime-limit'], 1, 2_000_000, 300),
+    // Only a limit the user gave: without one, the downtime policy chooses (ramp from 100 ms).
+    ...(a['downtime-limit'] !== undefined ? { downtimeLimitMs: num('downtime-limit', a['downtime-limit'], 1, 2_000_000, 300) } : {}),
+    ...(a['downtime-policy'] !== undefined ? { downtimePolicy: downtimePolicyOption(a['downtime-policy']) } : {}),
+    ...(a['measure-dirty-rate'] !== undefined ? { measureDirtyRateMs: Math.round(num('measure-dirty-rate', a['measure-dirty-rate'], 50, 60_000, 1000)) } : {}),
     capabilities: Object.fromEntries((a.capability ?? []).map((c) => [c, true])),
     probeIntervalMs: num('probe-interval', a['probe-interval'], 5, 1000, 20),
   };
@@ -86,6 +91,7 @@ export function liveDisplay(scope = 'demo'): { onEvent: (ev: MigrationEvent) => 
   };
   let eta = '';
   let lastVerdict = '';
+  let lastAdvice = '';
   let verdictAt = -Infinity;
   return {
     say: (m) => line(`[${scope}] ${m}`),
@@ -106,7 +112,10 @@ export function liveDisplay(scope = 'demo'): { onEvent: (ev: MigrationEvent) => 
           // The verdict when it changes, then a reminder every 5 s: not a line per sample.
           if (p.kind === 'will-not-converge' && (lastVerdict !== p.kind || ev.atMs - verdictAt >= 5000)) {
             line(`  will not converge: ${p.reason}`);
-            if (lastVerdict !== p.kind && p.advice.length) line(`    what would help: ${p.advice.join(' ')}`);
+            // The advice once, and again only when it says something else.
+            const advice = p.advice.join(' ');
+            if (advice && advice !== lastAdvice) line(`    what would help: ${advice}`);
+            lastAdvice = advice;
             verdictAt = ev.atMs;
           }
           lastVerdict = p.kind;
@@ -128,6 +137,9 @@ export function liveDisplay(scope = 'demo'): { onEvent: (ev: MigrationEvent) => 
         }
         case 'heartbeat-gap':
           line(`  heartbeats resumed on the destination after a ${formatMs(ev.gapMs)} gap`);
+          break;
+        case 'downtime-step':
+          line(ev.step.action === 'raise' ? `  downtime policy: ${ev.step.why}` : `  downtime policy gives up: ${ev.step.why}`);
           break;
         case 'mac-move':
           line(`  switch: ${ev.move.mac} moved from ${ev.move.fromHost} (port ${ev.move.fromPort}) to ${ev.move.toHost} (port ${ev.move.toPort}), seen in a ${causeText(ev.move.cause)}`);
@@ -170,6 +182,7 @@ export function demoJson(r: DemoReport) {
     passes: m.passes.map((p) => ({ pass: p.pass, startMs: Math.round(p.startMs), durationMs: Math.round(p.durationMs), bytes: p.bytes, dirtyRate: p.dirtyRateBps })),
     phases: m.phases.map((p) => ({ name: p.name, startMs: Math.round(p.startMs), endMs: p.endMs === null ? null : Math.round(p.endMs) })),
     prediction: m.prediction,
+    downtimePolicy: m.downtimePolicy,
     integrity: r.integrity,
     workload: r.workload,
     capabilities: r.capabilities,
@@ -189,6 +202,11 @@ function printReport(r: DemoReport): void {
   const ms = (v: number | null) => (v === null ? 'n/a' : formatMs(v));
   rows.push(['total time (QEMU)', ms(m.totalTimeMs)], ['setup (QEMU)', ms(m.setupTimeMs)], ['downtime (QEMU)', ms(m.downtimeMs)]);
   rows.push(['downtime (guest heartbeats)', m.guestDowntimeMs === null ? 'n/a' : formatMs(m.guestDowntimeMs)]);
+  if (m.downtimePolicy) {
+    const p = m.downtimePolicy;
+    const steps = p.steps.map((st) => (st.action === 'raise' ? `${st.downtimeLimitMs} ms at pass ${st.pass}` : `ended at pass ${st.pass}`));
+    rows.push(['downtime policy', `${p.name}: started at ${p.startMs} ms${steps.length ? `; ${steps.join(', ')}` : '; no step needed'}`]);
+  }
   rows.push(['transferred (QEMU)', m.transferredBytes === null ? 'n/a' : `${formatBytes(m.transferredBytes)} for ${m.ramBytes === null ? 'RAM of a size QEMU did not report' : `${formatBytes(m.ramBytes)} of RAM`}`]);
   if (r.workload) rows.push(['workload (guest)', `${formatBytesRate(r.workload.measuredMBps * 1e6)} over ${r.workload.workingSetMiB} MiB (asked ${r.workload.requestedMBps} MB/s)`]);
   const net = m.network;

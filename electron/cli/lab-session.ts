@@ -13,7 +13,7 @@ import { recoverInterruptedMigrations } from '../engine/migration/recovery';
 import type { MigrationOptions } from '../engine/migration/types';
 import { parseLinkProfile } from '../engine/network/link-profile';
 import { liveDisplay } from './demo';
-import { numberOption, printJson, UsageError } from './output';
+import { numberOption, printJson, UsageError, downtimePolicyOption } from './output';
 import { describeRecovery, type RecoveryReport } from '../engine/migration/recovery-report';
 
 export interface LabSessionArgs {
@@ -21,6 +21,8 @@ export interface LabSessionArgs {
   to?: string | undefined;
   bandwidth?: string | undefined;
   'downtime-limit'?: string | undefined;
+  'downtime-policy'?: string | undefined;
+  'measure-dirty-rate'?: string | undefined;
   tls?: boolean | undefined;
   'link-bandwidth'?: string | undefined;
   'link-latency'?: string | undefined;
@@ -149,6 +151,8 @@ export async function migrateCommand(file: string | undefined, guestName: string
           options: {
             ...(bandwidthMBps ? { bandwidthMBps } : {}), ...(downtimeLimitMs ? { downtimeLimitMs } : {}), tls: args.tls ?? false, link,
             ...(keepSourceMs !== undefined ? { keepSourceMs: Math.round(keepSourceMs) } : {}),
+            ...(args['downtime-policy'] !== undefined ? { downtimePolicy: downtimePolicyOption(args['downtime-policy']) } : {}),
+            ...(args['measure-dirty-rate'] !== undefined ? { measureDirtyRateMs: Math.round(numberOption('measure-dirty-rate', args['measure-dirty-rate'], 50, 60_000)!) } : {}),
             ...(pauseBefore ? { capabilities: { 'pause-before-switchover': true } } : {}),
           },
         },

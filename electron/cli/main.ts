@@ -27,7 +27,8 @@ Usage:
   miglab guest boot [--json] [--memory MiB]
                                     boot the lab guest, check heartbeats and memory integrity, stop it
   miglab demo [--json] [--memory MiB] [--dirty-rate MBps] [--working-set MiB]
-              [--bandwidth MBps] [--downtime-limit ms] [--capability NAME]...
+              [--bandwidth MBps] [--downtime-limit ms] [--downtime-policy ramp|proxmox|nova|fixed] [--measure-dirty-rate ms]
+              [--capability NAME]...
               [--kernel K [--initrd I] [--append A] | --disk IMG] [--ready-pattern TEXT]
               [--subnet CIDR] [--probe-interval ms] [--netns]
                                     boot a guest on host-a, migrate it live to host-b, check it there;
@@ -48,7 +49,7 @@ Usage:
                                     (default 127.0.0.1:7800); prints its pairing token and fingerprint
   miglab agent token new|list|revoke [ID] [--data-dir DIR] [--label L]
                                     manage the agent's access tokens
-  miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--tls]
+  miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--downtime-policy P] [--measure-dirty-rate ms] [--tls]
                  [--link-bandwidth MBps] [--link-latency ms] [--link-loss %]
                  [--keep-source ms] [--pause-before-switchover] [--json]
                                     migrate a guest between hosts that run "miglab agent" (their lab
@@ -83,6 +84,8 @@ async function main(argv: string[]): Promise<number> {
       'working-set': { type: 'string' },
       bandwidth: { type: 'string' },
       'downtime-limit': { type: 'string' },
+      'downtime-policy': { type: 'string' },
+      'measure-dirty-rate': { type: 'string' },
       kernel: { type: 'string' },
       initrd: { type: 'string' },
       append: { type: 'string' },

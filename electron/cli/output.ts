@@ -1,4 +1,6 @@
 /** Small helpers so every command prints the same way: text for people, --json for programs. */
+import { DOWNTIME_POLICY_NAMES } from '../engine/migration/downtime-policy';
+import type { DowntimePolicyName } from '../engine/migration/types';
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -13,6 +15,12 @@ export function numberOption(flag: string, value: string | undefined, min: numbe
   const n = Number(value);
   if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${flag} takes a number from ${min} to ${max} (got "${value}")`);
   return n;
+}
+
+/** --downtime-policy: one of the policies the engine knows, named in the error otherwise. */
+export function downtimePolicyOption(value: string): DowntimePolicyName {
+  if ((DOWNTIME_POLICY_NAMES as string[]).includes(value)) return value as DowntimePolicyName;
+  throw new UsageError(`--downtime-policy takes one of ${DOWNTIME_POLICY_NAMES.join(', ')} (got "${value}")`);
 }
 
 export function printJson(value: unknown): void {

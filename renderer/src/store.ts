@@ -3,7 +3,7 @@
 import { useSyncExternalStore } from 'react';
 import {
   MIGRATION_OUTCOMES,
-  type ApiEvent, type JobState, type LabSnapshot, type LinkProfile, type LinkRelayStats, type MigrationPass, type MigrationResult,
+  type ApiEvent, type DowntimePolicyReport, type DowntimeStep, type JobState, type LabSnapshot, type LinkProfile, type LinkRelayStats, type MigrationPass, type MigrationResult,
   type NetworkMacMove, type PhaseSpan, type PreflightCheck, type Prediction, type ProbeSample,
 } from '../../electron/engine/api/contract';
 
@@ -37,6 +37,10 @@ export interface MigrationTrack {
   passes: MigrationPass[];
   prediction: Prediction | null;
   params: { bandwidthMBps: number; downtimeLimitMs: number } | null;
+  /** The downtime policy's acts as they happened ('downtime-step' events), at job time atMs. */
+  downtimeSteps: Array<{ atMs: number; step: DowntimeStep }>;
+  /** The policy the migration ran under and what it did (the result's); null until the result says. */
+  downtimePolicy: DowntimePolicyReport | null;
   moves: NetworkMacMove[];
   announces: Array<{ atMs: number; host: string; count: number }>;
   probe: ProbeSample[];
@@ -74,7 +78,7 @@ function newTrack(id: string, guest: string, from = '', to = ''): MigrationTrack
   return {
     id, guest, from, to, state: 'preflight', phases: [], checks: [],
     samples: { t: [], remaining: [], transferred: [], dirtyRate: [], throughput: [], pass: [] },
-    totalBytes: null, passes: [], prediction: null, params: null, moves: [], announces: [], probe: [],
+    totalBytes: null, passes: [], prediction: null, params: null, downtimeSteps: [], downtimePolicy: null, moves: [], announces: [], probe: [],
     probeTotals: { sent: 0, received: 0 }, heartbeatGapMs: null, tls: false, linkRequested: null, link: null,
     linkHistory: { t: [], bytesForward: [] }, result: null, qemuStatus: null, sourceKept: null, lastAtMs: 0, startedAt: null,
   };
@@ -140,6 +144,7 @@ export class LabStore {
           t.prediction ??= m.result.prediction;
           t.tls = m.result.tls;
           if (m.result.link) t.link = m.result.link;
+          t.downtimePolicy = m.result.downtimePolicy ?? null;
           t.lastAtMs = Math.max(t.lastAtMs, m.result.wallTimeMs);
         }
       }
@@ -184,6 +189,9 @@ export class LabStore {
       case 'parameters':
         t.params = { bandwidthMBps: e.bandwidthMBps, downtimeLimitMs: e.downtimeLimitMs };
         break;
+      case 'downtime-step':
+        t.downtimeSteps.push({ atMs: e.atMs, step: e.step });
+        break;
       case 'heartbeat-gap':
         t.heartbeatGapMs = e.gapMs;
         break;
@@ -208,6 +216,8 @@ export class LabStore {
         t.state = e.result.status;
         t.tls = e.result.tls;
         if (e.result.link) t.link = e.result.link;
+        // Results from before the policy existed have no field: none.
+        t.downtimePolicy = e.result.downtimePolicy ?? null;
         t.from ||= e.result.from;
         t.to ||= e.result.to;
         break;

@@ -138,6 +138,17 @@ describe('miglab demo flags', () => {
     expect(out.network.networkDowntimeMs).toBeNull();
   }, DEMO_TIMEOUT_MS);
 
+  it('--downtime-policy proxmox runs under that policy and says so, --measure-dirty-rate judges the idle guest first; an unknown policy is refused, naming the known ones', async () => {
+    const { run, out } = await demo(['--downtime-policy', 'proxmox', '--measure-dirty-rate', '500']);
+    expect(run.code, `${out.reason} ${run.stderr}`).toBe(0);
+    expect(out.downtimePolicy).toMatchObject({ name: 'proxmox', startMs: 100 });
+    // An idle guest, measured by QEMU over 500 ms: pre-copy converges at 1000 MB/s.
+    expect(out.checks.find((c: { name: string }) => c.name === 'dirty-rate')).toMatchObject({ status: 'pass', message: expect.stringMatching(/QEMU/) });
+    const bad = await runMiglab(['demo', '--downtime-policy', 'fast'], env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--downtime-policy takes one of ramp, proxmox, nova, fixed (got "fast")');
+  }, DEMO_TIMEOUT_MS);
+
   it('refuses --ready-pattern without a custom guest, and --initrd without --kernel', async () => {
     const pattern = await runMiglab(['demo', '--ready-pattern', 'login:'], env);
     expect(pattern.code).toBe(2);

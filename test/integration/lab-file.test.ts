@@ -102,6 +102,44 @@ describe('a lab from a lab file', () => {
     expect(lab.host('right').guest('web2')).toBeUndefined();
     expect(lab.host('left').guest('web2')).toBeDefined();
   });
+
+  it('pre-flight measures a guest\'s dirty rate on request and judges it against the settings asked for', async () => {
+    const web1 = lab.hosts().find((h) => h.guest('web1'))!;
+    const to = lab.hosts().find((h) => h !== web1)!.name;
+    await web1.guest('web1')!.waitReady(60_000);
+    const r = (await service.execute({ type: 'preflight', guest: 'web1', to, measureDirtyRate: { ms: 500, bandwidthMBps: 1000 } })) as { checks: { name: string; status: string; message: string }[] };
+    await service.execute({ type: 'releasePreparedDestination', guest: 'web1' });
+    const dirty = r.checks.find((c) => c.name === 'dirty-rate');
+    // web1's workload rewrites 32 MiB at 10 MB/s: far below 1000 MB/s, so pre-copy converges.
+    expect(dirty).toMatchObject({ status: 'pass', message: expect.stringMatching(/measured by QEMU calc-dirty-rate .* over 500 ms\); the migration sends 1000\.0 MB\/s \(the bandwidth asked for\)\. Pre-copy will converge/) });
+    const plain = (await service.execute({ type: 'preflight', guest: 'web1', to })) as { checks: { name: string }[] };
+    await service.execute({ type: 'releasePreparedDestination', guest: 'web1' });
+    expect(plain.checks.map((c) => c.name)).not.toContain('dirty-rate');
+  });
+
+  it("runs the lab file's downtime policy unless the migration names one, and saves it", async () => {
+    lab.migration.downtimePolicy = 'nova'; // as a lab file with migration: { downtimePolicy: nova } opens
+    const run = (options?: { downtimePolicy: 'proxmox' }) => new Promise<MigrationResult>((resolve, reject) => {
+      const on = (e: ApiEvent) => {
+        if (e.type === 'migration' && e.guest === 'web2' && e.event.type === 'result') {
+          service.off('event', on);
+          resolve(e.event.result);
+        }
+      };
+      service.on('event', on);
+      const to = lab.host('left').guest('web2') ? 'right' : 'left';
+      service.execute({ type: 'migrate', guest: 'web2', to, ...(options ? { options } : {}) }).catch(reject);
+    });
+    await lab.host('left').guest('web2')!.waitReady(60_000);
+    const byFile = await run();
+    expect(byFile.status, byFile.reason ?? '').toBe('completed');
+    expect(byFile.downtimePolicy).toMatchObject({ name: 'nova', startMs: 50 });
+    const asked = await run({ downtimePolicy: 'proxmox' });
+    expect(asked.status, asked.reason ?? '').toBe('completed');
+    expect(asked.downtimePolicy).toMatchObject({ name: 'proxmox', startMs: 100 });
+    const { yaml } = (await service.execute({ type: 'exportLab' })) as { yaml: string };
+    expect(parseLabFile(yaml).migration).toEqual({ keepSourceMs: 1500, downtimePolicy: 'nova' });
+  });
 });
 
 describe('a lab file in another folder than the engine\'s', () => {

@@ -186,6 +186,24 @@ describe('a migration that cannot converge', () => {
 });
 
 describe('a migration that fails', () => {
+  it('ends as not-converged under the default downtime policy when the working set outruns the link, the guest intact on its source', async () => {
+    // 32 MiB rewritten at up to 100 MB/s against a 30 MB/s stream: every pass finds the whole
+    // working set dirty again, and even 500 ms at 30 MB/s (15 MB) cannot hold it.
+    const g = await bootReady('stuck', { load: { ws: 32, rate: 100 } });
+    const { result, events } = migrate(g, 'host-b', { options: { bandwidthMBps: 30 } });
+    const r = await result;
+    expect(r.status).toBe('not-converged');
+    expect(r.failure).toBe('not-converged');
+    expect(r.reason).toMatch(/^The migration did not converge: 2 passes without what remains shrinking/);
+    const steps = events.flatMap((e) => (e.type === 'downtime-step' ? [e.step] : []));
+    // oVirt's ramp, each step after a stall, then the end at its last limit.
+    expect(steps.map((s) => `${s.action} ${s.downtimeLimitMs}`)).toEqual(['raise 150', 'raise 200', 'raise 300', 'raise 400', 'raise 500', 'end 500']);
+    expect(r.downtimePolicy).toMatchObject({ name: 'ramp', startMs: 100, steps });
+    // QEMU was told each limit: the first from configure, then one per raise.
+    expect(events.flatMap((e) => (e.type === 'parameters' ? [e.downtimeLimitMs] : []))).toEqual([100, 150, 200, 300, 400, 500]);
+    await expectBackOnSourceThenStop(lab, r);
+  });
+
   it('keeps the guest on the source when the destination QEMU is killed mid-migration', async () => {
     const g = await bootReady('victim', { load: { ws: 64, rate: 100 } });
     const { job, result } = migrate(g, 'host-b', { options: { bandwidthMBps: 30 } });

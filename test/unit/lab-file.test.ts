@@ -52,6 +52,11 @@ describe('lab files', () => {
     expect(parseLabFile(text)).toEqual(lab);
   });
 
+  it('parses the downtime policy and refuses one it does not know, naming them', () => {
+    expect(parseLabFile('hosts: [{ name: solo }]\nmigration: { downtimePolicy: proxmox }').migration).toEqual({ downtimePolicy: 'proxmox' });
+    expect(problems('hosts: [{ name: solo }]\nmigration: { downtimePolicy: fast }')).toEqual([expect.stringMatching(/^migration\.downtimePolicy: .*"ramp"/)]);
+  });
+
   it('parse the migration policy (keepSourceMs), round-trip it, and refuse a bad one naming it', () => {
     const lab = parseLabFile('hosts: [{ name: solo }]\nmigration: { keepSourceMs: 5000 }');
     expect(lab.migration).toEqual({ keepSourceMs: 5000 });

@@ -280,3 +280,37 @@ describe('formatters', () => {
     expect(formatMs(9843.75)).toBe('9.8 s');
   });
 });
+
+describe('predict: a saturated writable working set', () => {
+  // The demo: 128 MiB working set re-dirtied in each 6.7 s pass at 20 MB/s, so the rate
+  // measured over a pass (remaining / pass time) comes out as the link's own 20 MB/s.
+  const W = 128 * 2 ** 20;
+  const saturated = (over: Partial<PredictionInput> = {}) =>
+    predict(input({ remainingBytes: W + 2 * MB, dirtyRateBps: 20 * MB, bandwidthBps: 20 * MB, workingSetBytes: W, ...over }));
+
+  it('gives one verdict whether the measured rate comes out above or below the link, resting on the working set', () => {
+    const reasons = [19.5, 20, 20.5].map((r) => stuck(saturated({ dirtyRateBps: r * MB })).reason);
+    for (const reason of reasons) expect(reason).toMatch(/^Each pass finds the guest's whole 134\.2 MB working set dirty again \(it dirties at least \d+\.\d MB\/s\)/);
+    expect(new Set(reasons.map((r) => r.replace(/at least [\d.]+ MB\/s/, '')))).toHaveProperty('size', 1);
+  });
+
+  it('advises only what makes the working set fit, never a bandwidth that would leave it all dirty', () => {
+    const p = stuck(saturated());
+    const bw = p.advice.find((a) => a.startsWith('Raise the bandwidth')) ?? '';
+    // 134.2 MB in 300 ms: 447.4 MB/s, rounded up to whole MB/s; not the 27 MB/s a rate model gives.
+    expect(figure(bw, 'MB/s')).toBe(448 * MB);
+    expect(eta(predict(input({ remainingBytes: W + 2 * MB, dirtyRateBps: 20 * MB, bandwidthBps: 448 * MB, workingSetBytes: W }))).passesLeft).toBeLessThanOrEqual(1);
+    const dt = p.advice.find((a) => a.startsWith('Raise the downtime limit')) ?? '';
+    expect(figure(dt, 'time')).toBe(6800); // 134.2 MB at 20 MB/s is 6.71 s: shown rounded up, 6.8 s
+    expect(p.advice.some((a) => a.startsWith('Enable auto-converge'))).toBe(true);
+  });
+
+  it('keeps the verdict within a pass, where what remains shrinks as pages go: the boundary decides', () => {
+    const midPass = saturated({ remainingBytes: 3 * MB, boundaryRemainingBytes: W + 1 * MB });
+    expect(stuck(midPass).reason).toMatch(/^Each pass finds the guest's whole 134\.2 MB working set dirty again/);
+  });
+
+  it('is not used during the first pass, when what remains is all of RAM', () => {
+    expect(predict(input({ remainingBytes: 256 * 2 ** 20, workingSetBytes: 16 * MB })).kind).toBe('eta');
+  });
+});

@@ -63,7 +63,7 @@ function completed(id: string): MigrationResult {
     id, status: 'completed', guest: 'db', from: 'alpha', to: 'beta', reason: null, qemuMessage: null, ramBytes: 268_435_456,
     totalTimeMs: 4200, setupTimeMs: 10, downtimeMs: 95, guestDowntimeMs: 120, transferredBytes: 300e6, passes: [pass(1, 300)],
     phases: [], checks: [], prediction: null, wallTimeMs: 4800, runningOn: 'beta', attention: null, sourceKept: null, rolledBackMs: null, destinationRunningAtMs: 4300, resumedAtMs: 4320,
-    failure: null, destinationConsoleTail: null, network: null, tls: false, link: null,
+    failure: null, destinationConsoleTail: null, network: null, tls: false, link: null, downtimePolicy: null,
   };
 }
 
@@ -434,7 +434,7 @@ describe('MigrateDialog: TLS and link emulation', () => {
     await waitFor(() => expect(onStarted).toHaveBeenCalledWith(NEW));
     expect(call).toHaveBeenLastCalledWith({
       type: 'migrate', guest: 'web1', to: 'host-b',
-      options: { bandwidthMBps: 1000, downtimeLimitMs: 300, capabilities: {}, tls: false, link: null },
+      options: { bandwidthMBps: 1000, capabilities: {}, tls: false, link: null },
     });
   });
 
@@ -448,7 +448,7 @@ describe('MigrateDialog: TLS and link emulation', () => {
     await waitFor(() => expect(onStarted).toHaveBeenCalledWith(NEW));
     expect(call).toHaveBeenLastCalledWith({
       type: 'migrate', guest: 'web1', to: 'host-b',
-      options: { bandwidthMBps: 1000, downtimeLimitMs: 300, capabilities: {}, tls: true, link: { bandwidthMBps: 20, latencyMs: 80, lossPercent: 0.5 } },
+      options: { bandwidthMBps: 1000, capabilities: {}, tls: true, link: { bandwidthMBps: 20, latencyMs: 80, lossPercent: 0.5 } },
     });
   });
 

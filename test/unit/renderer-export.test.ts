@@ -37,7 +37,7 @@ function result(): MigrationResult {
     phases: [{ name: 'preflight', startMs: 0, endMs: 12.5 }],
     checks: [{ name: 'qemu-version', status: 'pass', message: 'Both hosts run QEMU 9.2.' }],
     prediction: { kind: 'eta', etaMs: 0, passesLeft: 0, reason: 'done' },
-    wallTimeMs: 9650, runningOn: 'hostB', attention: null, sourceKept: null, rolledBackMs: null, destinationRunningAtMs: 9140.2, resumedAtMs: 9160, failure: null, destinationConsoleTail: null, tls: false, link: null,
+    wallTimeMs: 9650, runningOn: 'hostB', attention: null, sourceKept: null, rolledBackMs: null, destinationRunningAtMs: 9140.2, resumedAtMs: 9160, failure: null, destinationConsoleTail: null, tls: false, link: null, downtimePolicy: null,
     network: {
       mac: '52:54:00:12:34:56', ip: '10.0.0.11', macMoves: [], announceFrames: 2, announceAtMs: [9145, 9195],
       expectedAnnounceFrames: 5, probe: { target: '10.0.0.11', intervalMs: 20, sent: 3, received: 2, maxGapMs: 140 },

@@ -42,6 +42,13 @@ export const CommandSchema = z.discriminatedUnion('type', [
     guest: name,
     to: name,
     capabilities: z.record(z.string().max(64), z.boolean()).optional(),
+    /** Measure the guest's dirty rate (calc-dirty-rate) and judge it against these migration settings. */
+    measureDirtyRate: z.object({
+      ms: z.number().int().min(50).max(60_000),
+      bandwidthMBps: z.number().min(1).max(100_000),
+      downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
+      downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
+    }).strict().optional(),
   }).strict(),
   z.object({ type: z.literal('stopGuest'), host: name, guest: name }).strict(),
   /** Runs the job; a destination the pre-flight prepared for this guest on `to` is handed to it. */
@@ -67,6 +74,10 @@ export const CommandSchema = z.discriminatedUnion('type', [
       link: LinkPatchSchema.nullable().optional(),
       /** How long the paused source stays after the destination runs; null: MigLab's policy. */
       keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
+      /** How downtime-limit moves when passes stop making progress (migration/downtime-policy.ts); null: MigLab's default. */
+      downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
+      /** Measure the guest's dirty rate first (calc-dirty-rate), ms; pre-flight then says whether pre-copy converges. */
+      measureDirtyRateMs: z.number().int().min(50).max(60_000).nullable().optional(),
     }).strict().optional(),
     /** Give up (cancel) when not completed by then (the job's default: 10 minutes); from one second (a lesson on giving up) to a day. */
     maxDurationMs: z.number().int().min(1000).max(86_400_000).optional(),

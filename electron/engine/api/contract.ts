@@ -13,8 +13,9 @@ import type { ApiCommand, ApiErrorCode } from './commands';
 export { formatBytes, formatBytesRate, formatMs } from '../util/format';
 export { MIGRATION_OUTCOMES, MIGRATION_PHASES } from '../migration/types';
 export { capabilityRefusal } from '../migration/capabilities';
+export { DOWNTIME_POLICIES, DOWNTIME_POLICY_NAMES } from '../migration/downtime-policy';
 export type {
-  JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
+  DowntimePolicyName, DowntimePolicyReport, DowntimeStep, JobState, MigrationPass, MigrationResult, NetworkMacMove, PhaseSpan, PreflightCheck, Prediction, ProbeSample,
 } from '../migration/types';
 export type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 

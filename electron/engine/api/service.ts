@@ -13,7 +13,8 @@ import { MigrationJournal } from '../migration/journal';
 import { recoverInterruptedMigrations } from '../migration/recovery';
 import { migrateGuest, type MigrationJob, type MigrationRequest } from '../migration/orchestrator';
 import { runPreflight } from '../migration/preflight';
-import type { MigrationResult } from '../migration/types';
+import { DEFAULT_MIGRATION_OPTIONS, type MigrationResult } from '../migration/types';
+import { DowntimePolicy } from '../migration/downtime-policy';
 import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
 import { PreparedDestinations } from './prepared-destinations';
@@ -238,7 +239,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return this.guestView(g);
       }
       case 'preflight':
-        return this.preflight(cmd.guest, cmd.to, cmd.capabilities ?? {});
+        return this.preflight(cmd.guest, cmd.to, cmd.capabilities ?? {}, cmd.measureDirtyRate);
       case 'releasePreparedDestination':
         return { guest: cmd.guest, released: await this.prepared.release(cmd.guest) };
       case 'stopGuest': {
@@ -329,7 +330,12 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
         return agent ? { name: h.name, agent: { url: agent.url, fingerprint: agent.fingerprint } } : { name: h.name };
       }),
       network: net ? { subnet: net.subnetText, ...switchAddress } : null,
-      ...(this.lab.migration.keepSourceMs !== undefined ? { migration: { keepSourceMs: this.lab.migration.keepSourceMs } } : {}),
+      ...(this.lab.migration.keepSourceMs !== undefined || this.lab.migration.downtimePolicy != null
+        ? { migration: {
+          ...(this.lab.migration.keepSourceMs !== undefined ? { keepSourceMs: this.lab.migration.keepSourceMs } : {}),
+          ...(this.lab.migration.downtimePolicy != null ? { downtimePolicy: this.lab.migration.downtimePolicy } : {}),
+        } }
+        : {}),
       guests: guests.map((g) => {
         const w = this.workloads.get(g.name);
         return { name: g.name, host: g.hostName, memoryMiB: g.spec.memoryMiB, boot: g.spec.boot, start: true, ...(w ? { workload: w } : {}) };
@@ -400,7 +406,10 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
    * -incoming defer) for the migration that may follow. A pre-flight that fails releases it: no
    * migration can take it. Nothing else is reserved (the port checked is handed back).
    */
-  private async preflight(name: string, toName: string, capabilities: Record<string, boolean>): Promise<ApiResults['preflight']> {
+  private async preflight(
+    name: string, toName: string, capabilities: Record<string, boolean>,
+    measure?: Extract<ApiCommand, { type: 'preflight' }>['measureDirtyRate'],
+  ): Promise<ApiResults['preflight']> {
     const guest = this.findGuest(name);
     const from = this.host(guest.hostName);
     const to = this.host(toName);
@@ -411,7 +420,18 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     else await this.prepared.release(name); // one per guest: the dialog looks elsewhere now
     // The prepared copy (started or starting) is the guest's own, not a name clash on `to`.
     const ownDestination = (g: Guest) => preparable && g.name === name && g.state === 'incoming';
-    const pre = await runPreflight({ guest, from, to, capabilities, ownDestination });
+    const load = this.workloads.get(name);
+    // The limit the migration would start with: the one given, else where its policy starts.
+    const startMs = measure && new DowntimePolicy(measure.downtimePolicy ?? null, {
+      downtimeLimitMs: measure.downtimeLimitMs ?? DEFAULT_MIGRATION_OPTIONS.downtimeLimitMs, downtimeLimitGiven: measure.downtimeLimitMs !== undefined,
+    }).startMs;
+    const measureDirtyRate = measure && startMs
+      ? {
+        ms: measure.ms, bandwidthBps: measure.bandwidthMBps * 1e6, bandwidthFrom: 'the bandwidth asked for', downtimeLimitMs: startMs,
+        ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
+      }
+      : undefined;
+    const pre = await runPreflight({ guest, from, to, capabilities, ownDestination, ...(measureDirtyRate ? { measureDirtyRate } : {}) });
     if (pre.port !== null) to.releaseMigrationPort(pre.port); // a look, not a reservation
     if (preparable && pre.checks.some((c) => c.status === 'fail')) await this.prepared.release(name);
     return { checks: pre.checks, capabilities: pre.capabilities };
@@ -478,8 +498,9 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     const load = this.workloads.get(name);
     // The lab file's policy, unless this migration says otherwise.
     const keep = options.keepSourceMs !== undefined ? {} : this.lab.migration.keepSourceMs !== undefined ? { keepSourceMs: this.lab.migration.keepSourceMs } : {};
+    const policy = options.downtimePolicy != null || this.lab.migration.downtimePolicy == null ? {} : { downtimePolicy: this.lab.migration.downtimePolicy };
     const req: MigrationRequest = {
-      guest, from, to, options: { ...options, ...keep }, network: this.lab.network,
+      guest, from, to, options: { ...options, ...keep, ...policy }, network: this.lab.network,
       ...('keepSourceMs' in keep ? { keepSourceAskedBy: 'the lab file (migration.keepSourceMs)' } : {}),
       ...(load ? { workingSetBytes: load.workingSetMiB * 2 ** 20 } : {}),
       ...(this.journal ? { journal: this.journal } : {}),

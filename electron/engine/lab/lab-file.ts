@@ -55,6 +55,8 @@ export const LabFileSchema = z.object({
      * be taken back on request (null: MigLab's policy, see MigrationOptions.keepSourceMs).
      */
     keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
+    /** The downtime policy (ramp, proxmox, nova, fixed); null or left out: MigLab's default. */
+    downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
   }).strict().optional(),
   hosts: z.array(z.object({ name: labName, agent: AgentRefSchema.optional() }).strict()).min(1, 'a lab needs at least one host').max(16),
   guests: z.array(z.object({

@@ -10,6 +10,7 @@ import { makeTempDir, removeDir } from '../util/fs';
 import { LabCa } from '../tls/certs';
 import { defaultStateDir, statePath } from '../util/paths';
 import type { LabPeer } from '../hosts/host';
+import type { DowntimePolicyName } from '../migration/types';
 
 /** The lab with no configuration: two hosts on this machine, as a class first meets migration. */
 export const DEFAULT_LOCAL_HOSTS: readonly string[] = ['host-a', 'host-b'];
@@ -45,9 +46,9 @@ export class Lab {
   /** Local hosts made so far, for their port ranges. */
   private localCount: number;
   /** The lab file's migration policy: what a migration that does not say otherwise gets. */
-  readonly migration: { keepSourceMs?: number | null | undefined };
+  readonly migration: { keepSourceMs?: number | null | undefined; downtimePolicy?: DowntimePolicyName | null | undefined };
 
-  constructor(hosts: Host[], opts: { runtimeDir?: string; ownsDir?: boolean; network?: LabNetwork | null; migration?: { keepSourceMs?: number | null | undefined } } = {}) {
+  constructor(hosts: Host[], opts: { runtimeDir?: string; ownsDir?: boolean; network?: LabNetwork | null; migration?: Lab['migration'] } = {}) {
     this.runtimeDir = opts.runtimeDir ?? null;
     this.ownsDir = opts.ownsDir ?? false;
     this.network = opts.network ?? null;

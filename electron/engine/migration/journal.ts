@@ -141,7 +141,7 @@ export class MigrationJournal {
   /** Jobs that never reached completed, failed or cancelled: the engine stopped under them. */
   async unfinished(): Promise<JournalEntry[]> {
     // needs-attention is not an end: the next engine asks both QEMUs again.
-    return (await this.list()).filter((e) => !['completed', 'failed', 'cancelled'].includes(e.state));
+    return (await this.list()).filter((e) => !['completed', 'failed', 'cancelled', 'not-converged'].includes(e.state));
   }
 
   async remove(id: string): Promise<void> {
@@ -167,7 +167,7 @@ export function likelyLocation(entry: JournalEntry): { host: string; why: string
   const idx = MIGRATION_PHASES.indexOf(entry.state as (typeof MIGRATION_PHASES)[number]);
   const switchover = MIGRATION_PHASES.indexOf('switchover');
   if (entry.state === 'completed') return { host: entry.to, why: 'the migration completed' };
-  if (entry.state === 'failed' || entry.state === 'cancelled') return { host: entry.from, why: `the migration ${entry.state}` };
+  if (entry.state === 'failed' || entry.state === 'cancelled' || entry.state === 'not-converged') return { host: entry.from, why: `the migration ${entry.state}` };
   if (idx < switchover) {
     return { host: entry.from, why: `the engine stopped in ${entry.state}, before the switchover: the source kept the guest` };
   }

@@ -2,7 +2,8 @@
 // how long the source is kept), checked the same way at the start and for a live change.
 import { z } from 'zod';
 import { LinkProfileSchema } from '../network/link-profile';
-import { DEFAULT_MIGRATION_OPTIONS, type MigrationOptions } from './types';
+import { DOWNTIME_POLICY_NAMES } from './downtime-policy';
+import { DEFAULT_MIGRATION_OPTIONS, type DowntimePolicyName, type MigrationOptions } from './types';
 
 export const LIMITS = {
   bandwidthMBps: { min: 1, max: 100_000 },
@@ -23,6 +24,8 @@ const OptionsSchema = z.object({
   probeIntervalMs: z.number().int().min(L.probeIntervalMs.min, 'probe at most every 5 ms').max(L.probeIntervalMs.max, 'probe at least every 1000 ms').optional(),
   tls: z.boolean().optional(),
   link: LinkProfileSchema.partial().nullable().optional(),
+  measureDirtyRateMs: z.number().int().min(50, 'measure the dirty rate for at least 50 ms').max(60_000, 'measure the dirty rate for at most 60000 ms').nullable().optional(),
+  downtimePolicy: z.enum(DOWNTIME_POLICY_NAMES as [DowntimePolicyName, ...DowntimePolicyName[]], { error: `the downtime policy is one of ${DOWNTIME_POLICY_NAMES.join(', ')}` }).nullable().optional(),
 });
 
 export class InvalidMigrationOptionsError extends Error {

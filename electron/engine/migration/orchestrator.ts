@@ -28,9 +28,10 @@ import { journalCopy, type JournalEntry, type MigrationJournal } from './journal
 import { parseMigrationOptions } from './limits';
 import { LinkWatch } from './link-watch';
 import { MigrationNetworkWatch } from './network-watch';
-import { runPreflight, startDestination, type PreflightOutcome } from './preflight';
+import { runPreflight, startDestination, type PreflightContext, type PreflightOutcome } from './preflight';
 import { capabilityRefusal } from './capabilities';
 import { buildResult } from './result';
+import { DowntimePolicy } from './downtime-policy';
 import { SourceWatch } from './source-watch';
 import { isInFlight } from './status';
 import {
@@ -80,7 +81,7 @@ class JobEnd extends Error {
     readonly outcome: Exclude<MigrationOutcome, 'completed' | 'needs-attention'>,
     reason: string,
     readonly qemuMessage: string | null = null,
-    readonly kind: FailureKind = outcome === 'cancelled' ? 'cancelled' : 'migration',
+    readonly kind: FailureKind = outcome === 'cancelled' ? 'cancelled' : outcome === 'not-converged' ? 'not-converged' : 'migration',
   ) {
     super(reason);
   }
@@ -154,6 +155,11 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   private pre: PreflightOutcome | null = null;
   private bandwidthMBps: number;
   private downtimeLimitMs: number;
+  private readonly policy: DowntimePolicy;
+  /** The policy gave up: a cancel ends the job as not-converged. */
+  private notConverged = false;
+  /** The job sent `migrate`, so its result names the policy it ran under. */
+  private policyRan = false;
   private readonly beats: HeartbeatWatch;
   /** The source QEMU's events, samples, passes and verdict. */
   private readonly src: SourceWatch;
@@ -177,7 +183,11 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     super();
     this.options = parseMigrationOptions(req.options);
     this.bandwidthMBps = this.options.bandwidthMBps;
-    this.downtimeLimitMs = this.options.downtimeLimitMs;
+    this.policy = new DowntimePolicy(this.options.downtimePolicy, {
+      downtimeLimitMs: this.options.downtimeLimitMs,
+      downtimeLimitGiven: req.options?.downtimeLimitMs !== undefined,
+    });
+    this.downtimeLimitMs = this.policy.startMs;
     this.askMs = req.askTimeoutMs ?? 5000;
     this.beats = new HeartbeatWatch(req.guest, (gapMs) => this.send({ type: 'heartbeat-gap', atMs: this.now(), gapMs }));
     this.linkWatch = new LinkWatch(
@@ -202,6 +212,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         capabilitiesOn: ['events', ...Object.entries(this.options.capabilities).filter(([, v]) => v).map(([k]) => k)],
         ...(s.cpuThrottlePercent !== null ? { throttlePercent: s.cpuThrottlePercent } : {}),
       }),
+      onPassBoundary: (pass, remaining) => this.applyPolicy(pass, remaining),
       tick: () => this.linkWatch.report(),
       sampleIntervalMs: this.options.sampleIntervalMs,
       maxDurationMs: req.maxDurationMs ?? 600_000,
@@ -324,7 +335,28 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   /** Changes downtime-limit while the migration runs. */
   setDowntimeLimit(ms: number): Promise<void> {
+    parseMigrationOptions({ downtimeLimitMs: ms });
+    this.policy.override(ms); // a person's choice: the policy steps back
     return this.setParameters({ downtimeLimitMs: ms });
+  }
+
+  /** The downtime policy at a pass boundary: a stall raises downtime-limit, or ends the job as not-converged. */
+  private applyPolicy(pass: number, remainingBytes: number | null): void {
+    const act = this.policy.onPass(pass, remainingBytes);
+    if (act.kind === 'hold') return;
+    this.send({ type: 'downtime-step', atMs: this.now(), step: act.step });
+    if (act.kind === 'end') {
+      this.notConverged = true;
+      this.cancel(`The migration did not converge: ${act.step.why}. (Downtime policy "${this.policy.name}".)`);
+      return;
+    }
+    this.setParameters({ downtimeLimitMs: act.step.downtimeLimitMs }).catch((err: Error) =>
+      this.notes.push(`The downtime policy could not raise downtime-limit to ${act.step.downtimeLimitMs} ms: ${err.message}`));
+  }
+
+  /** How a cancel ends the job: not-converged when the policy gave up, else cancelled. */
+  private get cancelOutcome(): 'cancelled' | 'not-converged' {
+    return this.notConverged ? 'not-converged' : 'cancelled';
   }
 
   private async setParameters(change: Pick<Partial<MigrationOptions>, 'bandwidthMBps' | 'downtimeLimitMs'>): Promise<void> {
@@ -364,13 +396,29 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   }
 
   private checkCancel(): void {
-    if (this.cancelReason) throw new JobEnd('cancelled', this.cancelReason);
+    if (this.cancelReason) throw new JobEnd(this.cancelOutcome, this.cancelReason);
+  }
+
+  /** What the pre-flight dirty-rate check judges against: what this migration will send, and its limit. */
+  private dirtyRateQuestion(ms: number): NonNullable<PreflightContext['measureDirtyRate']> {
+    const link = this.options.link?.bandwidthMBps ?? null;
+    const linkLimits = link !== null && link < this.bandwidthMBps;
+    return {
+      ms,
+      bandwidthBps: (linkLimits ? link : this.bandwidthMBps) * 1e6,
+      bandwidthFrom: linkLimits ? 'the emulated link' : "the migration's max-bandwidth",
+      downtimeLimitMs: this.downtimeLimitMs,
+      ...(this.req.workingSetBytes !== undefined ? { workingSetBytes: this.req.workingSetBytes } : {}),
+    };
   }
 
   private async preflightPhase(): Promise<void> {
     const { guest, from, to } = this.req;
     this.pre = await runPreflight(
-      { guest, from, to, capabilities: this.options.capabilities, ownDestination: (g) => g === this.req.preparedDestination },
+      {
+        guest, from, to, capabilities: this.options.capabilities, ownDestination: (g) => g === this.req.preparedDestination,
+        ...(this.options.measureDirtyRateMs !== null ? { measureDirtyRate: this.dirtyRateQuestion(this.options.measureDirtyRateMs) } : {}),
+      },
       (check) => this.send({ type: 'check', atMs: this.now(), check }),
     );
     this.port = this.pre.port;
@@ -468,6 +516,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
   }
 
   private async migratePhase(): Promise<void> {
+    this.policyRan = true;
     void this.dst!.exited.then(() => this.src.wakeUp());
     await this.src.start(this.sourceUri, () => this.beats.sourceStopped());
   }
@@ -483,11 +532,11 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       this.facts.sourceCompleted = true;
       if (this.src.cancelSent) {
         // The cancel reached QEMU after its last pages: the destination holds the guest but never ran.
-        throw new JobEnd('cancelled', `${this.cancelReason} QEMU had already sent the last pages when the cancel arrived; the destination never ran the guest, so it stays on ${this.req.from.name}.`);
+        throw new JobEnd(this.cancelOutcome, `${this.cancelReason} QEMU had already sent the last pages when the cancel arrived; the destination never ran the guest, so it stays on ${this.req.from.name}.`);
       }
       return;
     }
-    if (verdict === 'cancelled') throw new JobEnd('cancelled', this.cancelReason ?? 'QEMU cancelled the migration.');
+    if (verdict === 'cancelled') throw new JobEnd(this.cancelOutcome, this.cancelReason ?? 'QEMU cancelled the migration.');
     const desc = this.src.finalInfo?.['error-desc'];
     // A killed destination resets the stream before its exit reaches this process: wait a moment
     // for it, so the reason names the cause (the destination stopped), not the symptom (a reset).
@@ -890,6 +939,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         destinationRunningAtMs: this.destinationRunningAtMs, resumedAtMs: this.resumedAtMs,
         destinationConsoleTail: tail, network: this.net?.report() ?? null,
         tls: this.options.tls, link: this.linkWatch.stats,
+        downtimePolicy: this.policyRan ? this.policy.report() : null,
       });
     // Final now: the destination runs and the source has quit (or the guest stayed put).
     const result = build();

@@ -16,6 +16,12 @@ export interface PredictionInput {
   capabilitiesOffered: string[];
   capabilitiesOn: string[];
   throttlePercent?: number;
+  /**
+   * What remained at the last pass boundary after the first pass (what a sync found dirty): within
+   * a pass, remaining only shrinks as pages go, so whether the working set is all dirty again is
+   * read at the boundary. Absent: the current remaining is used.
+   */
+  boundaryRemainingBytes?: number;
 }
 
 /** Beyond this many passes QEMU would, in practice, go on for ever: call it non-convergent. */
@@ -166,6 +172,33 @@ function adviceFor(m: Model, input: PredictionInput): string[] {
   return advice;
 }
 
+/** What remains is "the whole working set" within this share of it (either way): after pass 1, not during it. */
+const SATURATED_SHARE = 0.9;
+
+/**
+ * Advice for a saturated working set: only what makes the working set fit in one final copy
+ * (its size, not the measured rate, decides), or a strategy that does not need it to.
+ */
+function workingSetAdvice(m: Model, input: PredictionInput): string[] {
+  const advice: string[] = [];
+  const bw = Math.ceil((m.workingSet / (m.downtimeMs / 1000)) / 1e6) * 1e6;
+  if (m.downtimeMs > 0) advice.push(`Raise the bandwidth to at least ${formatBytesRate(bw)}: the ${formatBytes(m.workingSet)} working set then fits in the ${formatMs(m.downtimeMs)} downtime limit.`);
+  const rawDt = (m.workingSet / m.bandwidth) * 1000;
+  // Rounded up to what formatMs shows, so the figure shown is one that works.
+  const step = rawDt < 1000 ? 10 : 100;
+  const dt = Math.ceil(rawDt / step) * step;
+  if (dt <= MAX_SUGGESTED_DOWNTIME_MS) advice.push(`Raise the downtime limit to ${formatMs(dt)} (the guest stays paused up to that long): at ${formatBytesRate(m.bandwidth)} the working set then fits in one final copy.`);
+  const offered = new Set(input.capabilitiesOffered);
+  const on = new Set(input.capabilitiesOn);
+  if (offered.has('auto-converge') && !on.has('auto-converge')) {
+    advice.push(`Enable auto-converge: QEMU throttles the guest's CPUs until the working set is no longer all dirty by the end of a pass.`);
+  }
+  if (offered.has('postcopy-ram') && capabilityRefusal('postcopy-ram', true) === null) {
+    advice.push(`Use post-copy: QEMU switches over first and the destination fetches the remaining ${formatBytes(m.remaining)} on demand.`);
+  }
+  return advice;
+}
+
 function invalid(n: number): boolean {
   return !Number.isFinite(n) || n < 0;
 }
@@ -194,6 +227,15 @@ export function predict(input: PredictionInput): Prediction {
   const note = throttled ? ` (with auto-converge throttling its CPUs by ${Math.round(throttle)}%)` : '';
   const dirties = `the guest dirties ${formatBytesRate(m.dirty)}${note}`;
   const budget = `the ${formatBytes(t)} that fits in the ${formatMs(m.downtimeMs)} downtime limit`;
+  // The writable working set (Clark et al. 2005): once each pass finds the whole working set
+  // dirty again, what remains stops shrinking whatever the guest's rate, and the rate measured
+  // over a pass (remaining / pass time) is only a floor of the real one. The verdict then rests on
+  // the working set alone: it must fit in what the downtime limit lets QEMU send.
+  const atBoundary = input.boundaryRemainingBytes ?? m.remaining;
+  if (Number.isFinite(m.workingSet) && m.workingSet > t && atBoundary >= SATURATED_SHARE * m.workingSet && atBoundary <= m.workingSet / SATURATED_SHARE && m.dirty > 0) {
+    const reason = `Each pass finds the guest's whole ${formatBytes(m.workingSet)} working set dirty again${note} (it dirties at least ${formatBytesRate(m.dirty)}), so what remains stays near ${formatBytes(m.workingSet)}: more than ${budget} at ${formatBytesRate(m.bandwidth)}.`;
+    return { kind: 'will-not-converge', reason, advice: workingSetAdvice(m, input) };
+  }
   const r = run(m);
 
   if (r.converges) {

@@ -5,6 +5,7 @@ import type { Guest, Host, HostInfo } from '../hosts/host';
 import { bootFiles, type GuestSpec } from '../qemu/spec';
 import { tracksTcgWritesExactly } from '../qemu/binary';
 import { capabilityRefusal } from './capabilities';
+import { dirtyRateVerdict, measureDirtyRate, type DirtyRateMeasurement, type DirtyRateVerdictInput } from './dirty-rate';
 import type { CheckStatus, PreflightCheck } from './types';
 
 /** QEMU's own overhead on top of guest RAM, so a destination is not filled to the brim. */
@@ -23,6 +24,11 @@ export interface PreflightContext {
    * the migration (paused, -incoming defer): not a clash of names.
    */
   ownDestination?: (g: Guest) => boolean;
+  /**
+   * Measure the guest's dirty rate on its QEMU for `ms` (50..60000) and judge whether pre-copy
+   * converges with what the migration will send (check 'dirty-rate'). Absent: no such check.
+   */
+  measureDirtyRate?: { ms: number } & Omit<DirtyRateVerdictInput, 'ramBytes'>;
 }
 
 export interface PreflightOutcome {
@@ -342,6 +348,30 @@ function capabilitiesCheck(ctx: PreflightContext, from: HostInfo, to: HostInfo):
   return check('capabilities', 'pass', `Both QEMUs offer the capabilities asked for: ${wanted.join(', ')}.`);
 }
 
+/**
+ * Never a fail: a guest that will not converge is worth watching not converge. A warn when it will
+ * not, or when its QEMU cannot measure (then nothing is known either way).
+ */
+async function dirtyRateCheck(guest: Guest, ask: NonNullable<PreflightContext['measureDirtyRate']>): Promise<PreflightCheck> {
+  if (guest.state !== 'ready' && guest.state !== 'running') {
+    return check('dirty-rate', 'warn', `${guest.name} is ${guest.state}, not running, so its dirty rate was not measured: whether pre-copy converges is unknown.`);
+  }
+  let measured: DirtyRateMeasurement;
+  try {
+    measured = await measureDirtyRate(guest, { ms: ask.ms });
+  } catch (err) {
+    return check('dirty-rate', 'warn', `MigLab could not measure ${guest.name}'s dirty rate, so whether pre-copy converges is unknown: ${(err as Error).message}`);
+  }
+  const { ms: _ms, ...link } = ask;
+  const v = dirtyRateVerdict(measured.dirtyRateBps, {
+    ...link,
+    ramBytes: guest.spec.memoryMiB * 1024 * 1024,
+    rateFrom: `measured by ${measured.source} over ${measured.calcTimeMs} ms`,
+  });
+  const helps = v.helps.length ? ` What would help: ${v.helps.join(' ')}` : '';
+  return check('dirty-rate', v.converges === true ? 'pass' : 'warn', v.sentence + helps);
+}
+
 /** Runs every check; reserves a migration port on the destination when one is free. */
 export async function runPreflight(ctx: PreflightContext, onCheck: (c: PreflightCheck) => void = () => {}): Promise<PreflightOutcome> {
   const checks: PreflightCheck[] = [];
@@ -377,6 +407,7 @@ export async function runPreflight(ctx: PreflightContext, onCheck: (c: Preflight
   const net = networkCheck(ctx.guest, toInfo);
   if (net) add(net);
   add(capabilitiesCheck(ctx, fromInfo, toInfo));
+  if (ctx.measureDirtyRate) add(await dirtyRateCheck(ctx.guest, ctx.measureDirtyRate));
   let port: number | null = null;
   try {
     port = await ctx.to.allocateMigrationPort();

@@ -8,7 +8,7 @@ export type ResultParts = Pick<
   MigrationResult,
   | 'id' | 'guest' | 'from' | 'to' | 'reason' | 'qemuMessage' | 'guestDowntimeMs' | 'passes' | 'phases' | 'checks'
   | 'prediction' | 'runningOn' | 'attention' | 'sourceKept' | 'rolledBackMs' | 'destinationRunningAtMs' | 'resumedAtMs'
-  | 'destinationConsoleTail' | 'network' | 'tls' | 'link'
+  | 'destinationConsoleTail' | 'network' | 'tls' | 'link' | 'downtimePolicy'
 > & {
   outcome: MigrationOutcome;
   failure: FailureKind | null;
@@ -53,5 +53,6 @@ export function buildResult(p: ResultParts): MigrationResult {
     network: p.network,
     tls: p.tls,
     link: p.link,
+    downtimePolicy: p.downtimePolicy,
   };
 }

@@ -22,6 +22,8 @@ export interface SourceWatchHooks {
   takeContinue(): boolean;
   /** What the prediction needs beyond the sample (bandwidth, limits, capabilities). */
   predictionInput(s: MigrationSample): Omit<PredictionInput, 'remainingBytes' | 'dirtyRateBps'>;
+  /** At each pass boundary (MIGRATION_PASS), with what QEMU says remains to send (null: it did not say). */
+  onPassBoundary(pass: number, remainingBytes: number | null): void;
   /** Once per loop: the emulated link's counters, when there is one. */
   tick(): void;
   sampleIntervalMs: number;
@@ -36,6 +38,12 @@ export class SourceWatch {
   private final: MigrationStatus | null = null;
   /** Job time of QEMU's STOP on the source: the switchover began. */
   stopAt: number | null = null;
+  /** Pass boundaries on QEMU's clock (its event timestamps), placed on the job's timeline. */
+  private readonly passClock = new QemuEventClock(() => this.hooks.now());
+  /** Job time of QEMU's MIGRATION completed, on QEMU's clock: the end of the last pass. */
+  private completedAt: number | null = null;
+  /** What remained at the last pass boundary from pass 2 on (what the guest re-dirtied in a pass). */
+  private boundaryRemaining: number | null = null;
   /** The latest query-migrate answer, and the settled one at the end. */
   info: MigrationInfo | null = null;
   finalInfo: MigrationInfo | null = null;
@@ -70,10 +78,11 @@ export class SourceWatch {
       const st = String(ev.data.status) as MigrationStatus;
       this.status = st;
       if (isTerminal(st)) this.final = st;
+      if (st === 'completed') this.completedAt = this.passClock.jobMs(ev);
       this.hooks.send({ type: 'status', atMs: this.hooks.now(), status: st });
       this.wakeUp();
     }));
-    this.offs.push(q.onEvent('MIGRATION_PASS', (ev: QmpEvent) => void this.onPass(Number(ev.data.pass))));
+    this.offs.push(q.onEvent('MIGRATION_PASS', (ev: QmpEvent) => void this.onPass(Number(ev.data.pass), this.passClock.jobMs(ev))));
     this.offs.push(q.onEvent('STOP', () => {
       this.stopAt ??= this.hooks.now();
       onStop();
@@ -135,7 +144,7 @@ export class SourceWatch {
     if (this.finalInfo) return status;
     if (status === 'completed') {
       this.finalInfo = await this.settledFinalInfo(info);
-      const closed = this.tracker.finish(this.hooks.now(), this.finalInfo);
+      const closed = this.tracker.finish(this.completedAt ?? this.hooks.now(), this.finalInfo);
       if (closed) this.hooks.send({ type: 'pass', atMs: this.hooks.now(), pass: closed });
     } else {
       this.finalInfo = info.status === status ? info : await queryMigrate(this.guest.qmp).catch(() => info);
@@ -179,6 +188,7 @@ export class SourceWatch {
       remainingBytes: s.remainingBytes ?? NaN,
       dirtyRateBps: s.dirtyRateBps ?? NaN,
       ...this.hooks.predictionInput(s),
+      ...(this.boundaryRemaining !== null ? { boundaryRemainingBytes: this.boundaryRemaining } : {}),
     });
     // The verdict as soon as it changes; otherwise fresh numbers once a second, not every sample.
     const changed = !this.prediction || this.prediction.kind !== p.kind;
@@ -190,8 +200,7 @@ export class SourceWatch {
     }
   }
 
-  private async onPass(pass: number): Promise<void> {
-    const at = this.hooks.now();
+  private async onPass(pass: number, at: number): Promise<void> {
     let info: MigrationInfo | null = null;
     // The bytes at a pass boundary come from a query right at the event; not during the
     // stop-and-copy, where QEMU would answer only after the switchover.
@@ -210,9 +219,37 @@ export class SourceWatch {
     }
     const closed = this.tracker.onPass(pass, at, info);
     if (closed) this.hooks.send({ type: 'pass', atMs: this.hooks.now(), pass: closed });
+    if (this.stopAt === null) this.hooks.onPassBoundary(pass, info?.ram?.remaining ?? null);
+    // Pass 1 starts with all of RAM; from pass 2 on, what a sync found dirty.
+    if (pass >= 2 && typeof info?.ram?.remaining === 'number') this.boundaryRemaining = info.ram.remaining;
   }
 
   close(): void {
     for (const off of this.offs.splice(0)) off();
+  }
+}
+
+/**
+ * Event times on QEMU's clock: the first event is placed where the engine received it, and every
+ * later one that far after it as QEMU's own timestamps say. Durations between events are then
+ * QEMU's, not the engine's receipt times (which a busy engine or a remote agent's link delays).
+ */
+/** An event reported this much earlier than it arrived means a clock that jumped. */
+const MAX_EVENT_DELAY_MS = 10_000;
+
+export class QemuEventClock {
+  private anchor: { qemuMs: number; jobMs: number } | null = null;
+
+  constructor(private readonly jobNow: () => number) {}
+
+  jobMs(ev: Pick<QmpEvent, 'timestamp' | 'receivedAt'>): number {
+    const received = this.jobNow() - (performance.now() - ev.receivedAt);
+    const t = ev.timestamp;
+    const qemuMs = t && Number.isFinite(t.seconds) && Number.isFinite(t.microseconds) && t.seconds > 0 ? t.seconds * 1000 + t.microseconds / 1000 : null;
+    if (qemuMs === null) return received; // a QEMU that gave no usable timestamp: the engine's time
+    this.anchor ??= { qemuMs, jobMs: received };
+    const mapped = this.anchor.jobMs + (qemuMs - this.anchor.qemuMs);
+    // Nothing arrives before it happened, and a QEMU clock that jumped is not believed.
+    return Math.min(received, Math.max(received - MAX_EVENT_DELAY_MS, mapped));
   }
 }

@@ -26,8 +26,12 @@ export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
  * needs-attention: no copy could be chosen safely (a side that may run the guest did not answer,
  * or the destination failed after it ran): what runs and what stands paused is in `attention`.
  */
-export type MigrationOutcome = 'completed' | 'failed' | 'cancelled' | 'needs-attention';
-export const MIGRATION_OUTCOMES: readonly MigrationOutcome[] = ['completed', 'failed', 'cancelled', 'needs-attention'];
+/**
+ * not-converged: the downtime policy gave up (what remained stopped shrinking, and its last step
+ * did not help); QEMU's migration was cancelled and the guest runs on its source.
+ */
+export type MigrationOutcome = 'completed' | 'failed' | 'cancelled' | 'not-converged' | 'needs-attention';
+export const MIGRATION_OUTCOMES: readonly MigrationOutcome[] = ['completed', 'failed', 'cancelled', 'not-converged', 'needs-attention'];
 export type JobState = MigrationPhase | MigrationOutcome;
 
 export type CheckStatus = 'pass' | 'warn' | 'fail';
@@ -67,6 +71,16 @@ export interface MigrationOptions {
    * can be cut mid-migration. null: the source connects to the destination QEMU directly.
    */
   link: Partial<LinkProfile> | null;
+  /**
+   * How downtime-limit moves while the migration cannot converge (migration/downtime-policy.ts).
+   * null: 'ramp' from 100 ms (as oVirt does), or 'fixed' when downtimeLimitMs was given.
+   */
+  downtimePolicy: DowntimePolicyName | null;
+  /**
+   * Before anything starts, measure the guest's dirty rate on its QEMU for this long (calc-dirty-rate,
+   * 50..60000 ms) and say in pre-flight whether pre-copy can converge. null: not measured.
+   */
+  measureDirtyRateMs: number | null;
 }
 
 export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
@@ -79,6 +93,8 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   probeIntervalMs: 20,
   tls: false,
   link: null,
+  downtimePolicy: null,
+  measureDirtyRateMs: null,
 };
 
 /**
@@ -125,6 +141,8 @@ export type Prediction =
 export type FailureKind =
   | 'preflight'
   | 'cancelled'
+  /** The downtime policy ended a migration that stopped making progress. */
+  | 'not-converged'
   | 'destination-start'
   | 'migration'
   /** The guest ran on the destination, then crashed or hung there. */
@@ -181,6 +199,31 @@ export interface PhaseSpan {
   endMs: number | null;
 }
 
+/** The downtime policies MigLab knows (see migration/downtime-policy.ts). */
+export type DowntimePolicyName = 'ramp' | 'proxmox' | 'nova' | 'fixed';
+
+/** One act of the downtime policy, at the end of a pass. */
+export interface DowntimeStep {
+  /** The pass that ended without progress (QEMU's MIGRATION_PASS numbering). */
+  pass: number;
+  /** 'raise': downtime-limit set to `downtimeLimitMs`; 'end': the migration ended as not-converged. */
+  action: 'raise' | 'end';
+  downtimeLimitMs: number;
+  /** What remained at that pass boundary (query-migrate's ram.remaining), bytes. */
+  remainingBytes: number | null;
+  /** In words: what stalled, and what the policy did about it. */
+  why: string;
+}
+
+/** The policy a migration ran under, and what it did. */
+export interface DowntimePolicyReport {
+  name: DowntimePolicyName;
+  /** One line for people: where it starts, how it raises the limit, when it gives up. */
+  description: string;
+  startMs: number;
+  steps: DowntimeStep[];
+}
+
 export interface MigrationResult {
   id: string;
   status: MigrationOutcome;
@@ -217,6 +260,8 @@ export interface MigrationResult {
    * (what it did in that time is lost). null: it did not go back.
    */
   rolledBackMs: number | null;
+  /** The downtime policy and every step it took; null for a job that never reached `migrate`. */
+  downtimePolicy: DowntimePolicyReport | null;
   /** Job time when QEMU on the destination said it runs the guest (RESUME, or query-status). */
   destinationRunningAtMs: number | null;
   /** Job time when the guest was seen running on the destination (its first heartbeat there). */
@@ -255,6 +300,8 @@ export type MigrationEvent =
   | { type: 'status'; atMs: number; status: MigrationStatus }
   | { type: 'prediction'; atMs: number; prediction: Prediction }
   | { type: 'parameters'; atMs: number; bandwidthMBps: number; downtimeLimitMs: number }
+  /** The downtime policy acted at a pass boundary: raised the limit, or ended the migration. */
+  | { type: 'downtime-step'; atMs: number; step: DowntimeStep }
   /** The link-emulation relay: its profile, its counters, whether the cable is cut. */
   | { type: 'link'; atMs: number; stats: LinkRelayStats }
   | { type: 'heartbeat-gap'; atMs: number; gapMs: number }

@@ -1,9 +1,14 @@
 // Typed wrappers for the QMP commands MigLab uses. They take a minimal executor rather
 // than QmpClient so a remote host agent can implement the same interface later.
-import { QmpDisconnectedError } from './errors';
+import { QmpDisconnectedError, QmpError } from './errors';
 import type {
   AnnounceParameters,
+  CalcDirtyRateArgs,
   CpuInfoFast,
+  DirtyRateInfo,
+  DirtyRateMeasureMode,
+  DirtyRateStatus,
+  DirtyRateVcpu,
   KvmInfo,
   MachineInfo,
   MemorySizeSummary,
@@ -15,6 +20,7 @@ import type {
   MigrationStatus,
   NameInfo,
   StatusInfo,
+  TimeUnit,
   VersionInfo,
 } from './types';
 
@@ -139,6 +145,95 @@ export async function migrateContinue(
 
 export async function migrateStartPostcopy(exec: QmpExecutor, opts?: QmpCommandOptions): Promise<void> {
   await exec.execute('migrate-start-postcopy', undefined, opts);
+}
+
+// ---- dirty rate ----
+
+const DIRTY_RATE_MODES: readonly DirtyRateMeasureMode[] = ['page-sampling', 'dirty-ring', 'dirty-bitmap'];
+const DIRTY_RATE_STATUSES: readonly DirtyRateStatus[] = ['unstarted', 'measuring', 'measured'];
+const TIME_UNITS: readonly TimeUnit[] = ['second', 'millisecond'];
+
+/** A QMP answer that does not match QEMU's schema: named, with what was wrong, never passed on. */
+function badAnswer(command: string, what: string, value: unknown): QmpError {
+  let shown: string;
+  try {
+    shown = JSON.stringify(value) ?? String(value);
+  } catch {
+    shown = String(value);
+  }
+  if (shown.length > 120) shown = `${shown.slice(0, 120)}...`;
+  return new QmpError(`QEMU's answer to ${command} does not match its schema: ${what} (got ${shown})`, { command });
+}
+
+/**
+ * Starts measuring how fast the guest dirties its memory; returns once QEMU accepted (poll
+ * query-dirty-rate). Mode dirty-ring is refused here: it needs KVM's dirty ring, and QEMU 7.2
+ * under TCG crashes (SIGSEGV) when asked for it.
+ */
+export async function calcDirtyRate(exec: QmpExecutor, args: CalcDirtyRateArgs, opts?: QmpCommandOptions): Promise<void> {
+  const time = args['calc-time'];
+  if (!Number.isSafeInteger(time) || time <= 0) {
+    throw new RangeError(`calc-dirty-rate needs a whole, positive calc-time; got ${String(time)}`);
+  }
+  const pages = args['sample-pages'];
+  if (pages !== undefined && (!Number.isSafeInteger(pages) || pages <= 0)) {
+    throw new RangeError(`calc-dirty-rate needs a whole, positive sample-pages; got ${String(pages)}`);
+  }
+  if (args.mode === 'dirty-ring') {
+    throw new RangeError('calc-dirty-rate mode dirty-ring needs KVM\'s dirty ring (QEMU 7.2 under TCG crashes on it): use page-sampling');
+  }
+  const wire: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(args)) if (value !== undefined) wire[key] = value;
+  await exec.execute('calc-dirty-rate', wire, opts);
+}
+
+/** The state of the last dirty-rate measurement, checked member by member against QEMU's schema. */
+export async function queryDirtyRate(
+  exec: QmpExecutor,
+  calcTimeUnit?: TimeUnit,
+  opts?: QmpCommandOptions,
+): Promise<DirtyRateInfo> {
+  const cmd = 'query-dirty-rate';
+  const raw = await exec.execute<unknown>(cmd, calcTimeUnit === undefined ? undefined : { 'calc-time-unit': calcTimeUnit }, opts);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw badAnswer(cmd, 'not an object', raw);
+  const r = raw as Record<string, unknown>;
+  const int = (key: string, min: number): number => {
+    const v = r[key];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw badAnswer(cmd, `${key} is not a whole number >= ${min}`, v);
+    return v;
+  };
+  const oneOf = <T extends string>(key: string, allowed: readonly T[]): T => {
+    const v = r[key];
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw badAnswer(cmd, `${key} is not one of ${allowed.join(', ')}`, v);
+    return v as T;
+  };
+  const info: DirtyRateInfo = {
+    status: oneOf('status', DIRTY_RATE_STATUSES),
+    'start-time': int('start-time', 0),
+    'calc-time': int('calc-time', 0),
+    'sample-pages': int('sample-pages', 0),
+    mode: oneOf('mode', DIRTY_RATE_MODES),
+  };
+  // QEMU reports -1 when page sampling found no RAM to sample.
+  if (r['dirty-rate'] !== undefined) info['dirty-rate'] = int('dirty-rate', -1);
+  if (r['calc-time-unit'] !== undefined) info['calc-time-unit'] = oneOf('calc-time-unit', TIME_UNITS);
+  if (calcTimeUnit !== undefined && (info['calc-time-unit'] ?? 'second') !== calcTimeUnit) {
+    throw badAnswer(cmd, `calc-time-unit is not the ${calcTimeUnit} asked for`, r['calc-time-unit']);
+  }
+  if (r['vcpu-dirty-rate'] !== undefined) {
+    const list = r['vcpu-dirty-rate'];
+    if (!Array.isArray(list)) throw badAnswer(cmd, 'vcpu-dirty-rate is not a list', list);
+    info['vcpu-dirty-rate'] = list.map((v): DirtyRateVcpu => {
+      const o = v as Record<string, unknown> | null;
+      const id = o?.id;
+      const rate = o?.['dirty-rate'];
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0 || typeof rate !== 'number' || !Number.isSafeInteger(rate) || rate < -1) {
+        throw badAnswer(cmd, 'a vcpu-dirty-rate entry is not {id, dirty-rate} in whole numbers', v);
+      }
+      return { id, 'dirty-rate': rate };
+    });
+  }
+  return info;
 }
 
 // ---- run state ----

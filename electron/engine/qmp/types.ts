@@ -329,3 +329,48 @@ export interface AnnounceParameters {
   interfaces?: string[];
   id?: string;
 }
+
+// ---- migration.json: dirty rate (calc-dirty-rate, query-dirty-rate; since 5.2) ----
+
+/** 'dirty-ring' needs KVM's dirty ring: QEMU 7.2 under TCG crashes (SIGSEGV) when asked for it. */
+export type DirtyRateMeasureMode = 'page-sampling' | 'dirty-ring' | 'dirty-bitmap';
+
+/** Since 8.2; before it, calc-time is whole seconds and neither command takes calc-time-unit. */
+export type TimeUnit = 'second' | 'millisecond';
+
+export type DirtyRateStatus = 'unstarted' | 'measuring' | 'measured';
+
+export interface DirtyRateVcpu {
+  id: number;
+  /** MiB/s, as QEMU computes it (bytes >> 20). */
+  'dirty-rate': number;
+}
+
+/** calc-dirty-rate arguments. */
+export interface CalcDirtyRateArgs {
+  /** In `calc-time-unit`: QEMU 10 takes 50..60000 ms, QEMU 7.2 1..60 s. */
+  'calc-time': number;
+  /** Since 8.2. */
+  'calc-time-unit'?: TimeUnit;
+  /** Pages sampled per GiB of RAM (page-sampling only); QEMU takes 128..16384. */
+  'sample-pages'?: number;
+  mode?: DirtyRateMeasureMode;
+}
+
+/** query-dirty-rate result. */
+export interface DirtyRateInfo {
+  /** MiB/s; present only once measured, and -1 when QEMU could not sample the guest's RAM. */
+  'dirty-rate'?: number;
+  status: DirtyRateStatus;
+  /** When the measurement started, in seconds of a QEMU clock (not comparable with ours). */
+  'start-time': number;
+  /** How long QEMU measured, in `calc-time-unit` (seconds before 8.2). */
+  'calc-time': number;
+  /** Since 8.2. */
+  'calc-time-unit'?: TimeUnit;
+  /** Per GiB; 0 in the modes that do not sample. */
+  'sample-pages': number;
+  mode: DirtyRateMeasureMode;
+  /** dirty-ring mode only. */
+  'vcpu-dirty-rate'?: DirtyRateVcpu[];
+}

@@ -4,7 +4,9 @@
 // engine starts the destination QEMU while the pre-flight runs; closing without migrating
 // releases it.
 import { useEffect, useRef, useState } from 'react';
-import { capabilityRefusal, type ApiResults, type GuestView, type LabSnapshot } from '../../../electron/engine/api/contract';
+import {
+  capabilityRefusal, DOWNTIME_POLICIES, DOWNTIME_POLICY_NAMES, type ApiResults, type DowntimePolicyName, type GuestView, type LabSnapshot,
+} from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 import { draftOf, LinkPresets, LinkProfileFields, LINK_PRESETS, profileOf, type LinkDraft } from './LinkPanel';
 
@@ -16,6 +18,24 @@ const CAPABILITY_HINTS: Record<string, string> = {
   compress: 'compresses pages (slow under TCG)',
   'pause-before-switchover': 'stops the guest before the switchover and waits for Continue: look at what remains first',
 };
+
+/** How long the dialog's dirty-rate measurement watches the guest. */
+const DIRTY_RATE_MEASURE_MS = 1000;
+
+/** QEMU's own default downtime-limit, which 'fixed' keeps when no limit is typed. */
+const QEMU_DEFAULT_DOWNTIME_MS = 300;
+
+/**
+ * What the engine will do with the downtime limit, given the policy picked ('' = MigLab's default)
+ * and the limit typed (null: left empty). The engine's rule (migration/downtime-policy.ts): a
+ * limit given is where a policy starts, and with no policy it stays fixed there.
+ */
+export function policyNote(policy: DowntimePolicyName | '', downtimeMs: number | null): string {
+  if (policy === '' && downtimeMs === null) return `MigLab's default, ${DOWNTIME_POLICIES.ramp.description}.`;
+  if (policy === '') return `A limit typed and no policy: the engine keeps it fixed at ${downtimeMs} ms, as QEMU does. Empty the limit, or pick a policy, to let it move.`;
+  if (policy === 'fixed') return `${DOWNTIME_POLICIES.fixed.description}: ${downtimeMs ?? QEMU_DEFAULT_DOWNTIME_MS} ms${downtimeMs === null ? ' (QEMU\'s default)' : ''}.`;
+  return `${DOWNTIME_POLICIES[policy].description}.${downtimeMs === null ? '' : ` It starts from the limit typed (${downtimeMs} ms).`}`;
+}
 
 export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, onStarted }: {
   guest: GuestView;
@@ -29,12 +49,16 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
   const others = snapshot.hosts.filter((h) => h.name !== guest.host);
   const [to, setTo] = useState((others.find((h) => h.name === dropTarget) ?? others[0])?.name ?? '');
   const [bandwidth, setBandwidth] = useState(1000);
-  const [downtime, setDowntime] = useState(300);
+  // Empty: the downtime policy picks the limit (MigLab's default starts at 100 ms).
+  const [downtime, setDowntime] = useState<number | null>(null);
+  const [policy, setPolicy] = useState<DowntimePolicyName | ''>('');
   const [caps, setCaps] = useState<Record<string, boolean>>({});
   const [tls, setTls] = useState(false);
   const [linkOn, setLinkOn] = useState(false);
   const [link, setLink] = useState<LinkDraft>(() => draftOf(LINK_PRESETS[1]!.profile));
   const [pre, setPre] = useState<ApiResults['preflight'] | null>(null);
+  // Pre-flight then asks QEMU to measure the guest's dirty rate (about a second) and judges it.
+  const [measure, setMeasure] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const started = useRef(false);
 
@@ -50,14 +74,19 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
     if (!to) return;
     let live = true;
     setPre(null);
-    conn.call({ type: 'preflight', guest: guest.name, to, capabilities: caps }).then(
+    // The settings as they are when the box is ticked: the check's message names what it used.
+    const measureDirtyRate = measure
+      ? { ms: DIRTY_RATE_MEASURE_MS, bandwidthMBps: bandwidth, ...(downtime === null ? {} : { downtimeLimitMs: downtime }), ...(policy === '' ? {} : { downtimePolicy: policy }) }
+      : undefined;
+    conn.call({ type: 'preflight', guest: guest.name, to, capabilities: caps, ...(measureDirtyRate ? { measureDirtyRate } : {}) }).then(
       (r) => live && setPre(r),
       (e: Error) => live && setError(e.message),
     );
     return () => {
       live = false;
     };
-  }, [conn, guest.name, to, caps]);
+    // eslint-disable-next-line react-hooks/exhaustive-deps -- bandwidth and limit are read when measuring starts, not on each keystroke
+  }, [conn, guest.name, to, caps, measure]);
 
   const failed = pre?.checks.filter((c) => c.status === 'fail') ?? [];
   const go = async () => {
@@ -65,7 +94,11 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
     try {
       const { id } = await conn.call({
         type: 'migrate', guest: guest.name, to,
-        options: { bandwidthMBps: bandwidth, downtimeLimitMs: downtime, capabilities: caps, tls, link: linkOn ? profileOf(link) : null },
+        options: {
+          bandwidthMBps: bandwidth, ...(downtime === null ? {} : { downtimeLimitMs: downtime }), capabilities: caps, tls, link: linkOn ? profileOf(link) : null,
+          // Left out for MigLab's default: the engine picks.
+          ...(policy === '' ? {} : { downtimePolicy: policy }),
+        },
       });
       onStarted(id);
     } catch (err) {
@@ -90,7 +123,27 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
         Bandwidth (MB/s) <input type="number" min={1} value={bandwidth} onChange={(e) => setBandwidth(Number(e.target.value))} aria-label="Bandwidth" />
       </label>
       <label>
-        Downtime limit (ms) <input type="number" min={1} value={downtime} onChange={(e) => setDowntime(Number(e.target.value))} aria-label="Downtime limit" />
+        Downtime limit (ms){' '}
+        <input
+          type="number" min={1} value={downtime ?? ''} placeholder="set by the policy"
+          onChange={(e) => setDowntime(e.target.value === '' ? null : Number(e.target.value))} aria-label="Downtime limit"
+        />
+      </label>
+      <label>
+        Downtime policy{' '}
+        <select value={policy} onChange={(e) => setPolicy(e.target.value as DowntimePolicyName | '')} aria-label="Downtime policy">
+          <option value="">MigLab default (ramp from 100 ms)</option>
+          {DOWNTIME_POLICY_NAMES.map((n) => (
+            <option key={n} value={n} title={DOWNTIME_POLICIES[n].description}>
+              {n}
+            </option>
+          ))}
+        </select>
+      </label>
+      <p className="detail" aria-label="Downtime policy explained">{policyNote(policy, downtime)}</p>
+      <label className="cap">
+        <input type="checkbox" checked={measure} onChange={(e) => setMeasure(e.target.checked)} aria-label="Measure the dirty rate first" /> Measure the dirty rate first{' '}
+        <span className="detail">QEMU watches the guest for {DIRTY_RATE_MEASURE_MS / 1000} s (calc-dirty-rate); pre-flight then says whether pre-copy converges at the bandwidth above</span>
       </label>
       {offered.length > 0 && (
         <fieldset>

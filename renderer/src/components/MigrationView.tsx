@@ -1,9 +1,10 @@
 // One migration as it happens: the phase timeline, every pre-copy round, the remaining data
 // converging (or not) towards what fits in the downtime budget, and the controls that act on it.
-import { memo, useMemo, useState } from 'react';
+import { memo, useMemo, useRef, useState } from 'react';
 import uPlot from 'uplot';
-import { formatBytes, formatBytesRate, formatMs, MIGRATION_PHASES, type MigrationResult } from '../../../electron/engine/api/contract';
+import { formatBytes, formatBytesRate, formatMs, MIGRATION_PHASES, type DowntimePolicyReport, type MigrationResult } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
+import { describeStep, stepMarkers, switchoverThreshold, zeroBasedRange, type StepMarker } from '../charts/figures';
 import { UPlotChart } from '../charts/UPlotChart';
 import type { MigrationTrack } from '../store';
 import { describeLink, LinkPanel } from './LinkPanel';
@@ -48,6 +49,21 @@ function Timeline({ t }: { t: MigrationTrack }) {
   );
 }
 
+/** The Rounds chart: bytes each pass sent (bars), and the rates against it. */
+export const roundsChartOptions = (width: number): Omit<uPlot.Options, 'width' | 'height'> => ({
+  title: undefined,
+  // Bars from zero: an axis that hugs the data makes small differences look large.
+  scales: { x: { time: false }, mb: { range: (_u, lo, hi) => zeroBasedRange(lo, hi) }, rate: { range: (_u, lo, hi) => zeroBasedRange(lo, hi) } },
+  axes: [{ label: 'pass', stroke: '#888', incrs: [1, 2, 5, 10, 20, 50], values: (_u, vals) => vals.map((v) => String(v)) }, { scale: 'mb', label: 'MB sent', stroke: '#888' }, { scale: 'rate', side: 1, label: 'MB/s', stroke: '#888', grid: { show: false } }],
+  series: [
+    { label: 'pass' },
+    { label: 'sent (MB)', scale: 'mb', stroke: '#4a90d9', fill: 'rgba(74,144,217,0.4)', paths: uPlot.paths.bars!({ size: [0.6, width / 8] }) },
+    { label: 'dirty rate (MB/s)', scale: 'rate', stroke: '#d9534f', width: 2 },
+    { label: 'link (MB/s)', scale: 'rate', stroke: '#5cb85c', width: 2 },
+    { label: 'bandwidth limit (MB/s)', scale: 'rate', stroke: '#f0ad4e', dash: [6, 4], width: 1.5 },
+  ],
+});
+
 function Rounds({ t }: { t: MigrationTrack }) {
   const data = useMemo<uPlot.AlignedData>(
     () => [
@@ -60,22 +76,10 @@ function Rounds({ t }: { t: MigrationTrack }) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
     [t.passes.length, t.params?.bandwidthMBps],
   );
-  const options = (width: number): Omit<uPlot.Options, 'width' | 'height'> => ({
-    title: undefined,
-    scales: { x: { time: false }, mb: {}, rate: {} },
-    axes: [{ label: 'pass', stroke: '#888', incrs: [1, 2, 5, 10, 20, 50], values: (_u, vals) => vals.map((v) => String(v)) }, { scale: 'mb', label: 'MB sent', stroke: '#888' }, { scale: 'rate', side: 1, label: 'MB/s', stroke: '#888', grid: { show: false } }],
-    series: [
-      { label: 'pass' },
-      { label: 'sent (MB)', scale: 'mb', stroke: '#4a90d9', fill: 'rgba(74,144,217,0.4)', paths: uPlot.paths.bars!({ size: [0.6, width / 8] }) },
-      { label: 'dirty rate (MB/s)', scale: 'rate', stroke: '#d9534f', width: 2 },
-      { label: 'link (MB/s)', scale: 'rate', stroke: '#5cb85c', width: 2 },
-      { label: 'bandwidth limit (MB/s)', scale: 'rate', stroke: '#f0ad4e', dash: [6, 4], width: 1.5 },
-    ],
-  });
   return (
     <section aria-label="Rounds" className="panel">
       <h3>Rounds <span className="detail">{t.passes.length} pass{t.passes.length === 1 ? '' : 'es'} (QEMU MIGRATION_PASS)</span></h3>
-      <UPlotChart identity={t.id} options={options} data={data} />
+      <UPlotChart identity={t.id} options={roundsChartOptions} data={data} />
       <table className="passes">
         <thead>
           <tr><th>pass</th><th>sent</th><th>took</th><th>dirty rate</th><th>link</th></tr>
@@ -92,29 +96,90 @@ function Rounds({ t }: { t: MigrationTrack }) {
   );
 }
 
+/**
+ * Draws each downtime-policy step as a vertical line on the chart, with a label whose tooltip is
+ * the policy's reason. The markers are read at each draw, so new steps need no new chart.
+ */
+function stepMarkerPlugin(markers: () => StepMarker[]): uPlot.Plugin {
+  return {
+    hooks: {
+      draw: (u) => {
+        const [lo, hi] = [u.scales.x!.min, u.scales.x!.max];
+        for (const el of [...u.over.querySelectorAll('.step-marker')]) el.remove();
+        if (lo == null || hi == null) return;
+        for (const m of markers()) {
+          // A step after the last sample sits at the right edge.
+          const x = Math.min(Math.max(m.x, lo), hi);
+          const colour = m.action === 'raise' ? '#f0ad4e' : '#ff7043';
+          const cx = Math.round(u.valToPos(x, 'x', true));
+          const ctx = u.ctx;
+          ctx.save();
+          ctx.strokeStyle = colour;
+          ctx.lineWidth = 2;
+          ctx.setLineDash([3, 3]);
+          ctx.beginPath();
+          ctx.moveTo(cx, u.bbox.top);
+          ctx.lineTo(cx, u.bbox.top + u.bbox.height);
+          ctx.stroke();
+          ctx.restore();
+          const tag = document.createElement('span');
+          tag.className = `step-marker ${m.action}`;
+          tag.style.left = `${u.valToPos(x, 'x')}px`;
+          tag.textContent = m.label;
+          tag.title = m.title;
+          u.over.appendChild(tag);
+        }
+      },
+    },
+  };
+}
+
 function Convergence({ t }: { t: MigrationTrack }) {
-  const bw = t.params?.bandwidthMBps ?? 1000;
-  const dl = t.params?.downtimeLimitMs ?? 300;
-  const threshold = (bw * MB * dl) / 1000 / MB;
+  const th = switchoverThreshold(t.samples.throughput, t.params);
+  const thresholdMB = th === null ? null : th.bytes / MB;
+  const markers = stepMarkers(t.downtimeSteps);
+  const current = useRef(markers);
+  current.current = markers;
   const n = t.samples.t.length;
   const data = useMemo<uPlot.AlignedData>(
-    () => [t.samples.t.slice(), t.samples.remaining.map(inMB), t.samples.t.map(() => threshold)],
+    () => [t.samples.t.slice(), t.samples.remaining.map(inMB), t.samples.t.map(() => thresholdMB)],
     // eslint-disable-next-line react-hooks/exhaustive-deps
-    [n, t.lastAtMs, threshold], // the length stops changing once the ring buffer is full
+    [n, t.lastAtMs, thresholdMB, markers.length], // the length stops changing once the ring buffer is full
   );
   const options = (): Omit<uPlot.Options, 'width' | 'height'> => ({
     scales: { x: { time: false } },
     axes: [{ label: 'seconds', stroke: '#888' }, { label: 'MB remaining', stroke: '#888' }],
     series: [
       { label: 's' },
-      { label: 'remaining (MB)', stroke: '#4a90d9', width: 2, fill: 'rgba(74,144,217,0.15)' },
-      { label: 'switchover threshold (MB)', stroke: '#f0ad4e', dash: [6, 4], width: 2 },
+      { label: 'remaining (MB, QEMU query-migrate)', stroke: '#4a90d9', width: 2, fill: 'rgba(74,144,217,0.15)' },
+      { label: "switchover threshold (MB, computed: QEMU's measured throughput × downtime-limit)", stroke: '#f0ad4e', dash: [6, 4], width: 2 },
     ],
+    plugins: [stepMarkerPlugin(() => current.current)],
   });
+  const rateMBps = th === null ? null : Number((th.rateBps / MB).toFixed(1));
   return (
     <section aria-label="Convergence" className="panel">
-      <h3>Convergence <span className="detail">switchover once remaining data fits in {dl} ms at {bw} MB/s ≈ {threshold.toFixed(0)} MB</span></h3>
+      <h3>
+        Convergence{' '}
+        {th === null ? (
+          <span className="detail">switchover threshold unknown until QEMU's downtime-limit is set</span>
+        ) : (
+          <span className="detail" aria-label="Switchover threshold" title={th.how}>
+            switchover once remaining data fits in {th.downtimeLimitMs} ms at {rateMBps} MB/s ≈ {thresholdMB!.toFixed(0)} MB
+            {th.rateSource === 'measured' ? " (QEMU's measured throughput)" : ' (the configured bandwidth: QEMU has not measured its throughput yet)'}
+          </span>
+        )}
+      </h3>
       <UPlotChart identity={t.id} options={options} data={data} />
+      {markers.length > 0 && (
+        <ol className="step-markers" aria-label="Downtime policy steps">
+          {t.downtimeSteps.map(({ atMs, step }, i) => (
+            <li key={i} className={`step ${step.action}`} title={step.why}>
+              {markers[i]!.label} <span className="detail">({describeStep(step, atMs)})</span>
+            </li>
+          ))}
+        </ol>
+      )}
     </section>
   );
 }
@@ -180,23 +245,23 @@ function Counters({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
     <section aria-label="Counters" className="panel counters">
       {i >= 0 && (
         <dl>
-          <dt>sent</dt><dd>{formatBytes(t.samples.transferred[i] ?? null)}{t.totalBytes !== null ? ` of ${formatBytes(t.totalBytes)} RAM` : ''}</dd>
-          <dt>remaining</dt><dd>{formatBytes(t.samples.remaining[i] ?? null)}</dd>
-          <dt>dirty rate</dt><dd>{formatBytesRate(t.samples.dirtyRate[i] ?? null)}</dd>
-          <dt>link</dt><dd>{formatBytesRate(t.samples.throughput[i] ?? null)}</dd>
+          <dt>sent</dt><dd title={SOURCE.sent}>{formatBytes(t.samples.transferred[i] ?? null)}{t.totalBytes !== null ? ` of ${formatBytes(t.totalBytes)} RAM` : ''}</dd>
+          <dt>remaining</dt><dd title={SOURCE.remaining}>{formatBytes(t.samples.remaining[i] ?? null)}</dd>
+          <dt>dirty rate</dt><dd title={SOURCE.dirtyRate}>{formatBytesRate(t.samples.dirtyRate[i] ?? null)}</dd>
+          <dt>link</dt><dd title={SOURCE.throughput}>{formatBytesRate(t.samples.throughput[i] ?? null)}</dd>
         </dl>
       )}
-      {p?.kind === 'eta' && !r && <p>ETA {formatMs(p.etaMs)}: {p.reason}</p>}
+      {p?.kind === 'eta' && !r && <p title={SOURCE.prediction}>ETA {formatMs(p.etaMs)}: {p.reason}</p>}
       {p?.kind === 'will-not-converge' && !r && (
-        <div role="alert" className="warning">
+        <div role="alert" className="warning" title={SOURCE.prediction}>
           <strong>Will not converge:</strong> {p.reason}
           <ul>{p.advice.map((a) => <li key={a}>{a}</li>)}</ul>
         </div>
       )}
       {r && (
         <div className={`result ${r.status}`} role="status">
-          <strong>{r.status === 'completed' ? `Completed: ${r.guest} now runs on ${r.to}` : r.status === 'needs-attention' ? `Needs attention: ${r.guest} runs nowhere MigLab can vouch for` : `${r.status}: ${r.reason}`}</strong>
-          {r.status === 'completed' && r.reason && <p className="detail">{r.reason}</p>}
+          <strong>{r.status === 'completed' ? `Completed: ${r.guest} now runs on ${r.to}` : r.status === 'needs-attention' ? `Needs attention: ${r.guest} runs nowhere MigLab can vouch for` : r.status === 'not-converged' ? `did not converge: the guest stays on ${r.runningOn ?? r.from}` : `${r.status}: ${r.reason}`}</strong>
+          {(r.status === 'completed' || r.status === 'not-converged') && r.reason && <p className="detail">{r.reason}</p>}
           {r.attention && (
             <div role="alert" className="warning" aria-label="Attention">
               <p>{r.attention.reason}</p>
@@ -210,25 +275,67 @@ function Counters({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
           {r.sourceKept && <p className="detail">The paused source was kept {formatMs(r.sourceKept.ms)} after the destination ran: {r.sourceKept.why}.</p>}
           {r.status === 'completed' && (
             <dl>
-              <dt>downtime (QEMU)</dt><dd>{r.downtimeMs === null ? 'n/a' : formatMs(r.downtimeMs)}</dd>
-              <dt>downtime (guest heartbeats)</dt><dd>{r.guestDowntimeMs === null ? 'n/a' : formatMs(r.guestDowntimeMs)}</dd>
-              <dt>downtime (network probe)</dt><dd>{r.network?.networkDowntimeMs == null ? 'n/a' : formatMs(r.network.networkDowntimeMs)}</dd>
-              <dt>total time (QEMU)</dt><dd>{r.totalTimeMs === null ? 'n/a' : formatMs(r.totalTimeMs)}</dd>
+              <dt>downtime (QEMU)</dt><dd title={SOURCE.downtime}>{r.downtimeMs === null ? 'n/a' : formatMs(r.downtimeMs)}</dd>
+              <dt>downtime (guest heartbeats)</dt><dd title={SOURCE.guestDowntime}>{r.guestDowntimeMs === null ? 'n/a' : formatMs(r.guestDowntimeMs)}</dd>
+              <dt>downtime (network probe)</dt><dd title={SOURCE.networkDowntime}>{r.network?.networkDowntimeMs == null ? 'n/a' : formatMs(r.network.networkDowntimeMs)}</dd>
+              <dt>total time (QEMU)</dt><dd title={SOURCE.totalTime}>{r.totalTimeMs === null ? 'n/a' : formatMs(r.totalTimeMs)}</dd>
             </dl>
           )}
           <dl aria-label="Stream">
-            <dt>stream</dt><dd>{r.tls ? 'encrypted (QEMU TLS, lab CA)' : 'not encrypted'}</dd>
+            <dt>stream</dt><dd title={SOURCE.tls}>{r.tls ? 'encrypted (QEMU TLS, lab CA)' : 'not encrypted'}</dd>
             {r.link && (
               <>
-                <dt>link</dt><dd>{describeLink(r.link.profile)}{r.link.cut ? '; the cable was pulled' : ''}</dd>
+                <dt>link</dt><dd title={SOURCE.linkProfile}>{describeLink(r.link.profile)}{r.link.cut ? '; the cable was pulled' : ''}</dd>
                 <dt>through the link</dt>
-                <dd>{formatBytes(r.link.bytesForward)} to {r.to}, {r.link.lossStalls} loss stall{r.link.lossStalls === 1 ? '' : 's'}, {r.link.totalConnections} connection{r.link.totalConnections === 1 ? '' : 's'}</dd>
+                <dd title={SOURCE.linkCounters}>{formatBytes(r.link.bytesForward)} to {r.to}, {r.link.lossStalls} loss stall{r.link.lossStalls === 1 ? '' : 's'}, {r.link.totalConnections} connection{r.link.totalConnections === 1 ? '' : 's'}</dd>
               </>
             )}
           </dl>
+          {r.downtimePolicy && <PolicyResult policy={r.downtimePolicy} t={t} />}
         </div>
       )}
     </section>
+  );
+}
+
+/** Where each figure of the live and result panels comes from: the tooltip on it. */
+const SOURCE = {
+  sent: "QEMU: query-migrate's ram.transferred (and ram.total)",
+  remaining: "QEMU: query-migrate's ram.remaining",
+  dirtyRate: "QEMU: query-migrate's ram.dirty-pages-rate × page size",
+  throughput: "QEMU: query-migrate's ram.mbps (the throughput QEMU measures)",
+  prediction: "computed: MigLab's prediction from QEMU's dirty rate and throughput (query-migrate)",
+  downtime: "QEMU: query-migrate's downtime once completed (the guest paused for the switchover)",
+  guestDowntime: "the guest: the longest gap between labload's heartbeats across the switchover",
+  networkDowntime: "the wire: the lab network probe's pings the guest did not answer",
+  totalTime: "QEMU: query-migrate's total-time",
+  tls: "MigLab's options: QEMU's tls-creds set on both sides (lab CA)",
+  linkProfile: 'the link profile MigLab asked its relay to emulate',
+  linkCounters: "the wire: the link relay's counters (bytes it carried, its loss stalls, its connections)",
+  policyStep: "computed: MigLab's downtime policy, from QEMU's ram.remaining at each MIGRATION_PASS",
+} as const;
+
+/** The downtime policy the migration ran under, and each step it took. */
+function PolicyResult({ policy, t }: { policy: DowntimePolicyReport; t: MigrationTrack }) {
+  // The job time of a step, when its event was heard (not for a result read from a snapshot).
+  const when = (pass: number, action: string) => t.downtimeSteps.find((s) => s.step.pass === pass && s.step.action === action)?.atMs ?? null;
+  return (
+    <div aria-label="Downtime policy" className="policy">
+      <p>
+        <strong>Downtime policy: {policy.name}</strong> <span className="detail">({policy.description}; started at {policy.startMs} ms)</span>
+      </p>
+      {policy.steps.length === 0 ? (
+        <p className="detail">It took no step: downtime-limit stayed at {policy.startMs} ms.</p>
+      ) : (
+        <ol>
+          {policy.steps.map((s, i) => (
+            <li key={i} className={`step ${s.action}`} title={`${s.why} (${SOURCE.policyStep})`}>
+              {describeStep(s, when(s.pass, s.action))}
+            </li>
+          ))}
+        </ol>
+      )}
+    </div>
   );
 }
 
@@ -278,7 +385,7 @@ function Controls({ t, conn }: { t: MigrationTrack; conn: LabConnection }) {
         </span>
       )}
       <label>Bandwidth (MB/s) <input type="number" min={1} value={bw} onChange={(e) => setBw(Number(e.target.value))} aria-label="Live bandwidth" /></label>
-      <label>Downtime limit (ms) <input type="number" min={1} value={dl} onChange={(e) => setDl(Number(e.target.value))} aria-label="Live downtime limit" /></label>
+      <label>Downtime limit (ms) <input type="number" min={1} value={dl} onChange={(e) => setDl(Number(e.target.value))} aria-label="Live downtime limit" title="A limit set by hand stops the downtime policy: it neither raises the limit nor ends the migration after that" /></label>
       <button type="button" onClick={() => void act(conn.call({ type: 'setMigrationParameters', id: t.id, bandwidthMBps: bw, downtimeLimitMs: dl }))}>Apply</button>
       <button type="button" onClick={() => void cancel()}>Cancel</button>
       {error && <span role="alert" className="error">{error}</span>}
