@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 /** Every benchmark; bench:agent needs root (network namespaces), as the tests do. */
-const BENCHES = ['guest', 'migrate', 'switch', 'agent', 'ui', 'tcg'];
+const BENCHES = ['guest', 'migrate', 'strategies', 'switch', 'agent', 'ui', 'tcg'];
 const timeoutS = Number(process.env.BENCH_SMOKE_TIMEOUT_S ?? 600);
 const KILL_AFTER_MS = 60_000;
 

@@ -4,7 +4,7 @@ import { runDemo, type DemoOptions, type DemoReport } from '../engine/api/demo';
 import { formatBytes, formatBytesRate, formatMs } from '../engine/util/format';
 import type { MigrationEvent } from '../engine/migration/types';
 import { InvalidSubnetError, parseSubnet } from '../engine/network/lab-network';
-import { numberOption, printJson, table, UsageError, downtimePolicyOption } from './output';
+import { numberOption, printJson, table, UsageError, downtimePolicyOption, strategyOption } from './output';
 
 export interface DemoArgs {
   json: boolean;
@@ -21,6 +21,8 @@ export interface DemoArgs {
   disk?: string | undefined;
   'ready-pattern'?: string | undefined;
   capability?: string[] | undefined;
+  strategy?: string | undefined;
+  'strategy-param'?: string[] | undefined;
   subnet?: string | undefined;
   'probe-interval'?: string | undefined;
   netns?: boolean | undefined;
@@ -47,6 +49,7 @@ export function parseDemoArgs(a: DemoArgs): Omit<DemoOptions, 'onProgress' | 'on
     // Only a limit the user gave: without one, the downtime policy chooses (ramp from 100 ms).
     ...(a['downtime-limit'] !== undefined ? { downtimeLimitMs: num('downtime-limit', a['downtime-limit'], 1, 2_000_000, 300) } : {}),
     ...(a['downtime-policy'] !== undefined ? { downtimePolicy: downtimePolicyOption(a['downtime-policy']) } : {}),
+    ...strategyOption(a.strategy, a['strategy-param']),
     ...(a['measure-dirty-rate'] !== undefined ? { measureDirtyRateMs: Math.round(num('measure-dirty-rate', a['measure-dirty-rate'], 50, 60_000, 1000)) } : {}),
     capabilities: Object.fromEntries((a.capability ?? []).map((c) => [c, true])),
     probeIntervalMs: num('probe-interval', a['probe-interval'], 5, 1000, 20),

@@ -13,7 +13,7 @@ import { recoverInterruptedMigrations } from '../engine/migration/recovery';
 import type { MigrationOptions } from '../engine/migration/types';
 import { parseLinkProfile } from '../engine/network/link-profile';
 import { liveDisplay } from './demo';
-import { numberOption, printJson, UsageError, downtimePolicyOption } from './output';
+import { numberOption, printJson, UsageError, downtimePolicyOption, strategyOption } from './output';
 import { describeRecovery, type RecoveryReport } from '../engine/migration/recovery-report';
 
 export interface LabSessionArgs {
@@ -23,6 +23,8 @@ export interface LabSessionArgs {
   'downtime-limit'?: string | undefined;
   'downtime-policy'?: string | undefined;
   'measure-dirty-rate'?: string | undefined;
+  strategy?: string | undefined;
+  'strategy-param'?: string[] | undefined;
   tls?: boolean | undefined;
   'link-bandwidth'?: string | undefined;
   'link-latency'?: string | undefined;
@@ -152,6 +154,7 @@ export async function migrateCommand(file: string | undefined, guestName: string
             ...(bandwidthMBps ? { bandwidthMBps } : {}), ...(downtimeLimitMs ? { downtimeLimitMs } : {}), tls: args.tls ?? false, link,
             ...(keepSourceMs !== undefined ? { keepSourceMs: Math.round(keepSourceMs) } : {}),
             ...(args['downtime-policy'] !== undefined ? { downtimePolicy: downtimePolicyOption(args['downtime-policy']) } : {}),
+            ...strategyOption(args.strategy, args['strategy-param']),
             ...(args['measure-dirty-rate'] !== undefined ? { measureDirtyRateMs: Math.round(numberOption('measure-dirty-rate', args['measure-dirty-rate'], 50, 60_000)!) } : {}),
             ...(pauseBefore ? { capabilities: { 'pause-before-switchover': true } } : {}),
           },

@@ -28,6 +28,7 @@ Usage:
                                     boot the lab guest, check heartbeats and memory integrity, stop it
   miglab demo [--json] [--memory MiB] [--dirty-rate MBps] [--working-set MiB]
               [--bandwidth MBps] [--downtime-limit ms] [--downtime-policy ramp|proxmox|nova|fixed] [--measure-dirty-rate ms]
+              [--strategy precopy|auto-converge|xbzrle|multifd|pause-before-switchover [--strategy-param K=V]...]
               [--capability NAME]...
               [--kernel K [--initrd I] [--append A] | --disk IMG] [--ready-pattern TEXT]
               [--subnet CIDR] [--probe-interval ms] [--netns]
@@ -49,7 +50,8 @@ Usage:
                                     (default 127.0.0.1:7800); prints its pairing token and fingerprint
   miglab agent token new|list|revoke [ID] [--data-dir DIR] [--label L]
                                     manage the agent's access tokens
-  miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--downtime-policy P] [--measure-dirty-rate ms] [--tls]
+  miglab migrate LAB.yaml GUEST --to HOST [--bandwidth MBps] [--downtime-limit ms] [--downtime-policy P] [--measure-dirty-rate ms]
+                 [--strategy S [--strategy-param K=V]...] [--tls]
                  [--link-bandwidth MBps] [--link-latency ms] [--link-loss %]
                  [--keep-source ms] [--pause-before-switchover] [--json]
                                     migrate a guest between hosts that run "miglab agent" (their lab
@@ -92,6 +94,8 @@ async function main(argv: string[]): Promise<number> {
       disk: { type: 'string' },
       'ready-pattern': { type: 'string' },
       capability: { type: 'string', multiple: true },
+      strategy: { type: 'string' },
+      'strategy-param': { type: 'string', multiple: true },
       subnet: { type: 'string' },
       'probe-interval': { type: 'string' },
       port: { type: 'string' },

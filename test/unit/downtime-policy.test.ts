@@ -73,3 +73,15 @@ describe('the downtime policy', () => {
     expect(() => parseMigrationOptions({ downtimePolicy: 'fast' as never })).toThrow('downtimePolicy: the downtime policy is one of ramp, proxmox, nova, fixed');
   });
 });
+
+describe('the downtime policy beside another remedy', () => {
+  it('does not give up while a strategy still acts (auto-converge tightening), and does once it has done its most', () => {
+    const p = new DowntimePolicy('ramp', { downtimeLimitMs: 300, downtimeLimitGiven: false });
+    const stuck = [256 * MiB, ...Array(11).fill(32 * MiB)];
+    run(p, stuck); // raised to 500 ms by pass 12
+    expect(p.onPass(13, 32 * MiB, { stillActing: true })).toEqual({ kind: 'hold' });
+    expect(p.onPass(14, 32 * MiB, { stillActing: true })).toEqual({ kind: 'hold' });
+    expect(p.onPass(15, 32 * MiB, { stillActing: false })).toEqual({ kind: 'hold' });
+    expect(p.onPass(16, 32 * MiB, { stillActing: false })).toMatchObject({ kind: 'end', step: { pass: 16, downtimeLimitMs: 500 } });
+  });
+});

@@ -241,6 +241,31 @@ describe('MigrateDialog: the downtime policy', () => {
     }));
   });
 
+  it('offers the strategies pre-flight found, explained, the unavailable ones disabled, and sends the one picked', async () => {
+    const strategies = [
+      { name: 'precopy', title: 'Pre-copy', explanation: 'QEMU copies all of memory while the guest runs.', unavailable: null },
+      { name: 'auto-converge', title: 'Auto-converge', explanation: 'QEMU slows the guest down.', unavailable: null },
+      { name: 'multifd', title: 'Multifd', explanation: 'Several connections.', unavailable: 'not both QEMUs offer multifd' },
+    ];
+    const call = vi.fn(async (cmd: { type: string }) => (cmd.type === 'preflight' ? { checks: [], capabilities: [], strategies } : { id: ID }));
+    const c = { role: 'teacher', call, onEvent: () => () => {}, onClose: () => () => {} } as unknown as LabConnection;
+    render(h(MigrateDialog, { guest, snapshot, conn: c, onClose: () => {}, onStarted: () => {} }));
+    const dialog = screen.getByRole('dialog', { name: 'Migrate web1' });
+    const select = within(dialog).getByLabelText('Strategy') as HTMLSelectElement;
+    await waitFor(() => expect(select.options).toHaveLength(3));
+    expect([...select.options].map((o) => [o.value, o.textContent, o.disabled])).toEqual([
+      ['precopy', 'Pre-copy', false], ['auto-converge', 'Auto-converge', false], ['multifd', 'Multifd (not offered)', true],
+    ]);
+    expect(within(dialog).getByLabelText('Strategy explained').textContent).toBe('QEMU copies all of memory while the guest runs.');
+    fireEvent.change(select, { target: { value: 'auto-converge' } });
+    expect(within(dialog).getByLabelText('Strategy explained').textContent).toBe('QEMU slows the guest down.');
+    const go = within(dialog).getByRole('button', { name: 'Start migration' }) as HTMLButtonElement;
+    await waitFor(() => expect(go.disabled).toBe(false));
+    fireEvent.click(go);
+    await waitFor(() => expect(call).toHaveBeenLastCalledWith(expect.objectContaining({ type: 'migrate' })));
+    expect((call.mock.lastCall![0] as unknown as { options: Record<string, unknown> }).options.strategy).toEqual({ name: 'auto-converge' });
+  });
+
   it('leaves the field out for MigLab\'s default', async () => {
     const { options } = await migrateWith(null);
     expect('downtimePolicy' in options).toBe(false);

@@ -78,6 +78,11 @@ export const CommandSchema = z.discriminatedUnion('type', [
       downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
       /** Measure the guest's dirty rate first (calc-dirty-rate), ms; pre-flight then says whether pre-copy converges. */
       measureDirtyRateMs: z.number().int().min(50).max(60_000).nullable().optional(),
+      /** The convergence strategy and its parameters (migration/strategies/); null: pre-copy. Parameters are checked by the strategy. */
+      strategy: z.object({
+        name: z.enum(['precopy', 'auto-converge', 'xbzrle', 'multifd', 'pause-before-switchover']),
+        params: z.record(z.string().max(64), z.union([z.number(), z.string().max(64), z.boolean()])).optional(),
+      }).strict().nullable().optional(),
     }).strict().optional(),
     /** Give up (cancel) when not completed by then (the job's default: 10 minutes); from one second (a lesson on giving up) to a day. */
     maxDurationMs: z.number().int().min(1000).max(86_400_000).optional(),

@@ -8,6 +8,8 @@ import type { JobState, MigrationEvent, MigrationResult, PreflightCheck } from '
 import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 import type { PortInfo } from '../network/switch';
 import type { ApiCommand, ApiErrorCode } from './commands';
+import type { StrategyName } from '../migration/strategies/strategy';
+export type { StrategyName };
 
 // For the UI: each from a module with no Node imports.
 export { formatBytes, formatBytesRate, formatMs } from '../util/format';
@@ -36,6 +38,15 @@ export interface GuestView {
   labload: boolean;
   /** The workload labload runs now; null when idle or without labload. */
   workload: { rateMBps: number; workingSetMiB: number } | null;
+}
+
+/** A convergence strategy as the Migrate dialog offers it: explained, and whether both QEMUs can run it. */
+export interface StrategyView {
+  name: StrategyName;
+  title: string;
+  explanation: string;
+  /** null: both QEMUs offer what it needs; else why not (the capability one of them lacks). */
+  unavailable: string | null;
 }
 
 export interface HostView {
@@ -105,7 +116,7 @@ export interface ApiResults {
    * The checks a migration would run now, and the capabilities both QEMUs offer. Meanwhile the
    * destination QEMU starts, paused, for the migration that may follow (released on failure).
    */
-  preflight: { checks: PreflightCheck[]; capabilities: string[] };
+  preflight: { checks: PreflightCheck[]; capabilities: string[]; strategies: StrategyView[] };
   startGuest: GuestView;
   stopGuest: { guest: string; host: string };
   migrate: { id: string };

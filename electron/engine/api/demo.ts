@@ -79,6 +79,9 @@ async function waitUntilMigratable(guest: Guest, say: (m: string) => void): Prom
   await delay(Math.max(0, UNREADY_GRACE_MS - (performance.now() - guest.startedAt)) + 500);
 }
 
+/** How long the demo leaves a guest paused before the switchover (pause-before-switchover). */
+const PAUSE_SHOWN_MS = 2000;
+
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const say = opts.onProgress ?? (() => {});
   let lab: Lab;
@@ -133,6 +136,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         );
       }
       opts.onEvent?.(ev);
+      // pause-before-switchover: the demo shows the paused guest for a moment, then lets QEMU finish.
+      if (ev.type === 'status' && ev.status === 'pre-switchover') {
+        opts.onProgress?.(`QEMU has stopped the guest before the switchover and waits (pause-before-switchover); the demo continues in ${PAUSE_SHOWN_MS / 1000} s`);
+        setTimeout(() => void migration.continue(), PAUSE_SHOWN_MS);
+      }
     };
     const migration = followMigration(service, { type: 'migrate', guest: GUEST, to: to.name, options: opts.migration, maxDurationMs: 120_000 }, onEvent);
     opts.onMigration?.(migration);

@@ -14,6 +14,8 @@ export interface FollowedMigration {
   readonly result: Promise<MigrationResult>;
   /** cancelMigration: false when the migration is past cancelling (or was refused). */
   cancel(reason: string): Promise<boolean>;
+  /** continueMigration: lets a migration waiting in pre-switchover go on; false when the service refused. */
+  continue(): Promise<boolean>;
 }
 
 export function followMigration(
@@ -56,5 +58,6 @@ export function followMigration(
       const r = (await service.execute({ type: 'cancelMigration', id: await id, reason }).catch(() => ({ cancelled: false }))) as { cancelled: boolean };
       return r.cancelled;
     },
+    continue: async () => service.execute({ type: 'continueMigration', id: await id }).then(() => true, () => false),
   };
 }

@@ -19,9 +19,10 @@ import { TailBuffer } from '../util/tail-buffer';
 import { ApiError, parseCommand } from './commands';
 import { PreparedDestinations } from './prepared-destinations';
 import {
-  API_VERSION, READ_ONLY_COMMANDS, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView,
+  API_VERSION, READ_ONLY_COMMANDS, type ApiCommand, type ApiEvent, type ApiResults, type ApiRole, type GuestView, type HostView, type LabSnapshot, type MigrationView, type StrategyView,
 } from './contract';
 import { defaultStateDir } from '../util/paths';
+import { STRATEGIES, STRATEGY_NAMES } from '../migration/strategies';
 
 /**
  * The lab file a spectator may see: a custom guest's kernel, initrd and disk keep only their file
@@ -434,7 +435,7 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     const pre = await runPreflight({ guest, from, to, capabilities, ownDestination, ...(measureDirtyRate ? { measureDirtyRate } : {}) });
     if (pre.port !== null) to.releaseMigrationPort(pre.port); // a look, not a reservation
     if (preparable && pre.checks.some((c) => c.status === 'fail')) await this.prepared.release(name);
-    return { checks: pre.checks, capabilities: pre.capabilities };
+    return { checks: pre.checks, capabilities: pre.capabilities, strategies: strategyViews(pre.capabilities, pre.hosts !== null) };
   }
 
   /** needs-attention, settled by a person: the guest goes back to its paused source. */
@@ -550,4 +551,16 @@ export class LabService extends EventEmitter<{ event: [ApiEvent] }> {
     this.hostOffs.clear();
     await this.prepared.dispose();
   }
+}
+
+/** The strategies for the Migrate dialog, each saying whether both QEMUs offer what it needs. */
+function strategyViews(offeredByBoth: string[], asked: boolean): StrategyView[] {
+  return STRATEGY_NAMES.map((name) => {
+    const s = STRATEGIES[name];
+    const missing = s.capabilities.filter((c) => !offeredByBoth.includes(c));
+    const unavailable = !asked && missing.length
+      ? 'the hosts could not be asked what their QEMUs offer'
+      : missing.length ? `not both QEMUs offer ${missing.join(', ')} (${s.title} needs ${s.offeredBy})` : null;
+    return { name, title: s.title, explanation: s.explanation, unavailable };
+  });
 }

@@ -86,9 +86,11 @@ export class DowntimePolicy {
   /**
    * At the start of `pass` (QEMU's count; pass 1 sends all of RAM), with what remains to send.
    * Passes from 2 on are compared: a new low by PROGRESS_SHARE is progress; STALL_PASSES
-   * without it are a stall, which the policy answers with its next limit or with the end.
+   * without it are a stall, which the policy answers with its next limit or with the end;
+   * `stillActing` (a strategy that is still tightening, like auto-converge's throttle below its
+   * maximum) puts the end off by another stall window.
    */
-  onPass(pass: number, remainingBytes: number | null): PolicyAction {
+  onPass(pass: number, remainingBytes: number | null, opts: { stillActing?: boolean } = {}): PolicyAction {
     if (this.overridden || this.ended || pass < 2 || remainingBytes === null) return { kind: 'hold' };
     if (this.best === null || remainingBytes < this.best * (1 - PROGRESS_SHARE)) {
       this.best = this.best === null ? remainingBytes : Math.min(this.best, remainingBytes);
@@ -100,6 +102,8 @@ export class DowntimePolicy {
     const next = DOWNTIME_POLICIES[this.name].next(this.limitMs);
     if (next === 'hold') return { kind: 'hold' };
     this.stalled = 0;
+    // Another remedy still at work (auto-converge's throttle still rising): no giving up yet.
+    if (next === 'end' && opts.stillActing) return { kind: 'hold' };
     const mib = (remainingBytes / 2 ** 20).toFixed(1);
     const stall = `${STALL_PASSES} passes without what remains shrinking by ${PROGRESS_SHARE * 100} % (${mib} MiB left at pass ${pass})`;
     if (next === 'end') {

@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { LinkProfileSchema } from '../network/link-profile';
 import { DOWNTIME_POLICY_NAMES } from './downtime-policy';
+import { STRATEGIES, STRATEGY_NAMES, type StrategyName } from './strategies';
 import { DEFAULT_MIGRATION_OPTIONS, type DowntimePolicyName, type MigrationOptions } from './types';
 
 export const LIMITS = {
@@ -24,6 +25,18 @@ const OptionsSchema = z.object({
   probeIntervalMs: z.number().int().min(L.probeIntervalMs.min, 'probe at most every 5 ms').max(L.probeIntervalMs.max, 'probe at least every 1000 ms').optional(),
   tls: z.boolean().optional(),
   link: LinkProfileSchema.partial().nullable().optional(),
+  strategy: z.object({
+    name: z.enum(STRATEGY_NAMES as [StrategyName, ...StrategyName[]], { error: `the strategy is one of ${STRATEGY_NAMES.join(', ')}` }),
+    params: z.record(z.string(), z.unknown()).optional(),
+  }).strict().superRefine((s, ctx) => {
+    // Each strategy checks its own parameters, and its words name the problem.
+    try {
+      STRATEGIES[s.name].parseParams(s.params);
+    } catch (err) {
+      const issues = (err as z.ZodError).issues ?? [{ path: [], message: (err as Error).message }];
+      for (const i of issues) ctx.addIssue({ code: 'custom', path: ['params', ...i.path.map(String)], message: i.message });
+    }
+  }).nullable().optional(),
   measureDirtyRateMs: z.number().int().min(50, 'measure the dirty rate for at least 50 ms').max(60_000, 'measure the dirty rate for at most 60000 ms').nullable().optional(),
   downtimePolicy: z.enum(DOWNTIME_POLICY_NAMES as [DowntimePolicyName, ...DowntimePolicyName[]], { error: `the downtime policy is one of ${DOWNTIME_POLICY_NAMES.join(', ')}` }).nullable().optional(),
 });

@@ -32,6 +32,7 @@ import { runPreflight, startDestination, type PreflightContext, type PreflightOu
 import { capabilityRefusal } from './capabilities';
 import { buildResult } from './result';
 import { DowntimePolicy } from './downtime-policy';
+import { STRATEGIES } from './strategies';
 import { SourceWatch } from './source-watch';
 import { isInFlight } from './status';
 import {
@@ -124,6 +125,9 @@ const SILENCE_MS = 500;
 /** The source is kept this long by default where destinations may crash after arriving. */
 const TCG_OLD_QEMU_KEEP_MS = 3000;
 
+/** QEMU's default max-cpu-throttle: auto-converge's ceiling unless the strategy sets its own. */
+const QEMU_MAX_CPU_THROTTLE = 99;
+
 /** How long a failed stream waits to see whether the destination's QEMU has exited. */
 const DESTINATION_EXIT_GRACE_MS = 500;
 
@@ -181,7 +185,10 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   constructor(private readonly req: MigrationRequest) {
     super();
-    this.options = parseMigrationOptions(req.options);
+    const options = parseMigrationOptions(req.options);
+    // The strategy's capabilities go with the rest, so pre-flight checks both QEMUs offer them.
+    const strategy = STRATEGIES[options.strategy?.name ?? 'precopy'];
+    this.options = { ...options, capabilities: { ...options.capabilities, ...Object.fromEntries(strategy.capabilities.map((c) => [c, true])) } };
     this.bandwidthMBps = this.options.bandwidthMBps;
     this.policy = new DowntimePolicy(this.options.downtimePolicy, {
       downtimeLimitMs: this.options.downtimeLimitMs,
@@ -342,7 +349,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
 
   /** The downtime policy at a pass boundary: a stall raises downtime-limit, or ends the job as not-converged. */
   private applyPolicy(pass: number, remainingBytes: number | null): void {
-    const act = this.policy.onPass(pass, remainingBytes);
+    const act = this.policy.onPass(pass, remainingBytes, { stillActing: this.throttleStillRising() });
     if (act.kind === 'hold') return;
     this.send({ type: 'downtime-step', atMs: this.now(), step: act.step });
     if (act.kind === 'end') {
@@ -352,6 +359,15 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
     }
     this.setParameters({ downtimeLimitMs: act.step.downtimeLimitMs }).catch((err: Error) =>
       this.notes.push(`The downtime policy could not raise downtime-limit to ${act.step.downtimeLimitMs} ms: ${err.message}`));
+  }
+
+  /** auto-converge is on and QEMU's throttle (last sample) is below the most it may reach. */
+  private throttleStillRising(): boolean {
+    if (!this.options.capabilities['auto-converge']) return false;
+    const params = this.options.strategy?.name === 'auto-converge' ? this.options.strategy.params : undefined;
+    const max = typeof params?.maxPercent === 'number' ? params.maxPercent : QEMU_MAX_CPU_THROTTLE;
+    const now = this.src.samples.last?.cpuThrottlePercent ?? 0;
+    return now < max;
   }
 
   /** How a cancel ends the job: not-converged when the policy gave up, else cancelled. */
@@ -497,7 +513,11 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
       await migrateSetParameters(dst.qmp, { 'tls-creds': server });
       tls = { 'tls-creds': client, 'tls-hostname': to.address };
     }
+    const strategy = this.options.strategy;
+    const plan = STRATEGIES[strategy?.name ?? 'precopy'].qemuParameters(strategy?.params);
+    if (Object.keys(plan.destination).length) await migrateSetParameters(dst.qmp, plan.destination);
     await migrateSetParameters(guest.qmp, {
+      ...plan.source,
       'max-bandwidth': Math.round(this.bandwidthMBps * 1e6),
       'downtime-limit': this.downtimeLimitMs,
       ...tls,
@@ -940,6 +960,7 @@ export class MigrationJob extends EventEmitter<{ event: [MigrationEvent] }> {
         destinationConsoleTail: tail, network: this.net?.report() ?? null,
         tls: this.options.tls, link: this.linkWatch.stats,
         downtimePolicy: this.policyRan ? this.policy.report() : null,
+        strategy: { name: this.options.strategy?.name ?? 'precopy', params: this.options.strategy?.params ?? {} },
       });
     // Final now: the destination runs and the source has quit (or the guest stayed put).
     const result = build();

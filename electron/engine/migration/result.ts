@@ -8,7 +8,7 @@ export type ResultParts = Pick<
   MigrationResult,
   | 'id' | 'guest' | 'from' | 'to' | 'reason' | 'qemuMessage' | 'guestDowntimeMs' | 'passes' | 'phases' | 'checks'
   | 'prediction' | 'runningOn' | 'attention' | 'sourceKept' | 'rolledBackMs' | 'destinationRunningAtMs' | 'resumedAtMs'
-  | 'destinationConsoleTail' | 'network' | 'tls' | 'link' | 'downtimePolicy'
+  | 'destinationConsoleTail' | 'network' | 'tls' | 'link' | 'downtimePolicy' | 'strategy'
 > & {
   outcome: MigrationOutcome;
   failure: FailureKind | null;
@@ -54,5 +54,6 @@ export function buildResult(p: ResultParts): MigrationResult {
     tls: p.tls,
     link: p.link,
     downtimePolicy: p.downtimePolicy,
+    ...(p.strategy ? { strategy: p.strategy } : {}),
   };
 }

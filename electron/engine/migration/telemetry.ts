@@ -50,6 +50,8 @@ export function sampleFromInfo(info: MigrationInfo, atMs: number): MigrationSamp
     expectedDowntimeMs: reported(info['expected-downtime']),
     cpuThrottlePercent: reported(info['cpu-throttle-percentage']),
     pass: reported(ram['dirty-sync-count']),
+    xbzrle: xbzrleOf(info),
+    multifdBytes: reported(ram['multifd-bytes']),
   };
 }
 
@@ -223,4 +225,17 @@ export class SampleRing {
     this.head = 0;
     this.size = 0;
   }
+}
+
+/** QEMU's xbzrle-cache figures, when it reports them (xbzrle on); each must be a real number. */
+function xbzrleOf(info: MigrationInfo): MigrationSample['xbzrle'] {
+  const x = info['xbzrle-cache'];
+  if (!x) return null;
+  const bytes = reported(x.bytes);
+  const cacheMissRate = reported(x['cache-miss-rate']);
+  const encodingRate = reported(x['encoding-rate']);
+  const overflow = reported(x.overflow);
+  const cacheSize = reported(x['cache-size']);
+  if (bytes === null || cacheMissRate === null || encodingRate === null || overflow === null || cacheSize === null) return null;
+  return { bytes, cacheMissRate, encodingRate, overflow, cacheSize };
 }

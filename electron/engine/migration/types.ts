@@ -2,6 +2,7 @@ import type { LinkProfile, LinkRelayStats } from '../network/link-profile';
 // The migration's typed event stream and result: one contract for the CLI, the app and the web
 // front end. Every figure says where it came from (QEMU, the guest, the wire).
 import type { MigrationStatus } from '../qmp';
+import type { StrategyName } from './strategies/strategy';
 
 /**
  * The phases of one migration job, in order (after libvirt's Begin/Prepare/Perform/Finish/Confirm).
@@ -81,6 +82,11 @@ export interface MigrationOptions {
    * 50..60000 ms) and say in pre-flight whether pre-copy can converge. null: not measured.
    */
   measureDirtyRateMs: number | null;
+  /**
+   * The convergence strategy (migration/strategies/): its capabilities are switched on and its
+   * parameters set before migrate. null: plain pre-copy.
+   */
+  strategy: { name: StrategyName; params?: Record<string, unknown> } | null;
 }
 
 export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
@@ -95,6 +101,7 @@ export const DEFAULT_MIGRATION_OPTIONS: MigrationOptions = {
   link: null,
   downtimePolicy: null,
   measureDirtyRateMs: null,
+  strategy: null,
 };
 
 /**
@@ -116,6 +123,10 @@ export interface MigrationSample {
   cpuThrottlePercent: number | null;
   /** QEMU's dirty-sync-count: the pass QEMU is in. */
   pass: number | null;
+  /** QEMU's xbzrle-cache, while xbzrle is on: delta bytes, cache misses, overflows, encoding rate. */
+  xbzrle?: { bytes: number; cacheMissRate: number; encodingRate: number; overflow: number; cacheSize: number } | null;
+  /** QEMU's ram.multifd-bytes: what went over the multifd channels; null when QEMU does not say. */
+  multifdBytes?: number | null;
 }
 
 /**
@@ -260,6 +271,8 @@ export interface MigrationResult {
    * (what it did in that time is lost). null: it did not go back.
    */
   rolledBackMs: number | null;
+  /** The convergence strategy the migration ran with, and its parameters as given. */
+  strategy?: { name: StrategyName; params: Record<string, unknown> };
   /** The downtime policy and every step it took; null for a job that never reached `migrate`. */
   downtimePolicy: DowntimePolicyReport | null;
   /** Job time when QEMU on the destination said it runs the guest (RESUME, or query-status). */

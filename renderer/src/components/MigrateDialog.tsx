@@ -5,7 +5,7 @@
 // releases it.
 import { useEffect, useRef, useState } from 'react';
 import {
-  capabilityRefusal, DOWNTIME_POLICIES, DOWNTIME_POLICY_NAMES, type ApiResults, type DowntimePolicyName, type GuestView, type LabSnapshot,
+  capabilityRefusal, DOWNTIME_POLICIES, DOWNTIME_POLICY_NAMES, type ApiResults, type DowntimePolicyName, type GuestView, type LabSnapshot, type StrategyName,
 } from '../../../electron/engine/api/contract';
 import type { LabConnection } from '../api';
 import { draftOf, LinkPresets, LinkProfileFields, LINK_PRESETS, profileOf, type LinkDraft } from './LinkPanel';
@@ -52,6 +52,7 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
   // Empty: the downtime policy picks the limit (MigLab's default starts at 100 ms).
   const [downtime, setDowntime] = useState<number | null>(null);
   const [policy, setPolicy] = useState<DowntimePolicyName | ''>('');
+  const [strategy, setStrategy] = useState<StrategyName>('precopy');
   const [caps, setCaps] = useState<Record<string, boolean>>({});
   const [tls, setTls] = useState(false);
   const [linkOn, setLinkOn] = useState(false);
@@ -98,6 +99,7 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
           bandwidthMBps: bandwidth, ...(downtime === null ? {} : { downtimeLimitMs: downtime }), capabilities: caps, tls, link: linkOn ? profileOf(link) : null,
           // Left out for MigLab's default: the engine picks.
           ...(policy === '' ? {} : { downtimePolicy: policy }),
+          ...(strategy === 'precopy' ? {} : { strategy: { name: strategy } }),
         },
       });
       onStarted(id);
@@ -129,6 +131,19 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
           onChange={(e) => setDowntime(e.target.value === '' ? null : Number(e.target.value))} aria-label="Downtime limit"
         />
       </label>
+      <label>
+        Strategy{' '}
+        <select value={strategy} onChange={(e) => setStrategy(e.target.value as StrategyName)} aria-label="Strategy">
+          {(pre?.strategies ?? []).map((s) => (
+            <option key={s.name} value={s.name} disabled={s.unavailable !== null} title={s.unavailable ?? s.explanation}>
+              {s.title}{s.unavailable ? ' (not offered)' : ''}
+            </option>
+          ))}
+        </select>
+      </label>
+      <p className="detail" aria-label="Strategy explained">
+        {pre?.strategies?.find((s) => s.name === strategy)?.explanation ?? 'Pre-flight is asking both QEMUs what they offer…'}
+      </p>
       <label>
         Downtime policy{' '}
         <select value={policy} onChange={(e) => setPolicy(e.target.value as DowntimePolicyName | '')} aria-label="Downtime policy">
