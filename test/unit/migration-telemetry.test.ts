@@ -118,7 +118,16 @@ describe('sampleFromInfo', () => {
       expectedDowntimeMs: 41,
       cpuThrottlePercent: 20,
       pass: 3,
+      // QEMU's own figures: no xbzrle-cache without xbzrle, and what went over multifd (nothing).
+      xbzrle: null,
+      multifdBytes: 0,
     });
+  });
+
+  it("carries QEMU's xbzrle-cache figures while xbzrle is on, and none that are not numbers", () => {
+    const x = { 'cache-size': 33554432, bytes: 1200, pages: 30, 'cache-miss': 4, 'cache-miss-rate': 0.25, 'encoding-rate': 3.5, overflow: 1 };
+    expect(sampleFromInfo({ ...AFTER_PASS_2, 'xbzrle-cache': x }, 1)?.xbzrle).toEqual({ bytes: 1200, cacheMissRate: 0.25, encodingRate: 3.5, overflow: 1, cacheSize: 33554432 });
+    expect(sampleFromInfo({ ...AFTER_PASS_2, 'xbzrle-cache': { ...x, bytes: 'lots' as unknown as number } }, 1)?.xbzrle).toBeNull();
   });
 
   it('reports an absent expected-downtime and an absent throttle as null, not 0', () => {
@@ -138,7 +147,7 @@ describe('sampleFromInfo', () => {
     const s = sampleFromInfo({ status: 'active', ram: {} as MigrationStats }, 10);
     expect(s).toEqual({
       atMs: 10, status: 'active', transferredBytes: null, remainingBytes: null, totalBytes: null, dirtyRateBps: null,
-      throughputBps: null, expectedDowntimeMs: null, cpuThrottlePercent: null, pass: null,
+      throughputBps: null, expectedDowntimeMs: null, cpuThrottlePercent: null, pass: null, xbzrle: null, multifdBytes: null,
     });
     // A counter that is not a number (QMP answers are cast, not validated) is unknown too.
     const odd = sampleFromInfo({ status: 'active', ram: { ...ram({}), transferred: 'x' as unknown as number, mbps: Number.NaN } }, 0);

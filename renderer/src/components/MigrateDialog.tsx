@@ -127,7 +127,7 @@ export function MigrateDialog({ guest, to: dropTarget, snapshot, conn, onClose, 
       <label>
         Downtime limit (ms){' '}
         <input
-          type="number" min={1} value={downtime ?? ''} placeholder="set by the policy"
+          type="number" min={1} value={downtime ?? ''} placeholder="policy"
           onChange={(e) => setDowntime(e.target.value === '' ? null : Number(e.target.value))} aria-label="Downtime limit"
         />
       </label>
