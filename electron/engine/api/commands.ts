@@ -4,8 +4,14 @@
 import { z } from 'zod';
 import { AgentFingerprintSchema, AgentTokenSchema, AgentUrlSchema } from '../lab/lab-file';
 import { LinkProfileSchema } from '../network/link-profile';
+import { DOWNTIME_POLICY_NAMES } from '../migration/downtime-policy';
+import { STRATEGY_NAMES, type StrategyName } from '../migration/strategies';
+import type { DowntimePolicyName } from '../migration/types';
 
 const name = z.string().min(1).max(64);
+/** The names come from the registries, so a new policy or strategy needs no edit here. */
+const DowntimePolicySchema = z.enum(DOWNTIME_POLICY_NAMES as [DowntimePolicyName, ...DowntimePolicyName[]]);
+const StrategyNameSchema = z.enum(STRATEGY_NAMES as [StrategyName, ...StrategyName[]]);
 /** A file on the host that runs the guest: absolute, so nothing depends on the engine's folder. */
 const path = z.string().min(2).max(1024).refine((p) => p.startsWith('/') && !p.includes('\0'), 'give an absolute path on the host');
 
@@ -47,7 +53,7 @@ export const CommandSchema = z.discriminatedUnion('type', [
       ms: z.number().int().min(50).max(60_000),
       bandwidthMBps: z.number().min(1).max(100_000),
       downtimeLimitMs: z.number().int().min(1).max(2_000_000).optional(),
-      downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
+      downtimePolicy: DowntimePolicySchema.nullable().optional(),
     }).strict().optional(),
   }).strict(),
   z.object({ type: z.literal('stopGuest'), host: name, guest: name }).strict(),
@@ -75,12 +81,12 @@ export const CommandSchema = z.discriminatedUnion('type', [
       /** How long the paused source stays after the destination runs; null: MigLab's policy. */
       keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
       /** How downtime-limit moves when passes stop making progress (migration/downtime-policy.ts); null: MigLab's default. */
-      downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
+      downtimePolicy: DowntimePolicySchema.nullable().optional(),
       /** Measure the guest's dirty rate first (calc-dirty-rate), ms; pre-flight then says whether pre-copy converges. */
       measureDirtyRateMs: z.number().int().min(50).max(60_000).nullable().optional(),
       /** The convergence strategy and its parameters (migration/strategies/); null: pre-copy. Parameters are checked by the strategy. */
       strategy: z.object({
-        name: z.enum(['precopy', 'auto-converge', 'xbzrle', 'multifd', 'pause-before-switchover']),
+        name: StrategyNameSchema,
         params: z.record(z.string().max(64), z.union([z.number(), z.string().max(64), z.boolean()])).optional(),
       }).strict().nullable().optional(),
     }).strict().optional(),

@@ -12,6 +12,8 @@ import { RemoteHost } from '../hosts/remote/remote-host';
 import type { Host } from '../hosts/host';
 import { normalizeFingerprint } from '../tls/certs';
 import { Lab, localPortRange } from './lab';
+import { DOWNTIME_POLICY_NAMES } from '../migration/downtime-policy';
+import type { DowntimePolicyName } from '../migration/types';
 
 
 export const AgentUrlSchema = z.string().max(300).regex(/^wss:\/\/[^/\s]+(\/.*)?$/, 'write the agent address as wss://HOST:PORT, as "miglab agent" prints it');
@@ -56,7 +58,7 @@ export const LabFileSchema = z.object({
      */
     keepSourceMs: z.number().int().min(0).max(600_000).nullable().optional(),
     /** The downtime policy (ramp, proxmox, nova, fixed); null or left out: MigLab's default. */
-    downtimePolicy: z.enum(['ramp', 'proxmox', 'nova', 'fixed']).nullable().optional(),
+    downtimePolicy: z.enum(DOWNTIME_POLICY_NAMES as [DowntimePolicyName, ...DowntimePolicyName[]]).nullable().optional(),
   }).strict().optional(),
   hosts: z.array(z.object({ name: labName, agent: AgentRefSchema.optional() }).strict()).min(1, 'a lab needs at least one host').max(16),
   guests: z.array(z.object({
